@@ -1,0 +1,120 @@
+// Package sink defines the hand-off between the SMTP engine and the place a
+// finished message goes (RabbitMQ, or nowhere for benchmarks).
+//
+// The engine fills a Message, calls Submit and answers the client only when
+// the sink calls Done.Complete. A sink never blocks in Submit: Submit runs on
+// an event loop.
+package sink
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/valyala/bytebufferpool"
+)
+
+// BodyType is the BODY= parameter of MAIL (RFC 6152, RFC 3030).
+type BodyType uint8
+
+const (
+	Body7Bit BodyType = iota
+	Body8BitMIME
+	BodyBinaryMIME
+)
+
+func (b BodyType) String() string {
+	switch b {
+	case Body8BitMIME:
+		return "8BITMIME"
+	case BodyBinaryMIME:
+		return "BINARYMIME"
+	default:
+		return "7BIT"
+	}
+}
+
+// Message is one finished SMTP transaction.
+//
+// The engine owns a Message and everything it points to; between Submit and
+// Done.Complete the sink may read it from any goroutine. After Complete the
+// sink must not touch it again: the engine reuses the struct and the byte
+// slices for the session's next transaction.
+type Message struct {
+	QueueID    string    // time-sortable, unique across nodes and restarts
+	Sender     []byte    // reverse-path without angle brackets; empty for <>
+	Recipients [][]byte  // forward-paths without angle brackets
+	ClientIP   string    // textual IP of the SMTP client
+	ClientPort int       // TCP source port of the SMTP client
+	Helo       []byte    // HELO/EHLO argument
+	Size       int64     // SIZE= declared at MAIL (RFC 1870), 0 if none
+	Body       BodyType  // BODY= declared at MAIL
+	SMTPUTF8   bool      // SMTPUTF8 declared at MAIL (RFC 6531)
+	Received   time.Time // when the final dot (or BDAT LAST) arrived
+
+	// Data is our Received: header followed by the message exactly as
+	// received after dot-unstuffing. It comes from bytebufferpool; the sink
+	// calls ReleaseData once it no longer needs the bytes (for RabbitMQ, as
+	// soon as the publish call returned), at the latest before Complete.
+	Data *bytebufferpool.ByteBuffer
+
+	// Done is told the outcome, exactly once, from any goroutine.
+	Done Completion
+}
+
+// ReleaseData returns Data to its pool. It is safe to call more than once
+// from the goroutine that owns the message at that moment.
+func (m *Message) ReleaseData() {
+	if m.Data != nil {
+		bytebufferpool.Put(m.Data)
+		m.Data = nil
+	}
+}
+
+// Completion receives the outcome of a submitted message.
+type Completion interface {
+	// Complete reports that msg is safely stored (err == nil) or not. A
+	// non-nil error that is not an *Error is answered 451 4.3.0: trouble on
+	// our side is always temporary for the client (RFC 5321 §4.2.5).
+	Complete(msg *Message, err error)
+}
+
+// Sink takes finished messages.
+type Sink interface {
+	// Submit hands msg over; it must not block. msg.Done.Complete is called
+	// exactly once, possibly before Submit returns.
+	Submit(msg *Message)
+	// Close stops taking messages and waits, until ctx ends, for every
+	// submitted message to be completed.
+	Close(ctx context.Context) error
+}
+
+// Error is an SMTP reply chosen by a sink.
+type Error struct {
+	Code     int    // three-digit reply code, 4xx for anything on our side
+	Enhanced string // RFC 3463 status code, e.g. "4.3.0"
+	Text     string // human-readable text, no CR or LF
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Text) }
+
+// Replies shared by sinks.
+var (
+	// ErrUnavailable: the broker is not connected or did not confirm.
+	ErrUnavailable = &Error{Code: 451, Enhanced: "4.3.0", Text: "Temporary failure storing the message, try again later"}
+	// ErrBusy: the hand-off queue is full.
+	ErrBusy = &Error{Code: 451, Enhanced: "4.3.2", Text: "System busy, try again later"}
+	// ErrShuttingDown: the sink is closing.
+	ErrShuttingDown = &Error{Code: 421, Enhanced: "4.3.2", Text: "Service shutting down, try again later"}
+)
+
+// Null accepts and discards every message. It is the sink for benchmarks of
+// the SMTP engine alone.
+type Null struct{}
+
+func (Null) Submit(msg *Message) {
+	msg.ReleaseData()
+	msg.Done.Complete(msg, nil)
+}
+
+func (Null) Close(context.Context) error { return nil }
