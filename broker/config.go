@@ -1,0 +1,296 @@
+package broker
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultURL is the broker tried when no URL is configured.
+const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
+
+// Environment variables read by Config.ApplyEnv. Credentials given here win
+// over the ones in the URLs, so that the URLs (which end up in process
+// listings and logs) need carry none.
+const (
+	EnvURL      = "LSMTP_AMQP_URL"      // comma-separated list, used when no --amqp-url is given
+	EnvUsername = "LSMTP_AMQP_USERNAME" // overrides the user of every URL
+	EnvPassword = "LSMTP_AMQP_PASSWORD" // overrides the password of every URL
+)
+
+// Queue types accepted in Config.QueueType (RabbitMQ's x-queue-type).
+const (
+	QueueQuorum  = "quorum"
+	QueueClassic = "classic"
+)
+
+// DomainPlaceholder in Config.RoutingKey makes the broker publish one copy
+// of a message per distinct recipient domain.
+const DomainPlaceholder = "{domain}"
+
+// Config configures the RabbitMQ sink. Start from DefaultConfig: the zero
+// value is not usable (Declare would be off and nothing named).
+type Config struct {
+	// URLs are the nodes of a cluster, tried in turn on every (re)connect.
+	URLs []string
+	// Username and Password, when Username is not empty, replace the
+	// credentials of every URL (see ApplyEnv). They are never logged.
+	Username string
+	Password string
+
+	Exchange     string // exchange messages are published to; "" is the default exchange
+	ExchangeType string // "topic" by default
+	Queue        string // queue declared and bound when Declare is set
+	RoutingKey   string // static key, or a template containing {domain}
+	// BindingKey binds Queue to Exchange. Empty means RoutingKey, with
+	// {domain} replaced by "#" so that every domain's copy reaches the queue.
+	BindingKey string
+
+	// Declare makes the broker declare the durable exchange, the durable
+	// queue and the binding on every connect. Turn it off when the topology
+	// is managed elsewhere.
+	Declare bool
+	// QueueType is "quorum" (default) or "classic".
+	QueueType string
+	// DeadLetterExchange sets x-dead-letter-exchange when not empty.
+	DeadLetterExchange string
+	// MaxLength and MaxLengthBytes set x-max-length / x-max-length-bytes when > 0.
+	MaxLength      int64
+	MaxLengthBytes int64
+	// Overflow sets x-overflow ("drop-head", "reject-publish",
+	// "reject-publish-dlx") when not empty. With reject-publish a full queue
+	// NACKs, which the client sees as 451.
+	Overflow string
+	// QueueArgs are extra queue arguments, applied last.
+	QueueArgs map[string]any
+
+	// Workers is the number of publisher goroutines, each with its own
+	// AMQP channel in confirm mode.
+	Workers int
+	// Window bounds the unconfirmed publishes per worker.
+	Window int
+	// RingSize bounds the messages waiting between Submit and a worker;
+	// rounded up to a power of two. A full ring answers ErrBusy at once.
+	RingSize int
+	// ConfirmTimeout is how long a message may wait for its confirm (and
+	// how long a publish call may hang on a stuck socket) before it is
+	// answered 451.
+	ConfirmTimeout time.Duration
+	// DialTimeout bounds TCP connect plus the AMQP handshake.
+	DialTimeout time.Duration
+	// Heartbeat is the AMQP heartbeat interval.
+	Heartbeat time.Duration
+	// ReconnectMin and ReconnectMax bound the exponential reconnect backoff
+	// (with full jitter).
+	ReconnectMin time.Duration
+	ReconnectMax time.Duration
+
+	// Node names this lsmtp node in the smtp-node header (the hostname by default).
+	Node string
+	// Logger receives the broker's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults: one local RabbitMQ, a durable topic
+// exchange "lsmtp", a durable quorum queue "lsmtp.inbound" bound with
+// routing key "inbound", 2 workers with 256 unconfirmed publishes each.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		URLs:           []string{DefaultURL},
+		Exchange:       "lsmtp",
+		ExchangeType:   "topic",
+		Queue:          "lsmtp.inbound",
+		RoutingKey:     "inbound",
+		Declare:        true,
+		QueueType:      QueueQuorum,
+		Workers:        2,
+		Window:         256,
+		RingSize:       4096,
+		ConfirmTimeout: 10 * time.Second,
+		DialTimeout:    5 * time.Second,
+		Heartbeat:      10 * time.Second,
+		ReconnectMin:   100 * time.Millisecond,
+		ReconnectMax:   5 * time.Second,
+		Node:           host,
+	}
+}
+
+// maxCopies bounds the copies of one message under a {domain} routing key:
+// the confirm channel handed to amqp091-go has room for Window+maxCopies
+// confirms, so that its reader goroutine never waits for a worker.
+const maxCopies = 1024
+
+// Validate reports the first unusable setting.
+func (c *Config) Validate() error {
+	if len(c.URLs) == 0 {
+		return errors.New("broker: no AMQP URL")
+	}
+	for _, u := range c.URLs {
+		if _, err := url.Parse(u); err != nil {
+			return fmt.Errorf("broker: bad AMQP URL %s", RedactURL(u))
+		}
+		if !strings.HasPrefix(u, "amqp://") && !strings.HasPrefix(u, "amqps://") {
+			return fmt.Errorf("broker: AMQP URL %s: scheme must be amqp or amqps", RedactURL(u))
+		}
+	}
+	switch c.QueueType {
+	case QueueQuorum, QueueClassic:
+	default:
+		return fmt.Errorf("broker: queue type %q: want %q or %q", c.QueueType, QueueQuorum, QueueClassic)
+	}
+	if c.Exchange == "" && strings.Contains(c.RoutingKey, DomainPlaceholder) {
+		return errors.New("broker: a {domain} routing key needs a named exchange")
+	}
+	if c.Declare && c.Exchange != "" && c.ExchangeType == "" {
+		return errors.New("broker: exchange type is empty")
+	}
+	if c.Workers < 1 || c.Workers > 64 {
+		return fmt.Errorf("broker: workers %d: want 1..64", c.Workers)
+	}
+	if c.Window < 1 || c.Window > 65535 {
+		return fmt.Errorf("broker: window %d: want 1..65535", c.Window)
+	}
+	if c.RingSize < 2 || c.RingSize > 1<<24 {
+		return fmt.Errorf("broker: ring size %d: want 2..%d", c.RingSize, 1<<24)
+	}
+	if c.ConfirmTimeout <= 0 || c.DialTimeout <= 0 {
+		return errors.New("broker: confirm and dial timeouts must be positive")
+	}
+	if c.ReconnectMin <= 0 || c.ReconnectMax < c.ReconnectMin {
+		return errors.New("broker: reconnect backoff must satisfy 0 < min <= max")
+	}
+	return nil
+}
+
+// bindingKey is the key the queue is bound with.
+func (c *Config) bindingKey() string {
+	if c.BindingKey != "" {
+		return c.BindingKey
+	}
+	return strings.ReplaceAll(c.RoutingKey, DomainPlaceholder, "#")
+}
+
+// queueArgs are the x-arguments the queue is declared with.
+func (c *Config) queueArgs() map[string]any {
+	args := map[string]any{"x-queue-type": c.QueueType}
+	if c.DeadLetterExchange != "" {
+		args["x-dead-letter-exchange"] = c.DeadLetterExchange
+	}
+	if c.MaxLength > 0 {
+		args["x-max-length"] = c.MaxLength
+	}
+	if c.MaxLengthBytes > 0 {
+		args["x-max-length-bytes"] = c.MaxLengthBytes
+	}
+	if c.Overflow != "" {
+		args["x-overflow"] = c.Overflow
+	}
+	for k, v := range c.QueueArgs {
+		args[k] = v
+	}
+	return args
+}
+
+// ApplyEnv reads the EnvURL, EnvUsername and EnvPassword variables through
+// getenv (os.Getenv in production). EnvURL replaces URLs only when they are
+// still the single default.
+func (c *Config) ApplyEnv(getenv func(string) string) {
+	if v := getenv(EnvURL); v != "" && len(c.URLs) == 1 && c.URLs[0] == DefaultURL {
+		c.URLs = nil
+		for _, u := range strings.Split(v, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				c.URLs = append(c.URLs, u)
+			}
+		}
+	}
+	if v := getenv(EnvUsername); v != "" {
+		c.Username = v
+		c.Password = getenv(EnvPassword)
+	}
+}
+
+// RedactURL returns u with its password replaced by "xxxxx", fit for logs.
+// An unparsable URL is replaced as a whole, since it may hold a password.
+func RedactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "<unparsable AMQP URL>"
+	}
+	return p.Redacted()
+}
+
+// RegisterFlags adds the broker's flags to fs, writing into c. Call it on a
+// Config from DefaultConfig; the defaults shown are c's values.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.Var(&urlList{urls: &c.URLs}, "amqp-url", "AMQP URL of a RabbitMQ node; repeat for the nodes of a cluster, tried in turn (credentials also from $"+EnvUsername+"/$"+EnvPassword+")")
+	fs.StringVar(&c.Exchange, "exchange", c.Exchange, "exchange messages are published to")
+	fs.StringVar(&c.ExchangeType, "exchange-type", c.ExchangeType, "type of the declared exchange")
+	fs.StringVar(&c.Queue, "queue", c.Queue, "queue declared and bound to the exchange")
+	fs.StringVar(&c.RoutingKey, "routing-key", c.RoutingKey, "routing key; with "+DomainPlaceholder+" one copy is published per recipient domain")
+	fs.StringVar(&c.BindingKey, "binding-key", c.BindingKey, "binding key of the queue (default: the routing key, "+DomainPlaceholder+" replaced by #)")
+	fs.Var(negBool{&c.Declare}, "no-declare", "do not declare exchange, queue and binding (topology managed elsewhere)")
+	fs.StringVar(&c.QueueType, "queue-type", c.QueueType, "quorum or classic")
+	fs.StringVar(&c.DeadLetterExchange, "dead-letter-exchange", c.DeadLetterExchange, "x-dead-letter-exchange of the queue")
+	fs.Int64Var(&c.MaxLength, "max-length", c.MaxLength, "x-max-length of the queue (0: none)")
+	fs.Int64Var(&c.MaxLengthBytes, "max-length-bytes", c.MaxLengthBytes, "x-max-length-bytes of the queue (0: none)")
+	fs.StringVar(&c.Overflow, "overflow", c.Overflow, "x-overflow of the queue: drop-head, reject-publish, reject-publish-dlx")
+	fs.IntVar(&c.Workers, "amqp-workers", c.Workers, "publisher workers, each with its own channel")
+	fs.IntVar(&c.Window, "amqp-window", c.Window, "unconfirmed publishes per worker")
+	fs.IntVar(&c.RingSize, "amqp-ring", c.RingSize, "messages waiting for a worker before Submit answers busy")
+	fs.DurationVar(&c.ConfirmTimeout, "confirm-timeout", c.ConfirmTimeout, "how long to wait for the broker's confirm before answering 451")
+	fs.StringVar(&c.Node, "node", c.Node, "node name in the smtp-node header")
+}
+
+// urlList is a repeatable flag: the first use replaces the default list.
+type urlList struct {
+	urls *[]string
+	set  bool
+}
+
+func (l *urlList) String() string {
+	if l == nil || l.urls == nil {
+		return ""
+	}
+	red := make([]string, len(*l.urls))
+	for i, u := range *l.urls {
+		red[i] = RedactURL(u)
+	}
+	return strings.Join(red, ",")
+}
+
+func (l *urlList) Set(v string) error {
+	if !l.set {
+		*l.urls = nil
+		l.set = true
+	}
+	*l.urls = append(*l.urls, v)
+	return nil
+}
+
+// negBool is a boolean flag that clears *b when given.
+type negBool struct{ b *bool }
+
+func (n negBool) String() string {
+	if n.b == nil {
+		return "false"
+	}
+	return strconv.FormatBool(!*n.b)
+}
+
+func (n negBool) Set(v string) error {
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		return err
+	}
+	*n.b = !on
+	return nil
+}
+
+func (n negBool) IsBoolFlag() bool { return true }
