@@ -9,6 +9,7 @@ package sink
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/bytebufferpool"
@@ -108,13 +109,25 @@ var (
 	ErrShuttingDown = &Error{Code: 421, Enhanced: "4.3.2", Text: "Service shutting down, try again later"}
 )
 
-// Null accepts and discards every message. It is the sink for benchmarks of
-// the SMTP engine alone.
-type Null struct{}
+// Null accepts, counts and discards every message. It is the sink for
+// benchmarks of the SMTP engine alone.
+type Null struct {
+	messages atomic.Int64
+	octets   atomic.Int64
+}
 
-func (Null) Submit(msg *Message) {
+func (n *Null) Submit(msg *Message) {
+	n.messages.Add(1)
+	n.octets.Add(int64(msg.Data.Len()))
 	msg.ReleaseData()
 	msg.Done.Complete(msg, nil)
 }
 
-func (Null) Close(context.Context) error { return nil }
+func (*Null) Close(context.Context) error { return nil }
+
+// Messages is how many messages were submitted.
+func (n *Null) Messages() int64 { return n.messages.Load() }
+
+// Octets is the total size of the messages submitted, Received: headers
+// included.
+func (n *Null) Octets() int64 { return n.octets.Load() }
