@@ -36,6 +36,7 @@ type ring struct {
 type ringCell struct {
 	seq atomic.Uint64
 	msg *sink.Message
+	at  int64 // broker clock when pushed, to bound the wait in the ring
 }
 
 // newRing returns a ring holding at least size messages (rounded up to a
@@ -52,8 +53,8 @@ func newRing(size int) *ring {
 	return r
 }
 
-// push adds m, or reports false at once when the ring is full.
-func (r *ring) push(m *sink.Message) bool {
+// push adds m, stamped at, or reports false at once when the ring is full.
+func (r *ring) push(m *sink.Message, at int64) bool {
 	pos := r.enq.Load()
 	for {
 		c := &r.cell[pos&r.mask]
@@ -61,7 +62,7 @@ func (r *ring) push(m *sink.Message) bool {
 		switch dif := int64(seq - pos); {
 		case dif == 0:
 			if r.enq.CompareAndSwap(pos, pos+1) {
-				c.msg = m
+				c.msg, c.at = m, at
 				c.seq.Store(pos + 1) // publishes msg to the consumer of pos
 				return true
 			}
@@ -76,8 +77,8 @@ func (r *ring) push(m *sink.Message) bool {
 	}
 }
 
-// pop takes the oldest message, or nil when the ring is empty.
-func (r *ring) pop() *sink.Message {
+// pop takes the oldest message and its stamp, or nil when the ring is empty.
+func (r *ring) pop() (*sink.Message, int64) {
 	pos := r.deq.Load()
 	for {
 		c := &r.cell[pos&r.mask]
@@ -85,14 +86,14 @@ func (r *ring) pop() *sink.Message {
 		switch dif := int64(seq - (pos + 1)); {
 		case dif == 0:
 			if r.deq.CompareAndSwap(pos, pos+1) {
-				m := c.msg
+				m, at := c.msg, c.at
 				c.msg = nil
 				c.seq.Store(pos + r.mask + 1) // free for the producer one lap later
-				return m
+				return m, at
 			}
 			pos = r.deq.Load()
 		case dif < 0:
-			return nil // empty (or the producer of pos has not stored yet)
+			return nil, 0 // empty (or the producer of pos has not stored yet)
 		default:
 			pos = r.deq.Load()
 		}

@@ -16,22 +16,22 @@ func TestRingFIFOAndBounds(t *testing.T) {
 	msgs := make([]sink.Message, 9)
 	for lap := 0; lap < 3; lap++ {
 		for i := 0; i < 8; i++ {
-			if !r.push(&msgs[i]) {
+			if !r.push(&msgs[i], 0) {
 				t.Fatalf("lap %d: push %d refused below capacity", lap, i)
 			}
 		}
-		if r.push(&msgs[8]) {
+		if r.push(&msgs[8], 0) {
 			t.Fatalf("lap %d: push accepted beyond capacity 8", lap)
 		}
 		if got := r.len(); got != 8 {
 			t.Fatalf("len = %d, want 8", got)
 		}
 		for i := 0; i < 8; i++ {
-			if m := r.pop(); m != &msgs[i] {
+			if m, _ := r.pop(); m != &msgs[i] {
 				t.Fatalf("lap %d: pop %d returned %p, want %p", lap, i, m, &msgs[i])
 			}
 		}
-		if m := r.pop(); m != nil {
+		if m, _ := r.pop(); m != nil {
 			t.Fatalf("pop on empty ring returned %p", m)
 		}
 	}
@@ -56,7 +56,7 @@ func TestRingConcurrent(t *testing.T) {
 		go func(p int) {
 			defer wg.Done()
 			for i := 0; i < perProducer; i++ {
-				for !r.push(&msgs[p*perProducer+i]) {
+				for !r.push(&msgs[p*perProducer+i], 0) {
 					if time.Now().After(deadline) {
 						return
 					}
@@ -75,7 +75,7 @@ func TestRingConcurrent(t *testing.T) {
 				lastPer[c][i] = -1
 			}
 			for done.Load() < int64(len(msgs)) && time.Now().Before(deadline) {
-				m := r.pop()
+				m, _ := r.pop()
 				if m == nil {
 					runtime.Gosched()
 					continue
@@ -115,7 +115,7 @@ type ringHandoff struct {
 }
 
 func (h *ringHandoff) put(m *sink.Message) bool {
-	if !h.r.push(m) {
+	if !h.r.push(m, 0) {
 		return false
 	}
 	select {
@@ -127,7 +127,7 @@ func (h *ringHandoff) put(m *sink.Message) bool {
 
 func (h *ringHandoff) take(stop <-chan struct{}) *sink.Message {
 	for {
-		if m := h.r.pop(); m != nil {
+		if m, _ := h.r.pop(); m != nil {
 			return m
 		}
 		select {

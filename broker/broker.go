@@ -1,0 +1,224 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lsmtp/lsmtp/sink"
+)
+
+// Errors the broker answers with besides sink.ErrUnavailable, sink.ErrBusy
+// and sink.ErrShuttingDown. All are 4xx: trouble on our side is temporary
+// for the client (RFC 5321 §4.2.5).
+var (
+	// ErrUnroutable: the exchange had no queue for the routing key
+	// (basic.return); RFC 3463 X.3.5 "system incorrectly configured".
+	ErrUnroutable = &sink.Error{Code: 451, Enhanced: "4.3.5", Text: "Message not routable to a queue, try again later"}
+)
+
+// Broker is the RabbitMQ sink. Create it with New; it is safe for
+// concurrent use.
+type Broker struct {
+	cfg   Config
+	log   *slog.Logger
+	ring  *ring
+	wake  chan struct{} // 1-buffered: "the ring has something", shared by the workers
+	epoch time.Time     // base of now()
+
+	state   atomic.Uint32 // stateReady | stateBlocked | stateClosing
+	clock   atomic.Int64  // coarse now(), refreshed by the supervisor, read by Submit
+	pending atomic.Int64  // messages between Submit and Complete
+	stats   counters
+
+	workers []*worker
+
+	connMu      sync.Mutex
+	conn        *connection   // nil while disconnected
+	connChanged chan struct{} // closed (and replaced) whenever conn changes
+
+	templated  bool // RoutingKey contains {domain}
+	nodeValue  any  // Config.Node, boxed once for the header table
+	limits     logLimits
+	closeOnce  sync.Once
+	closeErr   error
+	closedDone chan struct{}
+
+	stopWorkers chan struct{} // closed when the workers must finish at once
+	stopSup     chan struct{} // closed when the supervisor must disconnect
+	workersDone sync.WaitGroup
+	supDone     chan struct{}
+}
+
+const (
+	stateReady   = 1 << iota // connected, topology declared
+	stateBlocked             // the broker sent connection.blocked
+	stateClosing             // Close was called
+)
+
+// New validates cfg and starts connecting in the background. It returns
+// even when no broker is reachable: until a connection is up, Submit
+// answers sink.ErrUnavailable at once.
+func New(cfg Config) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "broker")
+	b := &Broker{
+		cfg:         cfg,
+		log:         log,
+		ring:        newRing(cfg.RingSize),
+		wake:        make(chan struct{}, 1),
+		epoch:       time.Now(),
+		connChanged: make(chan struct{}),
+		templated:   containsDomain(cfg.RoutingKey),
+		nodeValue:   cfg.Node,
+		closedDone:  make(chan struct{}),
+		stopWorkers: make(chan struct{}),
+		stopSup:     make(chan struct{}),
+		supDone:     make(chan struct{}),
+	}
+	for i := 0; i < cfg.Workers; i++ {
+		w := newWorker(b, i)
+		b.workers = append(b.workers, w)
+		b.workersDone.Add(1)
+		go w.run()
+	}
+	go b.supervise()
+	return b, nil
+}
+
+// now is a monotonic clock in nanoseconds since New.
+func (b *Broker) now() int64 { return int64(time.Since(b.epoch)) }
+
+// Ready reports whether a connection to RabbitMQ is up, for health checks.
+func (b *Broker) Ready() bool { return b.state.Load()&stateReady != 0 }
+
+// Submit hands msg to a publisher worker. It never blocks and does not
+// allocate: when the broker is not connected or is blocked it answers
+// sink.ErrUnavailable, when the ring is full sink.ErrBusy, after Close
+// sink.ErrShuttingDown, each at once.
+func (b *Broker) Submit(msg *sink.Message) {
+	// Counted before the state is read, so that Close, once it has set
+	// stateClosing and seen pending reach zero, knows no Submit is between
+	// its check and its push.
+	b.pending.Add(1)
+	st := b.state.Load()
+	switch {
+	case st&stateClosing != 0:
+		b.stats.rejectedShutdown.Add(1)
+		b.finish(msg, sink.ErrShuttingDown)
+		return
+	case st&stateReady == 0:
+		b.stats.rejectedDown.Add(1)
+		b.finish(msg, sink.ErrUnavailable)
+		return
+	case st&stateBlocked != 0:
+		b.stats.rejectedBlocked.Add(1)
+		b.finish(msg, sink.ErrUnavailable)
+		return
+	}
+	if !b.ring.push(msg, b.clock.Load()) {
+		b.stats.rejectedBusy.Add(1)
+		if b.limits.busy.allow(b.now()) {
+			b.log.Warn("hand-off ring full, answering 451 4.3.2", "ring", len(b.ring.cell), "suppressed", b.limits.busy.suppressedSince())
+		}
+		b.finish(msg, sink.ErrBusy)
+		return
+	}
+	b.stats.submitted.Add(1)
+	b.notify()
+}
+
+// notify wakes one idle worker, if any is waiting; it never blocks.
+func (b *Broker) notify() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// finish releases msg's data and tells the engine the outcome.
+func (b *Broker) finish(msg *sink.Message, err error) {
+	msg.ReleaseData()
+	msg.Done.Complete(msg, err)
+	b.pending.Add(-1)
+}
+
+// Close stops taking messages (Submit answers sink.ErrShuttingDown) and
+// waits until every message already taken got its confirm or its error.
+// When ctx ends first, what is still unconfirmed is answered
+// sink.ErrUnavailable and Close returns ctx's error. Close then closes
+// the connection. Calling Close again waits for the first call.
+func (b *Broker) Close(ctx context.Context) error {
+	b.closeOnce.Do(func() {
+		b.closeErr = b.close(ctx)
+		close(b.closedDone)
+	})
+	select {
+	case <-b.closedDone:
+		return b.closeErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Broker) close(ctx context.Context) error {
+	b.state.Or(stateClosing)
+	for range b.workers {
+		b.notify()
+	}
+	var err error
+	tick := time.NewTicker(2 * time.Millisecond)
+	for b.pending.Load() > 0 && err == nil {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			err = fmt.Errorf("broker: close: %d messages not confirmed in time: %w", b.pending.Load(), ctx.Err())
+		}
+	}
+	tick.Stop()
+	close(b.stopWorkers) // workers answer what they still hold with ErrUnavailable
+	b.workersDone.Wait()
+	// A Submit that counted itself just before stateClosing may push after
+	// the workers left: answer it here. Submit never blocks, so this ends.
+	for deadline := time.Now().Add(time.Second); b.pending.Load() > 0 && time.Now().Before(deadline); {
+		if m, _ := b.ring.pop(); m != nil {
+			b.stats.failed.Add(1)
+			b.finish(m, sink.ErrUnavailable)
+			continue
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(b.stopSup)
+	<-b.supDone
+	return err
+}
+
+// currentConn returns the connection (nil while down) and a channel closed
+// when that changes.
+func (b *Broker) currentConn() (*connection, chan struct{}) {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	return b.conn, b.connChanged
+}
+
+func (b *Broker) setConn(c *connection) {
+	b.connMu.Lock()
+	b.conn = c
+	close(b.connChanged)
+	b.connChanged = make(chan struct{})
+	b.connMu.Unlock()
+	if c != nil {
+		b.state.Or(stateReady)
+	} else {
+		b.state.And(^uint32(stateReady | stateBlocked))
+	}
+}

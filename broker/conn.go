@@ -1,0 +1,225 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// connection is one established AMQP connection shared by the workers,
+// each of which opens its own channel on it.
+type connection struct {
+	amqp   *amqp.Connection
+	sock   net.Conn      // the TCP socket, closed directly when a write hangs
+	closed chan struct{} // closed once the connection is gone
+	url    string        // redacted, for logs
+}
+
+// kill closes the socket under the AMQP connection: it unblocks a publish
+// stuck in a write, which a graceful close (that needs the same write
+// lock) cannot.
+func (c *connection) kill() { c.sock.Close() }
+
+// supervise keeps a connection up until Close: dial the URLs in turn with
+// capped exponential backoff and full jitter, declare the topology, then
+// watch the connection for close, flow control and stuck writes.
+func (b *Broker) supervise() {
+	defer close(b.supDone)
+	backoff := b.cfg.ReconnectMin
+	everConnected, downLogged := false, false
+	for i := 0; ; i++ {
+		select {
+		case <-b.stopSup:
+			return
+		default:
+		}
+		url := b.cfg.URLs[i%len(b.cfg.URLs)]
+		c, err := b.dial(url)
+		if err != nil {
+			b.stats.connectFailures.Add(1)
+			switch {
+			case !everConnected && !downLogged:
+				// The one line an operator needs when starting against a
+				// broker that is not there yet.
+				b.log.Error("RabbitMQ not reachable: answering 451 to every message until connected, retrying in the background",
+					"url", RedactURL(url), "err", err)
+				downLogged = true
+			case b.limits.connect.allow(b.now()):
+				b.log.Warn("RabbitMQ connect failed, retrying", "url", RedactURL(url), "err", err,
+					"suppressed", b.limits.connect.suppressedSince())
+			}
+			// Full jitter (a random wait in [0, backoff)) keeps a fleet of
+			// nodes from reconnecting in lock step after a broker restart.
+			wait := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
+			backoff = min(backoff*2, b.cfg.ReconnectMax)
+			select {
+			case <-time.After(wait):
+			case <-b.stopSup:
+				return
+			}
+			continue
+		}
+		backoff = b.cfg.ReconnectMin
+		everConnected = true
+		downLogged = false
+		b.stats.connects.Add(1)
+		b.log.Info("connected to RabbitMQ", "url", c.url)
+		i-- // after a loss, try the node that worked first
+		if b.watch(c) {
+			return
+		}
+	}
+}
+
+// dial opens a connection to url and declares the topology on it.
+func (b *Broker) dial(url string) (*connection, error) {
+	var (
+		mu   sync.Mutex
+		sock net.Conn
+	)
+	cfg := amqp.Config{
+		Heartbeat: b.cfg.Heartbeat,
+		Locale:    "en_US",
+		Properties: amqp.Table{
+			"product":         "lsmtp",
+			"connection_name": "lsmtp " + b.cfg.Node,
+		},
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: b.cfg.DialTimeout}
+			c, err := d.Dial(network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// Bounds the TLS and AMQP handshake; amqp091-go clears it
+			// once the connection is open.
+			if err := c.SetDeadline(time.Now().Add(b.cfg.DialTimeout)); err != nil {
+				c.Close()
+				return nil, err
+			}
+			mu.Lock()
+			sock = c
+			mu.Unlock()
+			return c, nil
+		},
+	}
+	if b.cfg.Username != "" {
+		cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: b.cfg.Username, Password: b.cfg.Password}}
+	}
+	conn, err := amqp.DialConfig(url, cfg)
+	if err != nil {
+		return nil, err
+	}
+	mu.Lock()
+	c := &connection{amqp: conn, sock: sock, closed: make(chan struct{}), url: RedactURL(url)}
+	mu.Unlock()
+	if b.cfg.Declare {
+		if err := declare(conn, &b.cfg); err != nil {
+			c.kill()
+			conn.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// declare declares the durable exchange, the durable queue and the
+// binding. Declaring what exists with the same settings is a no-op; with
+// other settings RabbitMQ refuses (PRECONDITION_FAILED), and we keep
+// answering 451 with the reason in the log rather than publish into a
+// topology that is not what was configured.
+func declare(conn *amqp.Connection, cfg *Config) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel to declare topology: %w", err)
+	}
+	defer ch.Close()
+	if cfg.Exchange != "" {
+		if err := ch.ExchangeDeclare(cfg.Exchange, cfg.ExchangeType, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare exchange %q: %w", cfg.Exchange, err)
+		}
+	}
+	if cfg.Queue == "" {
+		return nil
+	}
+	if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, amqp.Table(cfg.queueArgs())); err != nil {
+		return fmt.Errorf("declare queue %q: %w", cfg.Queue, err)
+	}
+	if cfg.Exchange != "" {
+		if err := ch.QueueBind(cfg.Queue, cfg.bindingKey(), cfg.Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind queue %q to %q with %q: %w", cfg.Queue, cfg.Exchange, cfg.bindingKey(), err)
+		}
+	}
+	return nil
+}
+
+// watch publishes c to the workers and follows it until it is lost (false)
+// or Close stops the supervisor (true).
+func (b *Broker) watch(c *connection) (stopped bool) {
+	closes := c.amqp.NotifyClose(make(chan *amqp.Error, 1))
+	blocks := c.amqp.NotifyBlocked(make(chan amqp.Blocking, 4))
+	b.clock.Store(b.now())
+	b.setConn(c)
+	// The watchdog looks for publish calls hanging in a socket write (a
+	// broker that stopped reading): no confirm timeout can fire while the
+	// worker is stuck there, so the socket is closed under it.
+	// The same tick refreshes the coarse clock that stamps messages in the
+	// ring (Submit cannot afford to read the time).
+	interval := min(b.cfg.ConfirmTimeout/4, time.Second)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	defer func() {
+		close(c.closed)
+		b.setConn(nil)
+	}()
+	for {
+		select {
+		case err, ok := <-closes:
+			b.stats.disconnects.Add(1)
+			reason := "closed"
+			if ok && err != nil {
+				reason = err.Error()
+			}
+			b.log.Warn("RabbitMQ connection lost, answering 451 until reconnected", "url", c.url, "reason", reason)
+			return false
+		case bl, ok := <-blocks:
+			if !ok {
+				blocks = nil
+				continue
+			}
+			if bl.Active {
+				b.state.Or(stateBlocked)
+				b.log.Warn("RabbitMQ blocked publishing (connection.blocked), answering 451 until unblocked", "url", c.url, "reason", bl.Reason)
+			} else {
+				b.state.And(^uint32(stateBlocked))
+				b.log.Info("RabbitMQ unblocked publishing", "url", c.url)
+			}
+		case <-tick.C:
+			now := b.now()
+			b.clock.Store(now)
+			for _, w := range b.workers {
+				if since := w.publishingSince.Load(); since != 0 && now-since > int64(b.cfg.ConfirmTimeout) {
+					b.log.Error("publish hung in a socket write longer than the confirm timeout, dropping the connection",
+						"url", c.url, "worker", w.id, "timeout", b.cfg.ConfirmTimeout)
+					c.kill()
+					break
+				}
+			}
+		case <-b.stopSup:
+			// Graceful close; the socket is killed if the close handshake
+			// cannot even be written within a second.
+			t := time.AfterFunc(time.Second, c.kill)
+			err := c.amqp.CloseDeadline(time.Now().Add(time.Second))
+			t.Stop()
+			if err != nil && !errors.Is(err, amqp.ErrClosed) {
+				b.log.Debug("closing RabbitMQ connection", "err", err)
+			}
+			c.kill()
+			return true
+		}
+	}
+}

@@ -1,0 +1,265 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/lsmtp/lsmtp/internal/faultproxy"
+	"github.com/lsmtp/lsmtp/sink"
+)
+
+// rabbitAddr is the RabbitMQ every broker test talks to.
+const (
+	rabbitAddr = "127.0.0.1:5672"
+	rabbitURL  = "amqp://guest:guest@" + rabbitAddr + "/"
+)
+
+// tlog is a slog handler writing to the test log, so that the broker's
+// log lines show up next to the test that caused them.
+type tlog struct {
+	t  testing.TB
+	mu *sync.Mutex
+	h  slog.Handler
+	sb *strings.Builder
+}
+
+func newTestLogger(t testing.TB) *slog.Logger {
+	sb := &strings.Builder{}
+	return slog.New(&tlog{t: t, mu: &sync.Mutex{}, sb: sb, h: slog.NewTextHandler(sb, &slog.HandlerOptions{Level: slog.LevelDebug})})
+}
+
+func (l *tlog) Enabled(ctx context.Context, lv slog.Level) bool { return true }
+func (l *tlog) Handle(ctx context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sb.Reset()
+	err := l.h.Handle(ctx, r)
+	l.t.Log(strings.TrimSpace(l.sb.String()))
+	return err
+}
+func (l *tlog) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *l
+	c.h = l.h.WithAttrs(as)
+	return &c
+}
+func (l *tlog) WithGroup(g string) slog.Handler {
+	c := *l
+	c.h = l.h.WithGroup(g)
+	return &c
+}
+
+// uniqueName names a test's exchange and queue.
+func uniqueName(t testing.TB) string {
+	n := strings.NewReplacer("/", ".", " ", "_").Replace(t.Name())
+	return fmt.Sprintf("lsmtp-test.%s.%08x", n, rand.Uint32())
+}
+
+// adminChannel is a plain amqp091-go channel for setting up, inspecting
+// and deleting what a test uses.
+func adminChannel(t testing.TB) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(rabbitURL)
+	if err != nil {
+		t.Fatalf("RabbitMQ at %s is needed for this test: %v", rabbitAddr, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+// testConfig is DefaultConfig with the test's own exchange and queue,
+// deleted when the test ends, and quick reconnects.
+func testConfig(t testing.TB, url string) Config {
+	cfg := DefaultConfig()
+	name := uniqueName(t)
+	cfg.URLs = []string{url}
+	cfg.Exchange = name
+	cfg.Queue = name
+	cfg.RoutingKey = "inbound"
+	cfg.ReconnectMin = 20 * time.Millisecond
+	cfg.ReconnectMax = 300 * time.Millisecond
+	cfg.ConfirmTimeout = 5 * time.Second
+	cfg.Node = "test-node"
+	cfg.Logger = newTestLogger(t)
+	t.Cleanup(func() {
+		ch := adminChannel(t)
+		if _, err := ch.QueueDelete(name, false, false, false); err != nil {
+			t.Logf("delete queue %s: %v", name, err)
+			ch = adminChannel(t)
+		}
+		if err := ch.ExchangeDelete(name, false, false); err != nil {
+			t.Logf("delete exchange %s: %v", name, err)
+		}
+	})
+	return cfg
+}
+
+// startBroker starts a broker closed at the end of the test.
+func startBroker(t testing.TB, cfg Config) *Broker {
+	t.Helper()
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := b.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return b
+}
+
+func waitReady(t testing.TB, b *Broker, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !b.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("broker not ready within %s", within)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The workers open their channels right after the connection is up.
+	time.Sleep(20 * time.Millisecond)
+}
+
+// recorder is a Completion that records every outcome by queue ID.
+type recorder struct {
+	mu       sync.Mutex
+	results  map[string][]error
+	n        int
+	dataLeft int // messages completed with Data still set
+	changed  chan struct{}
+}
+
+func newRecorder() *recorder {
+	return &recorder{results: map[string][]error{}, changed: make(chan struct{}, 1)}
+}
+
+func (r *recorder) Complete(m *sink.Message, err error) {
+	r.mu.Lock()
+	r.results[m.QueueID] = append(r.results[m.QueueID], err)
+	r.n++
+	if m.Data != nil {
+		r.dataLeft++
+	}
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// wait waits until n completions arrived.
+func (r *recorder) wait(t testing.TB, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		got := r.n
+		r.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-r.changed:
+		case <-deadline.C:
+			t.Fatalf("%d of %d messages completed within %s", got, n, within)
+		}
+	}
+}
+
+// result returns the single outcome of id, failing the test when there
+// is not exactly one.
+func (r *recorder) result(t testing.TB, id string) error {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.results[id]) != 1 {
+		t.Fatalf("message %s completed %d times, want once", id, len(r.results[id]))
+	}
+	return r.results[id][0]
+}
+
+// newMessage builds a message as the engine would.
+func newMessage(done sink.Completion, id, sender string, rcpts []string, body []byte) *sink.Message {
+	m := &sink.Message{
+		QueueID:    id,
+		Sender:     []byte(sender),
+		ClientIP:   "192.0.2.7",
+		ClientPort: 50123,
+		Helo:       []byte("client.example.org"),
+		Received:   time.Now(),
+		Data:       bytebufferpool.Get(),
+		Done:       done,
+	}
+	for _, r := range rcpts {
+		m.Recipients = append(m.Recipients, []byte(r))
+	}
+	m.Data.Write(body)
+	return m
+}
+
+// consume reads messages from queue until want arrived and then idle
+// passed without another one, or within passed.
+func consume(t testing.TB, queue string, want int, idle, within time.Duration) []amqp.Delivery {
+	t.Helper()
+	ch := adminChannel(t)
+	if err := ch.Qos(1000, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	dc, err := ch.Consume(queue, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("consume %s: %v", queue, err)
+	}
+	var got []amqp.Delivery
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		wait := within
+		if len(got) >= want {
+			wait = idle
+		}
+		select {
+		case d := <-dc:
+			got = append(got, d)
+		case <-time.After(wait):
+			if len(got) < want {
+				t.Fatalf("consumed %d of %d messages from %s", len(got), want, queue)
+			}
+			return got
+		case <-deadline.C:
+			if len(got) < want {
+				t.Fatalf("consumed %d of %d messages from %s within %s", len(got), want, queue, within)
+			}
+			return got
+		}
+	}
+}
+
+// proxyURL is an AMQP URL through p.
+func proxyURL(p *faultproxy.Proxy) string { return "amqp://guest:guest@" + p.Addr() + "/" }
+
+func newProxy(t testing.TB) *faultproxy.Proxy {
+	t.Helper()
+	p, err := faultproxy.New(rabbitAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}

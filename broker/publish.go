@@ -1,0 +1,201 @@
+package broker
+
+import (
+	"bytes"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/lsmtp/lsmtp/sink"
+)
+
+// Header names of the message contract (see doc.go).
+const (
+	HeaderSender       = "smtp-sender"
+	HeaderRecipients   = "smtp-recipients"
+	HeaderClientIP     = "smtp-client-ip"
+	HeaderClientPort   = "smtp-client-port"
+	HeaderHelo         = "smtp-helo"
+	HeaderDeclaredSize = "smtp-declared-size"
+	HeaderBody         = "smtp-body"
+	HeaderUTF8         = "smtp-utf8"
+	HeaderReceivedAt   = "smtp-received-at"
+	HeaderNode         = "smtp-node"
+)
+
+// Properties of the message contract.
+const (
+	ContentType = "message/rfc822"
+	AppID       = "lsmtp"
+	// ReceivedAtLayout is RFC 3339 with milliseconds, always in UTC ("Z").
+	ReceivedAtLayout = "2006-01-02T15:04:05.000Z07:00"
+)
+
+// bodyValues are the smtp-body values, boxed once so that filling the
+// header table does not allocate for them.
+var bodyValues = [...]any{
+	sink.Body7Bit:       sink.Body7Bit.String(),
+	sink.Body8BitMIME:   sink.Body8BitMIME.String(),
+	sink.BodyBinaryMIME: sink.BodyBinaryMIME.String(),
+}
+
+func containsDomain(key string) bool { return strings.Contains(key, DomainPlaceholder) }
+
+// publishBuilder turns a sink.Message into the publishings of its copies.
+// Each worker has one and reuses its header table and slices: amqp091-go
+// encodes the table during the publish call and keeps no reference to it.
+type publishBuilder struct {
+	b       *Broker
+	headers amqp.Table
+	all     []any         // every recipient, for a static routing key
+	groups  []domainGroup // per-domain recipients, for a {domain} routing key
+	ngroups int
+	pub     amqp.Publishing
+}
+
+type domainGroup struct {
+	domain string // lower-cased
+	rcpts  []any
+}
+
+func (p *publishBuilder) init(b *Broker) {
+	p.b = b
+	p.headers = make(amqp.Table, 10)
+}
+
+// prepare fills the parts common to all copies of m and returns the number
+// of copies: 1 for a static routing key, else one per distinct domain.
+func (p *publishBuilder) prepare(m *sink.Message) int {
+	received := m.Received
+	if received.IsZero() {
+		received = time.Now()
+	}
+	h := p.headers
+	h[HeaderSender] = string(m.Sender)
+	h[HeaderClientIP] = m.ClientIP
+	h[HeaderClientPort] = m.ClientPort // encoded as a signed 32-bit field
+	h[HeaderHelo] = string(m.Helo)
+	h[HeaderDeclaredSize] = m.Size // signed 64-bit
+	if int(m.Body) < len(bodyValues) {
+		h[HeaderBody] = bodyValues[m.Body]
+	} else {
+		h[HeaderBody] = m.Body.String()
+	}
+	h[HeaderUTF8] = m.SMTPUTF8
+	h[HeaderReceivedAt] = received.UTC().Format(ReceivedAtLayout)
+	h[HeaderNode] = p.b.nodeValue
+
+	var body []byte
+	if m.Data != nil {
+		body = m.Data.B
+	}
+	p.pub = amqp.Publishing{
+		Headers:      h,
+		ContentType:  ContentType,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    m.QueueID,
+		Timestamp:    received,
+		AppId:        AppID,
+		Body:         body,
+	}
+
+	if !p.b.templated {
+		p.all = p.all[:0]
+		for _, r := range m.Recipients {
+			p.all = append(p.all, string(r))
+		}
+		return 1
+	}
+	p.ngroups = 0
+	for _, r := range m.Recipients {
+		g := p.group(domainOf(r))
+		g.rcpts = append(g.rcpts, string(r))
+	}
+	if p.ngroups == 0 {
+		// No recipient at all (not possible after a valid SMTP
+		// transaction): one copy for the empty domain, so the message is
+		// stored rather than silently confirmed.
+		p.group(nil)
+	}
+	return p.ngroups
+}
+
+// group returns the group of domain d, adding it when new.
+func (p *publishBuilder) group(d []byte) *domainGroup {
+	for i := 0; i < p.ngroups; i++ {
+		if equalFoldASCII(p.groups[i].domain, d) {
+			return &p.groups[i]
+		}
+	}
+	if p.ngroups == len(p.groups) {
+		p.groups = append(p.groups, domainGroup{})
+	}
+	g := &p.groups[p.ngroups]
+	p.ngroups++
+	g.domain = lowerDomain(d)
+	g.rcpts = g.rcpts[:0]
+	return g
+}
+
+// copyOf returns the routing key and publishing of copy i of the message
+// last prepared.
+func (p *publishBuilder) copyOf(m *sink.Message, i int) (string, amqp.Publishing) {
+	if !p.b.templated {
+		p.headers[HeaderRecipients] = p.all
+		return p.b.cfg.RoutingKey, p.pub
+	}
+	g := &p.groups[i]
+	p.headers[HeaderRecipients] = g.rcpts
+	return strings.ReplaceAll(p.b.cfg.RoutingKey, DomainPlaceholder, g.domain), p.pub
+}
+
+// domainOf returns the domain of a forward-path: what follows its last
+// "@" (a quoted local part may contain "@"). A bare "postmaster" (RFC 5321
+// §4.5.1) has no domain and yields nil.
+func domainOf(addr []byte) []byte {
+	i := bytes.LastIndexByte(addr, '@')
+	if i < 0 {
+		return nil
+	}
+	return addr[i+1:]
+}
+
+// lowerDomain lower-cases a domain for the routing key. ASCII is the
+// common case; an internationalized domain (RFC 6531) is lower-cased by
+// Unicode rules.
+func lowerDomain(d []byte) string {
+	for _, c := range d {
+		if c >= 0x80 {
+			return strings.ToLower(string(d))
+		}
+	}
+	b := make([]byte, len(d))
+	for i, c := range d {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b[i] = c
+	}
+	return string(b)
+}
+
+// equalFoldASCII compares a lower-cased domain with a domain as received.
+func equalFoldASCII(lower string, d []byte) bool {
+	if bytes.IndexFunc(d, func(r rune) bool { return r >= 0x80 }) >= 0 {
+		return lower == strings.ToLower(string(d))
+	}
+	if len(lower) != len(d) {
+		return false
+	}
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if lower[i] != c {
+			return false
+		}
+	}
+	return true
+}

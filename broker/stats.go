@@ -1,0 +1,103 @@
+package broker
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Stats is a snapshot of the broker's counters, all since New.
+type Stats struct {
+	Submitted uint64 // taken into the ring by Submit
+	Confirmed uint64 // completed with nil: every copy confirmed by RabbitMQ
+	Failed    uint64 // taken, then completed with an error (the reasons below)
+
+	// Why taken messages (or copies of them) failed.
+	Nacked        uint64 // publishes NACKed by the broker
+	Returned      uint64 // publishes returned unroutable (basic.return)
+	TimedOut      uint64 // publishes whose confirm did not come within ConfirmTimeout
+	Lost          uint64 // publishes unconfirmed when their channel or connection closed
+	PublishErrors uint64 // publish calls that failed
+	Expired       uint64 // messages older than ConfirmTimeout before a worker reached them
+
+	// Submit answered at once, without taking the message.
+	RejectedBusy     uint64 // ring full: ErrBusy
+	RejectedDown     uint64 // not connected: ErrUnavailable
+	RejectedBlocked  uint64 // connection.blocked in force: ErrUnavailable
+	RejectedShutdown uint64 // after Close: ErrShuttingDown
+
+	Connects        uint64 // connections established
+	ConnectFailures uint64 // connection attempts (dial, handshake or declare) that failed
+	Disconnects     uint64 // established connections lost
+	ChannelFailures uint64 // worker channels that closed or could not be opened
+
+	// Gauges.
+	Ready    bool // connected
+	Blocked  bool // connection.blocked in force
+	RingLen  int  // messages waiting for a worker
+	InFlight int  // messages between Submit and Complete
+}
+
+type counters struct {
+	submitted, confirmed, failed                                  atomic.Uint64
+	nacked, returned, timedOut, lost, publishErrors, expired      atomic.Uint64
+	rejectedBusy, rejectedDown, rejectedBlocked, rejectedShutdown atomic.Uint64
+	connects, connectFailures, disconnects, channelFailures       atomic.Uint64
+}
+
+// Stats returns the current counters.
+func (b *Broker) Stats() Stats {
+	c := &b.stats
+	st := b.state.Load()
+	return Stats{
+		Submitted:        c.submitted.Load(),
+		Confirmed:        c.confirmed.Load(),
+		Failed:           c.failed.Load(),
+		Nacked:           c.nacked.Load(),
+		Returned:         c.returned.Load(),
+		TimedOut:         c.timedOut.Load(),
+		Lost:             c.lost.Load(),
+		PublishErrors:    c.publishErrors.Load(),
+		Expired:          c.expired.Load(),
+		RejectedBusy:     c.rejectedBusy.Load(),
+		RejectedDown:     c.rejectedDown.Load(),
+		RejectedBlocked:  c.rejectedBlocked.Load(),
+		RejectedShutdown: c.rejectedShutdown.Load(),
+		Connects:         c.connects.Load(),
+		ConnectFailures:  c.connectFailures.Load(),
+		Disconnects:      c.disconnects.Load(),
+		ChannelFailures:  c.channelFailures.Load(),
+		Ready:            st&stateReady != 0,
+		Blocked:          st&stateBlocked != 0,
+		RingLen:          b.ring.len(),
+		InFlight:         int(b.pending.Load()),
+	}
+}
+
+// logEvery is the least time between two log lines of the same kind: a
+// broker in trouble fails thousands of messages a second, and one line per
+// message would bury the reason.
+const logEvery = 5 * time.Second
+
+// limiter lets one log line through per logEvery and counts the rest.
+type limiter struct {
+	next       atomic.Int64 // broker clock (ns) before which lines are suppressed
+	suppressed atomic.Int64
+}
+
+// allow reports whether a line may be logged now; when not, it counts it.
+func (l *limiter) allow(now int64) bool {
+	next := l.next.Load()
+	if now < next || !l.next.CompareAndSwap(next, now+int64(logEvery)) {
+		l.suppressed.Add(1)
+		return false
+	}
+	return true
+}
+
+// suppressedSince returns and resets the count of suppressed lines.
+func (l *limiter) suppressedSince() int64 { return l.suppressed.Swap(0) }
+
+// logLimits has one limiter per kind of trouble.
+type logLimits struct {
+	busy, nack, returned, timeout, lost, publish, channel, connect, expired limiter
+}
