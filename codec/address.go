@@ -59,9 +59,6 @@ func ValidateMailbox(path []byte, utf8ok bool) error {
 	if len(path) == 0 {
 		return nil
 	}
-	if len(path)+2 > maxPath {
-		return ErrPathTooLong
-	}
 	for _, c := range path {
 		if c >= 0x80 {
 			if !utf8ok {
@@ -79,11 +76,13 @@ func ValidateMailbox(path []byte, utf8ok bool) error {
 		return ErrBadAddress
 	}
 	local, domain := path[:at], path[at+1:]
-	if len(local) > maxLocalPart {
+	switch {
+	case len(local) > maxLocalPart:
 		return ErrLocalPartTooLong
-	}
-	if len(domain) > maxDomain {
+	case len(domain) > maxDomain:
 		return ErrDomainTooLong
+	case len(path)+len("<>") > maxPath:
+		return ErrPathTooLong
 	}
 	if len(domain) > 0 && domain[0] == '[' {
 		if !validAddressLiteral(domain) {
