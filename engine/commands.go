@@ -1,0 +1,305 @@
+package engine
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+
+	"github.com/lsmtp/lsmtp/codec"
+)
+
+// Replies with fixed text. Codes per RFC 5321 §4.2 and §4.3.2, enhanced
+// codes per RFC 3463 (RFC 2034 §3: none on the greeting, HELO/EHLO, and
+// 354, which has no enhanced class).
+var (
+	replyOK            = &codec.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK"}
+	replySenderOK      = &codec.Reply{Code: 250, Enhanced: "2.1.0", Text: "OK"}
+	replyRecipientOK   = &codec.Reply{Code: 250, Enhanced: "2.1.5", Text: "OK"}
+	replyVRFY          = &codec.Reply{Code: 252, Enhanced: "2.0.0", Text: "Cannot VRFY user, but will accept message and attempt delivery"}
+	replyHelp          = &codec.Reply{Code: 214, Enhanced: "2.0.0", Text: "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"}
+	replyStartData     = &codec.Reply{Code: 354, Text: "End data with <CR><LF>.<CR><LF>"}
+	replyNotImpl       = &codec.Reply{Code: 502, Enhanced: "5.5.1", Text: "Command not implemented"}
+	replyNeedHelo      = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "Send HELO or EHLO first"}
+	replyNestedMail    = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "Sender already specified"}
+	replyNeedMail      = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "Need MAIL before RCPT"}
+	replyNeedMailData  = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "Need MAIL and RCPT before DATA"}
+	replyNoRecipients  = &codec.Reply{Code: 554, Enhanced: "5.5.1", Text: "No valid recipients"}
+	replyDataAfterBDAT = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "DATA not allowed after BDAT"}
+	replyRcptAfterBDAT = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "RCPT not allowed after BDAT"}
+	replyBinaryMIME    = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "BODY=BINARYMIME requires BDAT"}
+	replyNoParams      = &codec.Reply{Code: 555, Enhanced: "5.5.4", Text: "Parameters need EHLO"}
+	replyNullRcpt      = &codec.Reply{Code: 501, Enhanced: "5.1.3", Text: "Null recipient not allowed"}
+	replyTooMany       = &codec.Reply{Code: 452, Enhanced: "4.5.3", Text: "Too many recipients"}
+	replyTooBig        = &codec.Reply{Code: 552, Enhanced: "5.3.4", Text: "Message size exceeds fixed maximum message size"}
+	replyBareEOL       = &codec.Reply{Code: 554, Enhanced: "5.6.0", Text: "Message contains bare CR or LF (RFC 5321 section 2.3.8)"}
+)
+
+// serverReplies are the replies that carry our hostname, made once.
+type serverReplies struct {
+	greeting, helo, ehlo, quit, shutdown, timeout, nonSMTP []byte
+}
+
+func makeReplies(cfg Config) serverReplies {
+	h := cfg.Hostname
+	return serverReplies{
+		greeting: []byte("220 " + h + " ESMTP\r\n"),
+		helo:     []byte("250 " + h + "\r\n"),
+		ehlo: codec.AppendReplyLines(nil, 250,
+			h,
+			"PIPELINING",
+			"SIZE "+strconv.FormatInt(cfg.MaxMessageSize, 10),
+			"8BITMIME",
+			"BINARYMIME",
+			"CHUNKING",
+			"ENHANCEDSTATUSCODES",
+			"SMTPUTF8",
+		),
+		quit:     []byte("221 2.0.0 " + h + " Bye\r\n"),
+		shutdown: []byte("421 4.3.2 " + h + " Service shutting down, try again later\r\n"),
+		timeout:  []byte("421 4.4.2 " + h + " Timeout, closing\r\n"),
+		nonSMTP:  []byte("421 4.7.0 " + h + " Not an SMTP client, closing\r\n"),
+	}
+}
+
+// command handles one command line.
+func (s *session) command(line []byte, now time.Time) {
+	first := s.commands == 0
+	s.commands++
+	cmd := &s.cmd
+	if err := codec.ParseCommand(line, cmd); err != nil {
+		if first && isHTTP(line) {
+			// A browser or proxy probe. Postfix hangs up on these too
+			// (smtpd_forbidden_commands); answering 500 ten times helps no one.
+			s.out = append(s.out, s.srv.replies.nonSMTP...)
+			s.closeAfter = true
+			return
+		}
+		s.fail(asReply(err))
+		return
+	}
+	switch cmd.Verb {
+	case codec.VerbHELO, codec.VerbEHLO:
+		s.hello(cmd.Verb == codec.VerbEHLO)
+	case codec.VerbMAIL:
+		s.mail()
+	case codec.VerbRCPT:
+		s.rcpt()
+	case codec.VerbDATA:
+		s.dataCmd(now)
+	case codec.VerbBDAT:
+		s.bdatCmd(now)
+	case codec.VerbRSET:
+		s.resetTransaction()
+		s.reply(replyOK)
+	case codec.VerbNOOP:
+		s.reply(replyOK)
+	case codec.VerbQUIT:
+		s.out = append(s.out, s.srv.replies.quit...)
+		s.closeAfter = true
+	case codec.VerbVRFY:
+		s.reply(replyVRFY)
+	case codec.VerbHELP:
+		s.reply(replyHelp)
+	default:
+		s.fail(replyNotImpl)
+	}
+}
+
+// isHTTP recognises the first line of an HTTP request.
+func isHTTP(line []byte) bool {
+	for _, m := range [...]string{"GET ", "POST ", "HEAD ", "PUT ", "CONNECT ", "OPTIONS "} {
+		if bytes.HasPrefix(line, []byte(m)) {
+			return true
+		}
+	}
+	return false
+}
+
+func asReply(err error) *codec.Reply {
+	if r, ok := err.(*codec.Reply); ok {
+		return r
+	}
+	return &codec.Reply{Code: 501, Enhanced: "5.5.4", Text: "Syntax error"}
+}
+
+// hello handles HELO and EHLO; both reset the transaction (RFC 5321 §4.1.4).
+func (s *session) hello(ehlo bool) {
+	s.resetTransaction()
+	s.helo = append(s.helo[:0], s.cmd.Arg...)
+	s.ehlo = ehlo
+	if ehlo {
+		s.out = append(s.out, s.srv.replies.ehlo...)
+	} else {
+		s.out = append(s.out, s.srv.replies.helo...)
+	}
+}
+
+func (s *session) mail() {
+	cmd := &s.cmd
+	switch {
+	case len(s.helo) == 0:
+		s.fail(replyNeedHelo)
+		return
+	case s.hasMail:
+		s.fail(replyNestedMail)
+		return
+	case !s.ehlo && len(cmd.Params) > 0:
+		s.fail(replyNoParams)
+		return
+	}
+	var p codec.MailParams
+	if err := codec.ParseMailParams(cmd.Params, &p); err != nil {
+		s.fail(asReply(err))
+		return
+	}
+	if len(cmd.Path) > 0 {
+		if err := codec.ValidateMailbox(cmd.Path, p.SMTPUTF8); err != nil {
+			s.fail(asReply(err))
+			return
+		}
+	}
+	if p.HasSize && p.Size > s.srv.cfg.MaxMessageSize {
+		// RFC 1870 §6.1: refuse at MAIL what cannot be accepted at DATA.
+		s.fail(replyTooBig)
+		return
+	}
+	s.hasMail = true
+	s.params = p
+	s.env = append(s.env[:0], cmd.Path...)
+	s.sender = span{0, len(s.env)}
+	s.reply(replySenderOK)
+}
+
+func (s *session) rcpt() {
+	cmd := &s.cmd
+	switch {
+	case !s.hasMail:
+		s.fail(replyNeedMail)
+		return
+	case s.bdat:
+		s.fail(replyRcptAfterBDAT)
+		return
+	case !s.ehlo && len(cmd.Params) > 0:
+		s.fail(replyNoParams)
+		return
+	}
+	if err := codec.ParseRcptParams(cmd.Params); err != nil {
+		s.fail(asReply(err))
+		return
+	}
+	switch {
+	case len(cmd.Path) == 0:
+		s.fail(replyNullRcpt)
+		return
+	case codec.IsPostmaster(cmd.Path):
+	default:
+		if err := codec.ValidateMailbox(cmd.Path, s.params.SMTPUTF8); err != nil {
+			s.fail(asReply(err))
+			return
+		}
+	}
+	if len(s.rcpts) >= s.srv.cfg.MaxRecipients {
+		s.reply(replyTooMany) // RFC 5321 §4.5.3.1.10: 452, the client retries the rest
+		return
+	}
+	start := len(s.env)
+	s.env = append(s.env, cmd.Path...)
+	s.rcpts = append(s.rcpts, span{start, len(s.env)})
+	s.reply(replyRecipientOK)
+}
+
+func (s *session) dataCmd(now time.Time) {
+	switch {
+	case s.bdat:
+		s.fail(replyDataAfterBDAT)
+		return
+	case !s.hasMail:
+		s.fail(replyNeedMailData)
+		return
+	case len(s.rcpts) == 0:
+		s.fail(replyNoRecipients) // RFC 2920 §3.1
+		return
+	case s.params.Body == codec.BodyBinaryMIME:
+		s.fail(replyBinaryMIME) // RFC 3030 §3
+		return
+	}
+	s.beginMessage(now)
+	s.data.Reset(s.srv.cfg.MaxMessageSize, s.srv.cfg.NormalizeBareEOL)
+	s.state = stData
+	s.reply(replyStartData)
+}
+
+// endData runs after the final CRLF.CRLF. Only now may an oversized or
+// malformed body be refused: answering earlier would make the rest of the
+// body read as commands (SMTP smuggling).
+func (s *session) endData(now time.Time) {
+	switch {
+	case s.data.TooBig():
+		s.rejectMessage(replyTooBig)
+	case s.data.BareEOL() && !s.srv.cfg.NormalizeBareEOL:
+		s.rejectMessage(replyBareEOL)
+	default:
+		s.submit(now)
+	}
+}
+
+func (s *session) rejectMessage(r *codec.Reply) {
+	s.srv.stats.Rejected.Add(1)
+	s.resetTransaction()
+	s.state = stCommand
+	s.fail(r)
+}
+
+// bdatCmd starts reading a chunk (RFC 3030 §2). Its octets are always
+// read, even when the chunk is refused, so that they are never taken for
+// commands; the reply comes once the chunk is in.
+func (s *session) bdatCmd(now time.Time) {
+	cmd := &s.cmd
+	s.chunkLeft = cmd.ChunkSize
+	s.chunkLast = cmd.Last
+	s.chunkErr = nil
+	switch {
+	case !s.hasMail:
+		s.chunkErr = replyNeedMailData
+	case len(s.rcpts) == 0:
+		s.chunkErr = replyNoRecipients
+	case s.txFailed != nil:
+		s.chunkErr = s.txFailed
+	case s.bodySize+cmd.ChunkSize > s.srv.cfg.MaxMessageSize:
+		// The excess is read and dropped, never buffered; the transaction
+		// stays failed until BDAT LAST or RSET.
+		s.srv.stats.Rejected.Add(1)
+		s.txFailed = replyTooBig
+		s.chunkErr = replyTooBig
+	}
+	if s.chunkErr == nil && !s.bdat {
+		s.bdat = true
+		s.beginMessage(now)
+	}
+	if s.chunkErr == nil {
+		s.bodySize += cmd.ChunkSize
+	}
+	s.state = stBDAT
+	if s.chunkLeft == 0 {
+		s.endChunk(now)
+	}
+}
+
+func (s *session) endChunk(now time.Time) {
+	s.state = stCommand
+	if r := s.chunkErr; r != nil {
+		s.chunkErr = nil
+		if r == s.txFailed && s.chunkLast {
+			s.resetTransaction()
+		}
+		s.fail(r)
+		return
+	}
+	if !s.chunkLast {
+		s.out = append(s.out, "250 2.0.0 "...)
+		s.out = strconv.AppendInt(s.out, s.cmd.ChunkSize, 10)
+		s.out = append(s.out, " octets received\r\n"...)
+		return
+	}
+	s.submit(now)
+}

@@ -1,0 +1,138 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/lsmtp/lsmtp/sink"
+)
+
+// Config holds the engine's settings. Zero fields take the defaults below
+// (see Defaults); negative limits are invalid.
+type Config struct {
+	// Listen addresses, host:port.
+	Listen []string
+	// Hostname is the name in our greeting and Received: headers.
+	Hostname string
+
+	// MaxMessageSize is the largest message body accepted, in octets after
+	// dot-unstuffing, not counting our Received: header (RFC 1870 SIZE).
+	MaxMessageSize int64
+	// MaxRecipients per transaction; the next RCPT gets 452 4.5.3
+	// (RFC 5321 §4.5.3.1.8 requires at least 100 to be accepted).
+	MaxRecipients int
+	// MaxLineLength of a command line including CRLF (RFC 5321 §4.5.3.1.4).
+	MaxLineLength int
+	// MaxConns open at once over all listeners; 0 means no limit.
+	MaxConns int
+	// MaxConnsPerIP open at once from one client address; 0 means no limit.
+	MaxConnsPerIP int
+	// MaxErrors is how many protocol errors a session may make before we
+	// answer 421 and close.
+	MaxErrors int
+	// MaxPipelineBacklog bounds the input a client may send while one of
+	// its commands waits for the sink (RFC 2920 pipelining); past it the
+	// session is closed with 421 4.7.0.
+	MaxPipelineBacklog int
+
+	// IdleTimeout is how long we wait for the next command
+	// (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+	IdleTimeout time.Duration
+	// DataTimeout is how long a DATA or BDAT body may go without a byte
+	// arriving (RFC 5321 §4.5.3.2.5-6).
+	DataTimeout time.Duration
+	// GreetDelay holds the greeting back; a client that talks before it
+	// is a protocol violator (RFC 5321 §3.1: the client waits for 220) and
+	// is disconnected. 0 greets at once.
+	GreetDelay time.Duration
+	// TickInterval is how often timeouts are checked.
+	TickInterval time.Duration
+
+	// NormalizeBareEOL turns a bare CR or LF in a DATA body into CRLF
+	// instead of rejecting the message (RFC 5321 §2.3.8).
+	NormalizeBareEOL bool
+
+	// EventLoops is the number of gnet event loops; 0 is one per CPU.
+	EventLoops int
+
+	// Sink takes finished messages. Required.
+	Sink sink.Sink
+	// Logger for connection-level events; nil discards.
+	Logger *slog.Logger
+}
+
+// Defaults are the values zero fields take.
+var Defaults = Config{
+	Listen:             []string{"127.0.0.1:2525"},
+	Hostname:           "localhost",
+	MaxMessageSize:     25 << 20,
+	MaxRecipients:      100,
+	MaxLineLength:      512,
+	MaxConns:           10000,
+	MaxConnsPerIP:      50,
+	MaxErrors:          10,
+	MaxPipelineBacklog: 1 << 20,
+	IdleTimeout:        5 * time.Minute,
+	DataTimeout:        5 * time.Minute,
+	TickInterval:       time.Second,
+}
+
+// withDefaults fills zero fields and validates the result.
+func (c Config) withDefaults() (Config, error) {
+	d := Defaults
+	if len(c.Listen) == 0 {
+		c.Listen = d.Listen
+	}
+	if c.Hostname == "" {
+		c.Hostname = d.Hostname
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = d.MaxMessageSize
+	}
+	if c.MaxRecipients == 0 {
+		c.MaxRecipients = d.MaxRecipients
+	}
+	if c.MaxLineLength == 0 {
+		c.MaxLineLength = d.MaxLineLength
+	}
+	if c.MaxErrors == 0 {
+		c.MaxErrors = d.MaxErrors
+	}
+	if c.MaxPipelineBacklog == 0 {
+		c.MaxPipelineBacklog = d.MaxPipelineBacklog
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = d.IdleTimeout
+	}
+	if c.DataTimeout == 0 {
+		c.DataTimeout = d.DataTimeout
+	}
+	if c.TickInterval == 0 {
+		c.TickInterval = d.TickInterval
+		if c.GreetDelay > 0 && c.GreetDelay/4 < c.TickInterval {
+			c.TickInterval = max(c.GreetDelay/4, 10*time.Millisecond)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	var errs []error
+	if c.Sink == nil {
+		errs = append(errs, errors.New("engine: no sink"))
+	}
+	if c.MaxMessageSize < 0 || c.MaxRecipients < 0 || c.MaxConns < 0 || c.MaxConnsPerIP < 0 ||
+		c.MaxErrors < 0 || c.MaxPipelineBacklog < 0 || c.IdleTimeout < 0 || c.DataTimeout < 0 ||
+		c.GreetDelay < 0 || c.TickInterval < 0 || c.EventLoops < 0 {
+		errs = append(errs, errors.New("engine: limits and timeouts must not be negative"))
+	}
+	if c.MaxLineLength < 512 {
+		// RFC 5321 §4.5.3.1.4: a command line is at least 512 octets.
+		errs = append(errs, fmt.Errorf("engine: max line length %d is below the 512 octets RFC 5321 §4.5.3.1.4 requires", c.MaxLineLength))
+	}
+	if c.MaxRecipients < 100 {
+		c.Logger.Warn("max recipients below the 100 RFC 5321 §4.5.3.1.8 asks servers to accept", "max_recipients", c.MaxRecipients)
+	}
+	return c, errors.Join(errs...)
+}

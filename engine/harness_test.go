@@ -1,0 +1,253 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lsmtp/lsmtp/sink"
+)
+
+// startServer runs a server on 127.0.0.1:0 for one test. Zero fields of
+// cfg take test-friendly values (fast ticker, two loops, a recording sink).
+func startServer(t testing.TB, cfg Config) (*Server, string) {
+	t.Helper()
+	if cfg.Listen == nil {
+		cfg.Listen = []string{"127.0.0.1:0"}
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = "mx.test"
+	}
+	if cfg.Sink == nil {
+		cfg.Sink = &recordingSink{}
+	}
+	if cfg.TickInterval == 0 {
+		cfg.TickInterval = 20 * time.Millisecond
+	}
+	if cfg.EventLoops == 0 {
+		cfg.EventLoops = 2
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+	addrs := srv.Addrs()
+	if len(addrs) == 0 {
+		t.Fatalf("Serve: %v", <-served)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		select {
+		case <-served:
+		case <-time.After(5 * time.Second):
+			t.Errorf("Serve did not return after Shutdown")
+		}
+	})
+	return srv, addrs[0].String()
+}
+
+// client speaks SMTP line by line for dialog tests.
+type client struct {
+	t    testing.TB
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// dial connects and reads the greeting.
+func dial(t testing.TB, addr string) *client {
+	t.Helper()
+	c := dialNoGreeting(t, addr)
+	c.expect("220 mx.test ESMTP")
+	return c
+}
+
+func dialNoGreeting(t testing.TB, addr string) *client {
+	t.Helper()
+	return dialFrom(t, "", addr)
+}
+
+// dialFrom connects from a chosen loopback source address (any of
+// 127.0.0.0/8), without reading the greeting.
+func dialFrom(t testing.TB, source, addr string) *client {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if source != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(source)}
+	}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	return &client{t: t, conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := c.conn.Write([]byte(s)); err != nil {
+		c.t.Fatalf("write %q: %v", trim(s), err)
+	}
+}
+
+// reply reads one whole reply, multiline included, and returns its lines.
+func (c *client) reply() []string {
+	c.t.Helper()
+	var lines []string
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			c.t.Fatalf("reading reply after %q: %v", lines, err)
+		}
+		if !strings.HasSuffix(line, "\r\n") {
+			c.t.Fatalf("reply line %q does not end in CRLF", line)
+		}
+		line = strings.TrimSuffix(line, "\r\n")
+		lines = append(lines, line)
+		if len(line) < 4 || line[3] != '-' {
+			return lines
+		}
+	}
+}
+
+// expect reads one reply and checks that its last line starts with want
+// (e.g. "250 2.1.0").
+func (c *client) expect(want string) string {
+	c.t.Helper()
+	lines := c.reply()
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, want) {
+		c.t.Fatalf("got reply %q, want %q...", strings.Join(lines, " | "), want)
+	}
+	return last
+}
+
+// do sends one command line and checks its reply.
+func (c *client) do(line, want string) string {
+	c.t.Helper()
+	c.send(line + "\r\n")
+	return c.expect(want)
+}
+
+// expectClosed checks that the server closed the connection.
+func (c *client) expectClosed() {
+	c.t.Helper()
+	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := c.r.ReadString('\n')
+	if err == nil {
+		c.t.Fatalf("connection still open, read %q", line)
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		c.t.Fatalf("connection still open after 5s")
+	}
+}
+
+func trim(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "..."
+	}
+	return s
+}
+
+// recordingSink keeps a copy of every message. With async set it completes
+// from another goroutine after delay, as a broker would; result chooses
+// the outcome.
+type recordingSink struct {
+	mu     sync.Mutex
+	msgs   []recorded
+	async  bool
+	delay  time.Duration
+	result error
+	held   chan struct{} // if set, completion waits until it is closed
+}
+
+type recorded struct {
+	QueueID    string
+	Sender     string
+	Recipients []string
+	ClientIP   string
+	Helo       string
+	Size       int64
+	Body       sink.BodyType
+	SMTPUTF8   bool
+	Data       string
+}
+
+func (s *recordingSink) Submit(m *sink.Message) {
+	r := recorded{
+		QueueID:  m.QueueID,
+		Sender:   string(m.Sender),
+		ClientIP: m.ClientIP,
+		Helo:     string(m.Helo),
+		Size:     m.Size,
+		Body:     m.Body,
+		SMTPUTF8: m.SMTPUTF8,
+		Data:     string(m.Data.B),
+	}
+	for _, rc := range m.Recipients {
+		r.Recipients = append(r.Recipients, string(rc))
+	}
+	m.ReleaseData()
+	s.mu.Lock()
+	result, async, delay, held := s.result, s.async, s.delay, s.held
+	if result == nil {
+		s.msgs = append(s.msgs, r)
+	}
+	s.mu.Unlock()
+	if !async && held == nil {
+		m.Done.Complete(m, result)
+		return
+	}
+	go func() {
+		if held != nil {
+			<-held
+		}
+		time.Sleep(delay)
+		m.Done.Complete(m, result)
+	}()
+}
+
+func (s *recordingSink) Close(context.Context) error { return nil }
+
+func (s *recordingSink) messages() []recorded {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]recorded(nil), s.msgs...)
+}
+
+// body returns the message as the client sent it: Data without our
+// Received: header (which ends at the first line not starting with a tab
+// after the "Received:" line).
+func (r recorded) body() string {
+	rest := r.Data
+	if !strings.HasPrefix(rest, "Received: ") {
+		return rest
+	}
+	for {
+		i := strings.Index(rest, "\r\n")
+		rest = rest[i+2:]
+		if !strings.HasPrefix(rest, "\t") {
+			return rest
+		}
+	}
+}
+
+func mustf(t testing.TB, err error, format string, a ...any) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", fmt.Sprintf(format, a...), err)
+	}
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}

@@ -1,0 +1,353 @@
+// Package engine is the SMTP server: gnet event loops, one session state
+// machine per connection, limits and timeouts.
+//
+// Goroutines: every session belongs to the event loop that accepted its
+// connection and is touched only there, except for the three fields that
+// other goroutines use to hand things back (session.completed,
+// session.sinkErr, session.deadline), each documented where it is declared.
+// The ticker goroutine (gnet's OnTick) never touches a session's state; it
+// only wakes the connection (gnet Conn.Wake), and the loop does the rest.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/lsmtp/lsmtp/queueid"
+)
+
+// Server is an SMTP server. Create it with New, run it with Serve, stop it
+// with Shutdown.
+type Server struct {
+	cfg     Config
+	ids     *queueid.Generator
+	replies serverReplies
+
+	// Written once in OnBoot, read after ready is closed.
+	eng   gnet.Engine
+	addrs []net.Addr
+	ready chan struct{}
+
+	conns    atomic.Int64 // open connections, all listeners
+	perIPMu  sync.Mutex
+	perIP    map[netip.Addr]int // guarded by perIPMu
+	sessions registry
+
+	// draining is set by Shutdown: new connections are refused, idle
+	// sessions are closed, transactions in flight may finish.
+	draining atomic.Bool
+	// force is set when the shutdown deadline passed: everyone gets 421.
+	force atomic.Bool
+
+	stats Stats
+}
+
+// Stats are the engine's counters; read them with Server.Stats.
+type Stats struct {
+	Accepted, Refused, Messages, Tempfailed, Rejected atomic.Int64
+}
+
+// New checks cfg and returns a server ready to Serve.
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if !hostnameOK(cfg.Hostname) {
+		return nil, fmt.Errorf("engine: hostname %q cannot stand in a greeting", cfg.Hostname)
+	}
+	return &Server{
+		cfg:     cfg,
+		replies: makeReplies(cfg),
+		ids:     queueid.NewGenerator(),
+		perIP:   make(map[netip.Addr]int),
+		ready:   make(chan struct{}),
+	}, nil
+}
+
+// Serve listens and serves until Shutdown or a listener error.
+func (s *Server) Serve() error {
+	addrs := make([]string, len(s.cfg.Listen))
+	for i, a := range s.cfg.Listen {
+		addrs[i] = "tcp://" + a
+	}
+	opts := []gnet.Option{
+		gnet.WithMulticore(true),
+		gnet.WithTicker(true),
+		gnet.WithReusePort(false),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithLogger(gnetLogger{s.cfg.Logger}),
+	}
+	if s.cfg.EventLoops > 0 {
+		opts = append(opts, gnet.WithNumEventLoop(s.cfg.EventLoops))
+	}
+	err := gnet.Rotate(&handler{srv: s}, addrs, opts...)
+	select {
+	case <-s.ready:
+	default:
+		close(s.ready) // boot failed: release Addrs waiters
+	}
+	return err
+}
+
+// Addrs waits until the server listens (or failed to) and returns the
+// bound addresses, in the order of Config.Listen. Useful with port 0.
+func (s *Server) Addrs() []net.Addr {
+	<-s.ready
+	return s.addrs
+}
+
+// Config returns the effective configuration (defaults filled in).
+func (s *Server) Config() Config { return s.cfg }
+
+// Stats returns the live counters.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// Shutdown stops taking new connections and new transactions, lets
+// transactions in flight finish until ctx ends, then answers 421 4.3.2 to
+// every remaining session and stops the event loops. It does not close
+// the sink: the caller does that afterwards, so that messages the sink
+// still holds are drained too.
+func (s *Server) Shutdown(ctx context.Context) error {
+	<-s.ready
+	s.draining.Store(true)
+	s.sessions.wakeAll()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.conns.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			s.force.Store(true)
+			s.sessions.wakeAll()
+			// Give the loops a moment to write their 421s.
+			deadline := time.Now().Add(time.Second)
+			for s.conns.Load() > 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			return errors.Join(ctx.Err(), s.stop())
+		case <-tick.C:
+		}
+	}
+	return s.stop()
+}
+
+func (s *Server) stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.eng.Stop(ctx); err != nil {
+		return fmt.Errorf("engine: stopping event loops: %w", err)
+	}
+	return nil
+}
+
+// admit counts a new connection from ip against the global and per-IP
+// limits. It returns false, counting nothing, when a limit is reached.
+func (s *Server) admit(ip netip.Addr) bool {
+	if n := s.conns.Add(1); s.cfg.MaxConns > 0 && n > int64(s.cfg.MaxConns) {
+		s.conns.Add(-1)
+		return false
+	}
+	if s.cfg.MaxConnsPerIP > 0 {
+		s.perIPMu.Lock()
+		n := s.perIP[ip]
+		ok := n < s.cfg.MaxConnsPerIP
+		if ok {
+			s.perIP[ip] = n + 1
+		}
+		s.perIPMu.Unlock()
+		if !ok {
+			s.conns.Add(-1)
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) release(ip netip.Addr) {
+	s.conns.Add(-1)
+	if s.cfg.MaxConnsPerIP > 0 {
+		s.perIPMu.Lock()
+		if n := s.perIP[ip]; n <= 1 {
+			delete(s.perIP, ip)
+		} else {
+			s.perIP[ip] = n - 1
+		}
+		s.perIPMu.Unlock()
+	}
+}
+
+// handler adapts gnet's callbacks to sessions. Every method runs on an
+// event loop, except OnTick (the ticker goroutine) and OnBoot/OnShutdown.
+type handler struct {
+	gnet.BuiltinEventEngine
+	srv *Server
+}
+
+func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
+	s := h.srv
+	s.eng = eng
+	for _, a := range s.cfg.Listen {
+		s.addrs = append(s.addrs, boundAddr(eng, a))
+	}
+	close(s.ready)
+	return gnet.None
+}
+
+// boundAddr asks the kernel which address a listener got (port 0 picks
+// one), falling back to the configured text.
+func boundAddr(eng gnet.Engine, addr string) net.Addr {
+	fallback, _ := net.ResolveTCPAddr("tcp", addr)
+	fd, err := eng.DupListener("tcp", addr)
+	if err != nil {
+		return fallback
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fallback
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}
+	}
+	return fallback
+}
+
+func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	s := h.srv
+	ap := addrPort(c.RemoteAddr())
+	ip := ap.Addr()
+	if s.draining.Load() {
+		s.stats.Refused.Add(1)
+		return s.replies.shutdown, gnet.Close
+	}
+	if !s.admit(ip) {
+		s.stats.Refused.Add(1)
+		return []byte("421 4.7.0 " + s.cfg.Hostname + " Too many connections, try again later\r\n"), gnet.Close
+	}
+	s.stats.Accepted.Add(1)
+	sess := newSession(s, c, ap)
+	c.SetContext(sess)
+	s.sessions.add(sess)
+	return sess.open(time.Now()), gnet.None
+}
+
+func (h *handler) OnClose(c gnet.Conn, _ error) gnet.Action {
+	sess, ok := c.Context().(*session)
+	if !ok {
+		return gnet.None // refused in OnOpen: nothing was counted
+	}
+	h.srv.sessions.remove(sess)
+	h.srv.release(sess.remote.Addr())
+	sess.closed()
+	return gnet.None
+}
+
+func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
+	sess, ok := c.Context().(*session)
+	if !ok {
+		return gnet.Close
+	}
+	return sess.onTraffic(c, time.Now())
+}
+
+// OnTick runs on the ticker goroutine: it only wakes sessions whose
+// deadline passed; their own loop decides what that means.
+func (h *handler) OnTick() (time.Duration, gnet.Action) {
+	h.srv.sessions.wakeExpired(time.Now().UnixNano())
+	return h.srv.cfg.TickInterval, gnet.None
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// registry lists the open sessions for the ticker. It is sharded so that
+// loops opening and closing connections rarely meet on one lock; no lock
+// is held across I/O.
+type registry struct {
+	shards [32]struct {
+		mu sync.Mutex
+		m  map[*session]struct{}
+	}
+}
+
+func (r *registry) shard(s *session) int { return int(s.id % uint64(len(r.shards))) }
+
+func (r *registry) add(s *session) {
+	sh := &r.shards[r.shard(s)]
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = make(map[*session]struct{})
+	}
+	sh.m[s] = struct{}{}
+	sh.mu.Unlock()
+}
+
+func (r *registry) remove(s *session) {
+	sh := &r.shards[r.shard(s)]
+	sh.mu.Lock()
+	delete(sh.m, s)
+	sh.mu.Unlock()
+}
+
+func (r *registry) each(f func(*session)) {
+	var batch []*session
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for s := range sh.m {
+			batch = append(batch, s)
+		}
+		sh.mu.Unlock()
+		// Wake outside the lock: Wake queues a task on the session's loop.
+		for _, s := range batch {
+			f(s)
+		}
+		batch = batch[:0]
+	}
+}
+
+func (r *registry) wakeExpired(now int64) {
+	r.each(func(s *session) {
+		if d := s.deadline.Load(); d != 0 && now >= d {
+			_ = s.conn.Wake(nil)
+		}
+	})
+}
+
+func (r *registry) wakeAll() {
+	r.each(func(s *session) { _ = s.conn.Wake(nil) })
+}
+
+// hostnameOK reports whether h can stand in our greeting and headers.
+func hostnameOK(h string) bool {
+	return h != "" && !strings.ContainsAny(h, " \t\r\n()<>")
+}
+
+// gnetLogger sends gnet's own messages to our slog logger; its start-up
+// chatter goes to debug.
+type gnetLogger struct{ log *slog.Logger }
+
+func (l gnetLogger) Debugf(format string, args ...any) { l.log.Debug(fmt.Sprintf(format, args...)) }
+func (l gnetLogger) Infof(format string, args ...any)  { l.log.Debug(fmt.Sprintf(format, args...)) }
+func (l gnetLogger) Warnf(format string, args ...any)  { l.log.Warn(fmt.Sprintf(format, args...)) }
+func (l gnetLogger) Errorf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }
+func (l gnetLogger) Fatalf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }

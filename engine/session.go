@@ -1,0 +1,367 @@
+package engine
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/lsmtp/lsmtp/codec"
+	"github.com/lsmtp/lsmtp/sink"
+)
+
+// state is what the session is reading.
+type state uint8
+
+const (
+	stGreeting state = iota // greeting held back (Config.GreetDelay)
+	stCommand               // command lines
+	stData                  // a DATA body, until CRLF.CRLF
+	stBDAT                  // the octets of a BDAT chunk
+	stWaiting               // message handed to the sink; input waits (RFC 2920 §3.1: replies in order)
+)
+
+var sessionIDs atomic.Uint64
+
+// span locates bytes in session.env.
+type span struct{ start, end int }
+
+// session is one SMTP connection. It is owned by its event loop; the only
+// fields other goroutines touch are completed, sinkErr and deadline.
+type session struct {
+	srv    *Server
+	conn   gnet.Conn
+	id     uint64
+	remote netip.AddrPort
+	ipText string // remote IP as text, made once per connection
+
+	state      state
+	greetAt    time.Time
+	commands   int  // commands seen, for the first-command checks
+	errors     int  // protocol errors, see Config.MaxErrors
+	closeAfter bool // close once out is written
+	out        []byte
+
+	lines codec.CommandReader
+	data  codec.DataReader
+	cmd   codec.Command
+
+	// Greeting state (RFC 5321 §4.1.1.1).
+	helo []byte
+	ehlo bool
+
+	// Transaction state, cleared by resetTransaction.
+	hasMail   bool
+	params    codec.MailParams
+	env       []byte // sender then recipients, back to back
+	sender    span
+	rcpts     []span
+	bdat      bool         // a BDAT transaction has started (RFC 3030 §2: no DATA then)
+	txFailed  *codec.Reply // a BDAT chunk failed; later chunks are read, discarded and answered with this
+	chunkLeft int64
+	chunkLast bool
+	chunkErr  *codec.Reply // reply to the chunk being read when it is discarded
+	bodySize  int64        // BDAT octets so far
+	msg       sink.Message
+
+	// Handed back by the sink, from any goroutine. The sink writes sinkErr,
+	// then sets completed; the loop reads sinkErr only after it saw
+	// completed, so the atomic orders the two.
+	completed atomic.Bool
+	sinkErr   error
+	// inSubmit is set by the loop around Sink.Submit: a sink completing
+	// synchronously need not wake the loop, which looks right after.
+	inSubmit atomic.Bool
+	// deadline (Unix ns) is when the ticker should wake us; 0 for never.
+	// Written by the loop, read by the ticker goroutine.
+	deadline atomic.Int64
+}
+
+func newSession(srv *Server, c gnet.Conn, remote netip.AddrPort) *session {
+	s := &session{
+		srv:    srv,
+		conn:   c,
+		id:     sessionIDs.Add(1),
+		remote: remote,
+		ipText: remote.Addr().Unmap().String(),
+	}
+	s.lines.MaxLine = srv.cfg.MaxLineLength
+	return s
+}
+
+// open returns what OnOpen writes: the greeting, unless it is held back.
+func (s *session) open(now time.Time) []byte {
+	if d := s.srv.cfg.GreetDelay; d > 0 {
+		s.state = stGreeting
+		s.greetAt = now.Add(d)
+		s.deadline.Store(s.greetAt.UnixNano())
+		return nil
+	}
+	s.state = stCommand
+	s.setDeadline(now)
+	return s.srv.replies.greeting
+}
+
+// closed runs in OnClose. A message still being read is dropped: a
+// client that disconnects mid-DATA has not sent a message (RFC 5321
+// §4.1.1.4: only the final dot completes it). A message the sink holds
+// stays the sink's until it completes.
+func (s *session) closed() {
+	s.deadline.Store(0)
+	if s.state != stWaiting {
+		s.msg.ReleaseData()
+	}
+}
+
+// onTraffic runs on the loop for new input, a wake by the ticker, or a
+// wake by the sink's completion. It answers every complete command in the
+// input with one write (RFC 2920 §3.2), stopping at a command whose reply
+// must wait for the sink.
+func (s *session) onTraffic(c gnet.Conn, now time.Time) gnet.Action {
+	srv := s.srv
+	if s.state == stWaiting {
+		if !s.completed.Load() {
+			switch {
+			case srv.force.Load():
+				s.out = append(s.out, srv.replies.shutdown...)
+				s.closeAfter = true
+			case c.InboundBuffered() > srv.cfg.MaxPipelineBacklog:
+				s.out = codec.AppendReply(s.out, 421, "4.7.0", srv.cfg.Hostname+" Too much pipelined input, closing")
+				s.closeAfter = true
+			}
+			return s.flush(c)
+		}
+		s.finishMessage(now)
+	}
+	if srv.force.Load() {
+		s.out = append(s.out, srv.replies.shutdown...)
+		s.closeAfter = true
+		return s.flush(c)
+	}
+	if s.state == stGreeting {
+		if c.InboundBuffered() > 0 {
+			// RFC 5321 §3.1: the client waits for our 220. One that talks
+			// first is not a mailer waiting its turn.
+			s.out = codec.AppendReply(s.out, 554, "5.5.0", srv.cfg.Hostname+" Protocol violation: talked before the greeting")
+			s.closeAfter = true
+			return s.flush(c)
+		}
+		if now.Before(s.greetAt) {
+			return gnet.None
+		}
+		s.out = append(s.out, srv.replies.greeting...)
+		s.state = stCommand
+		s.setDeadline(now)
+	}
+
+	buf, _ := c.Peek(-1)
+	used := 0
+loop:
+	for !s.closeAfter {
+		switch s.state {
+		case stCommand:
+			if srv.draining.Load() && !s.hasMail {
+				s.out = append(s.out, srv.replies.shutdown...)
+				s.closeAfter = true
+				break loop
+			}
+			if s.commands == 0 && used < len(buf) && buf[used] == 0x16 {
+				// A TLS ClientHello (record type 22) on a port that does
+				// not speak TLS: no line ending will come, so do not wait
+				// for one.
+				s.out = codec.AppendReply(s.out, 421, "4.7.0", srv.cfg.Hostname+" TLS is not spoken here, closing")
+				s.closeAfter = true
+				break loop
+			}
+			line, n, err := s.lines.Next(buf[used:])
+			if n == 0 {
+				break loop
+			}
+			used += n
+			if err != nil {
+				s.fail(asReply(err))
+				continue
+			}
+			s.command(line, now)
+		case stData:
+			if used == len(buf) {
+				break loop
+			}
+			n, done := s.data.Feed(s.msg.Data, buf[used:])
+			used += n
+			if done {
+				s.endData(now)
+			}
+		case stBDAT:
+			if used == len(buf) {
+				break loop
+			}
+			n := min(int64(len(buf)-used), s.chunkLeft)
+			if s.chunkErr == nil {
+				_, _ = s.msg.Data.Write(buf[used : used+int(n)])
+			}
+			used += int(n)
+			s.chunkLeft -= n
+			if s.chunkLeft == 0 {
+				s.endChunk(now)
+			}
+		case stWaiting:
+			if !s.completed.Load() {
+				break loop
+			}
+			s.finishMessage(now)
+		default:
+			break loop
+		}
+	}
+	if used > 0 {
+		_, _ = c.Discard(used)
+		if s.state != stWaiting {
+			s.setDeadline(now)
+		}
+	} else if d := s.deadline.Load(); d != 0 && now.UnixNano() >= d && !s.closeAfter {
+		// RFC 5321 §4.5.3.2: we may close a session that went quiet.
+		s.out = append(s.out, srv.replies.timeout...)
+		s.closeAfter = true
+	}
+	return s.flush(c)
+}
+
+// flush writes every reply gathered in this pass at once.
+func (s *session) flush(c gnet.Conn) gnet.Action {
+	if len(s.out) > 0 {
+		_, err := c.Write(s.out)
+		s.out = s.out[:0]
+		if err != nil {
+			return gnet.Close
+		}
+		// A client that does not read its replies must not make us
+		// buffer them without end.
+		if c.OutboundBuffered() > s.srv.cfg.MaxPipelineBacklog {
+			return gnet.Close
+		}
+	}
+	if s.closeAfter {
+		s.deadline.Store(0)
+		return gnet.Close
+	}
+	return gnet.None
+}
+
+// setDeadline arms the timeout that fits the current state.
+func (s *session) setDeadline(now time.Time) {
+	switch s.state {
+	case stData, stBDAT:
+		s.deadline.Store(now.Add(s.srv.cfg.DataTimeout).UnixNano())
+	case stWaiting:
+		s.deadline.Store(0) // the sink has its own timeout
+	default:
+		s.deadline.Store(now.Add(s.srv.cfg.IdleTimeout).UnixNano())
+	}
+}
+
+// reply appends a reply.
+func (s *session) reply(r *codec.Reply) { s.out = r.AppendTo(s.out) }
+
+// fail answers a client error and counts it; too many and we hang up.
+func (s *session) fail(r *codec.Reply) {
+	s.reply(r)
+	if r.Code < 500 {
+		return
+	}
+	s.errors++
+	if s.errors >= s.srv.cfg.MaxErrors {
+		s.out = codec.AppendReply(s.out, 421, "4.7.0", s.srv.cfg.Hostname+" Too many errors, closing")
+		s.closeAfter = true
+	}
+}
+
+// resetTransaction forgets the sender, recipients and body (RFC 5321
+// §4.1.1.5). The message struct is reused: the sink is done with it.
+func (s *session) resetTransaction() {
+	s.hasMail = false
+	s.params = codec.MailParams{}
+	s.env = s.env[:0]
+	s.rcpts = s.rcpts[:0]
+	s.bdat = false
+	s.txFailed = nil
+	s.chunkErr = nil
+	s.bodySize = 0
+	s.msg.ReleaseData()
+	s.msg = sink.Message{Recipients: s.msg.Recipients[:0]}
+}
+
+// beginMessage starts the body of a transaction: a queue ID, a pooled
+// buffer, and our trace header on top (RFC 5321 §4.4).
+func (s *session) beginMessage(now time.Time) {
+	s.msg.QueueID = s.srv.ids.New(now)
+	s.msg.Data = bytebufferpool.Get()
+	s.msg.Data.B = s.appendReceived(s.msg.Data.B[:0], now)
+}
+
+// submit hands the finished message to the sink and waits for Complete.
+func (s *session) submit(now time.Time) {
+	m := &s.msg
+	m.Sender = s.env[s.sender.start:s.sender.end]
+	m.Recipients = m.Recipients[:0]
+	for _, r := range s.rcpts {
+		m.Recipients = append(m.Recipients, s.env[r.start:r.end])
+	}
+	m.ClientIP = s.ipText
+	m.ClientPort = int(s.remote.Port())
+	m.Helo = s.helo
+	m.Size = s.params.Size
+	m.Body = sink.BodyType(s.params.Body)
+	m.SMTPUTF8 = s.params.SMTPUTF8
+	m.Received = now
+	m.Done = s
+
+	s.state = stWaiting
+	s.deadline.Store(0)
+	s.sinkErr = nil
+	s.completed.Store(false)
+	s.inSubmit.Store(true)
+	s.srv.cfg.Sink.Submit(m)
+	s.inSubmit.Store(false)
+}
+
+// Complete implements sink.Completion; any goroutine may call it.
+func (s *session) Complete(_ *sink.Message, err error) {
+	s.sinkErr = err
+	s.completed.Store(true)
+	if !s.inSubmit.Load() {
+		_ = s.conn.Wake(nil)
+	}
+}
+
+// finishMessage answers the sink's verdict: 250 only for a stored message,
+// and never a 5xx for trouble on our side (RFC 5321 §4.2.5).
+func (s *session) finishMessage(now time.Time) {
+	err := s.sinkErr
+	s.sinkErr = nil
+	s.completed.Store(false)
+	if err == nil {
+		s.srv.stats.Messages.Add(1)
+		s.out = append(s.out, "250 2.0.0 OK queued as "...)
+		s.out = append(s.out, s.msg.QueueID...)
+		s.out = append(s.out, "\r\n"...)
+	} else {
+		s.srv.stats.Tempfailed.Add(1)
+		s.out = appendSinkError(s.out, err)
+	}
+	s.resetTransaction()
+	s.state = stCommand
+	s.setDeadline(now)
+}
+
+// appendSinkError turns a sink's error into a reply. A sink may choose its
+// reply with *sink.Error, but only a temporary one: a 5xx here would make
+// the client bounce mail that we failed to store.
+func appendSinkError(dst []byte, err error) []byte {
+	if se, ok := err.(*sink.Error); ok && se.Code >= 400 && se.Code < 500 {
+		return codec.AppendReply(dst, se.Code, se.Enhanced, se.Text)
+	}
+	return codec.AppendReply(dst, sink.ErrUnavailable.Code, sink.ErrUnavailable.Enhanced, sink.ErrUnavailable.Text)
+}
