@@ -31,6 +31,11 @@ func (r *CommandReader) Reset() { r.discarding = false }
 // ErrLineTooLong once (with line == nil). A complete line longer than
 // MaxLine also gives ErrLineTooLong. Either way the caller replies once per
 // overlong line and stays in step with the client.
+//
+// So the caller acts on: n == 0: wait for more input; err != nil: reply with
+// err; line != nil: a command (an empty line is a non-nil empty slice);
+// line == nil and err == nil with n > 0: octets of an overlong line were
+// dropped, nothing to answer yet.
 func (r *CommandReader) Next(buf []byte) (line []byte, n int, err error) {
 	if r.discarding {
 		lf := bytes.IndexByte(buf, '\n')
