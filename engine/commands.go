@@ -32,6 +32,7 @@ var (
 	replyTooMany       = &codec.Reply{Code: 452, Enhanced: "4.5.3", Text: "Too many recipients"}
 	replyTooBig        = &codec.Reply{Code: 552, Enhanced: "5.3.4", Text: "Message size exceeds fixed maximum message size"}
 	replyBareEOL       = &codec.Reply{Code: 554, Enhanced: "5.6.0", Text: "Message contains bare CR or LF (RFC 5321 section 2.3.8)"}
+	replyNoMemory      = &codec.Reply{Code: 451, Enhanced: "4.3.1", Text: "Insufficient system resources, try again later"}
 )
 
 // serverReplies are the replies that carry our hostname, made once.
@@ -63,10 +64,21 @@ func makeReplies(cfg Config) serverReplies {
 
 // command handles one command line.
 func (s *session) command(line []byte, now time.Time) {
+	before := len(s.out)
+	s.dispatch(line, now)
+	var class byte
+	if len(s.out) > before {
+		class = s.out[before] - '0'
+	}
+	s.srv.stats.countCommand(s.cmd.Verb, class)
+}
+
+func (s *session) dispatch(line []byte, now time.Time) {
 	first := s.commands == 0
 	s.commands++
 	cmd := &s.cmd
 	if err := codec.ParseCommand(line, cmd); err != nil {
+		cmd.Verb = codec.VerbUnknown
 		if first && isHTTP(line) {
 			// A browser or proxy probe. Postfix hangs up on these too
 			// (smtpd_forbidden_commands); answering 500 ten times helps no one.
@@ -164,6 +176,7 @@ func (s *session) mail() {
 		return
 	}
 	s.hasMail = true
+	s.txStart = time.Now()
 	s.params = p
 	s.env = append(s.env[:0], cmd.Path...)
 	s.sender = span{0, len(s.env)}
@@ -235,19 +248,20 @@ func (s *session) dataCmd(now time.Time) {
 func (s *session) endData(now time.Time) {
 	switch {
 	case s.data.TooBig():
-		s.rejectMessage(replyTooBig)
+		s.rejectMessage(replyTooBig, OutcomeTooBig, now)
 	case s.data.BareEOL() && !s.srv.cfg.NormalizeBareEOL:
-		s.rejectMessage(replyBareEOL)
+		s.rejectMessage(replyBareEOL, OutcomeBareEOL, now)
+	case s.noMemory:
+		s.rejectMessage(replyNoMemory, OutcomeNoMemory, now)
 	default:
 		s.submit(now)
 	}
 }
 
-func (s *session) rejectMessage(r *codec.Reply) {
-	s.srv.stats.Rejected.Add(1)
-	s.resetTransaction()
+func (s *session) rejectMessage(r *codec.Reply, o Outcome, now time.Time) {
 	s.state = stCommand
 	s.fail(r)
+	s.endTransaction(o, now)
 }
 
 // bdatCmd starts reading a chunk (RFC 3030 §2). Its octets are always
@@ -268,13 +282,18 @@ func (s *session) bdatCmd(now time.Time) {
 	case s.bodySize+cmd.ChunkSize > s.srv.cfg.MaxMessageSize:
 		// The excess is read and dropped, never buffered; the transaction
 		// stays failed until BDAT LAST or RSET.
-		s.srv.stats.Rejected.Add(1)
-		s.txFailed = replyTooBig
+		s.txFailed, s.txOutcome = replyTooBig, OutcomeTooBig
 		s.chunkErr = replyTooBig
 	}
 	if s.chunkErr == nil && !s.bdat {
 		s.bdat = true
 		s.beginMessage(now)
+	}
+	if s.chunkErr == nil && (s.noMemory || !s.hold(cmd.ChunkSize)) {
+		s.msg.ReleaseData()
+		s.releaseHeld()
+		s.txFailed, s.txOutcome = replyNoMemory, OutcomeNoMemory
+		s.chunkErr = replyNoMemory
 	}
 	if s.chunkErr == nil {
 		s.bodySize += cmd.ChunkSize
@@ -289,10 +308,10 @@ func (s *session) endChunk(now time.Time) {
 	s.state = stCommand
 	if r := s.chunkErr; r != nil {
 		s.chunkErr = nil
-		if r == s.txFailed && s.chunkLast {
-			s.resetTransaction()
-		}
 		s.fail(r)
+		if r == s.txFailed && s.chunkLast {
+			s.endTransaction(s.txOutcome, now)
+		}
 		return
 	}
 	if !s.chunkLast {

@@ -37,6 +37,11 @@ type Config struct {
 	// session is closed with 421 4.7.0.
 	MaxPipelineBacklog int
 
+	// MaxInFlightBytes bounds the message octets held at once, over all
+	// sessions, from DATA/BDAT until the sink's verdict. A body that would pass it is read to its end, kept nowhere, and
+	// answered 451 4.3.1.
+	MaxInFlightBytes int64
+
 	// IdleTimeout is how long we wait for the next command
 	// (RFC 5321 §4.5.3.2.7: at least 5 minutes).
 	IdleTimeout time.Duration
@@ -74,6 +79,7 @@ var Defaults = Config{
 	MaxConnsPerIP:      50,
 	MaxErrors:          10,
 	MaxPipelineBacklog: 1 << 20,
+	MaxInFlightBytes:   1 << 30,
 	IdleTimeout:        5 * time.Minute,
 	DataTimeout:        5 * time.Minute,
 	TickInterval:       time.Second,
@@ -100,6 +106,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxErrors == 0 {
 		c.MaxErrors = d.MaxErrors
 	}
+	if c.MaxInFlightBytes == 0 {
+		c.MaxInFlightBytes = d.MaxInFlightBytes
+	}
 	if c.MaxPipelineBacklog == 0 {
 		c.MaxPipelineBacklog = d.MaxPipelineBacklog
 	}
@@ -123,7 +132,7 @@ func (c Config) withDefaults() (Config, error) {
 		errs = append(errs, errors.New("engine: no sink"))
 	}
 	if c.MaxMessageSize < 0 || c.MaxRecipients < 0 || c.MaxConns < 0 || c.MaxConnsPerIP < 0 ||
-		c.MaxErrors < 0 || c.MaxPipelineBacklog < 0 || c.IdleTimeout < 0 || c.DataTimeout < 0 ||
+		c.MaxErrors < 0 || c.MaxPipelineBacklog < 0 || c.MaxInFlightBytes < 0 || c.IdleTimeout < 0 || c.DataTimeout < 0 ||
 		c.GreetDelay < 0 || c.TickInterval < 0 || c.EventLoops < 0 {
 		errs = append(errs, errors.New("engine: limits and timeouts must not be negative"))
 	}

@@ -39,7 +39,6 @@ type Server struct {
 	addrs []net.Addr
 	ready chan struct{}
 
-	conns    atomic.Int64 // open connections, all listeners
 	perIPMu  sync.Mutex
 	perIP    map[netip.Addr]int // guarded by perIPMu
 	sessions registry
@@ -50,12 +49,7 @@ type Server struct {
 	// force is set when the shutdown deadline passed: everyone gets 421.
 	force atomic.Bool
 
-	stats Stats
-}
-
-// Stats are the engine's counters; read them with Server.Stats.
-type Stats struct {
-	Accepted, Refused, Messages, Tempfailed, Rejected atomic.Int64
+	stats *Stats
 }
 
 // New checks cfg and returns a server ready to Serve.
@@ -70,6 +64,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		cfg:     cfg,
 		replies: makeReplies(cfg),
+		stats:   newStats(),
 		ids:     queueid.NewGenerator(),
 		perIP:   make(map[netip.Addr]int),
 		ready:   make(chan struct{}),
@@ -112,7 +107,7 @@ func (s *Server) Addrs() []net.Addr {
 func (s *Server) Config() Config { return s.cfg }
 
 // Stats returns the live counters.
-func (s *Server) Stats() *Stats { return &s.stats }
+func (s *Server) Stats() *Stats { return s.stats }
 
 // Shutdown stops taking new connections and new transactions, lets
 // transactions in flight finish until ctx ends, then answers 421 4.3.2 to
@@ -125,14 +120,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.sessions.wakeAll()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for s.conns.Load() > 0 {
+	for s.stats.Open.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			s.force.Store(true)
 			s.sessions.wakeAll()
 			// Give the loops a moment to write their 421s.
 			deadline := time.Now().Add(time.Second)
-			for s.conns.Load() > 0 && time.Now().Before(deadline) {
+			for s.stats.Open.Load() > 0 && time.Now().Before(deadline) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			return errors.Join(ctx.Err(), s.stop())
@@ -152,11 +147,11 @@ func (s *Server) stop() error {
 }
 
 // admit counts a new connection from ip against the global and per-IP
-// limits. It returns false, counting nothing, when a limit is reached.
-func (s *Server) admit(ip netip.Addr) bool {
-	if n := s.conns.Add(1); s.cfg.MaxConns > 0 && n > int64(s.cfg.MaxConns) {
-		s.conns.Add(-1)
-		return false
+// limits. When a limit is reached it counts nothing and says which.
+func (s *Server) admit(ip netip.Addr) (RefuseReason, bool) {
+	if n := s.stats.Open.Add(1); s.cfg.MaxConns > 0 && n > int64(s.cfg.MaxConns) {
+		s.stats.Open.Add(-1)
+		return RefusedMaxConns, false
 	}
 	if s.cfg.MaxConnsPerIP > 0 {
 		s.perIPMu.Lock()
@@ -167,15 +162,15 @@ func (s *Server) admit(ip netip.Addr) bool {
 		}
 		s.perIPMu.Unlock()
 		if !ok {
-			s.conns.Add(-1)
-			return false
+			s.stats.Open.Add(-1)
+			return RefusedPerIP, false
 		}
 	}
-	return true
+	return 0, true
 }
 
 func (s *Server) release(ip netip.Addr) {
-	s.conns.Add(-1)
+	s.stats.Open.Add(-1)
 	if s.cfg.MaxConnsPerIP > 0 {
 		s.perIPMu.Lock()
 		if n := s.perIP[ip]; n <= 1 {
@@ -231,11 +226,11 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	ap := addrPort(c.RemoteAddr())
 	ip := ap.Addr()
 	if s.draining.Load() {
-		s.stats.Refused.Add(1)
+		s.stats.Refused[RefusedDraining].Add(1)
 		return s.replies.shutdown, gnet.Close
 	}
-	if !s.admit(ip) {
-		s.stats.Refused.Add(1)
+	if reason, ok := s.admit(ip); !ok {
+		s.stats.Refused[reason].Add(1)
 		return []byte("421 4.7.0 " + s.cfg.Hostname + " Too many connections, try again later\r\n"), gnet.Close
 	}
 	s.stats.Accepted.Add(1)

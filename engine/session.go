@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -25,6 +27,18 @@ const (
 
 var sessionIDs atomic.Uint64
 
+// conn is what a session needs of its connection: the part of gnet.Conn
+// it uses, so that tests and the session fuzzer can drive a session
+// without sockets. All but Wake are called on the event loop only.
+type conn interface {
+	Peek(n int) ([]byte, error)
+	Discard(n int) (int, error)
+	InboundBuffered() int
+	Write(b []byte) (int, error)
+	OutboundBuffered() int
+	Wake(callback gnet.AsyncCallback) error // any goroutine
+}
+
 // span locates bytes in session.env.
 type span struct{ start, end int }
 
@@ -32,7 +46,7 @@ type span struct{ start, end int }
 // fields other goroutines touch are completed, sinkErr and deadline.
 type session struct {
 	srv    *Server
-	conn   gnet.Conn
+	conn   conn
 	id     uint64
 	remote netip.AddrPort
 	ipText string // remote IP as text, made once per connection
@@ -60,11 +74,15 @@ type session struct {
 	rcpts     []span
 	bdat      bool         // a BDAT transaction has started (RFC 3030 §2: no DATA then)
 	txFailed  *codec.Reply // a BDAT chunk failed; later chunks are read, discarded and answered with this
+	txOutcome Outcome      // counted when the failed BDAT transaction ends
 	chunkLeft int64
 	chunkLast bool
 	chunkErr  *codec.Reply // reply to the chunk being read when it is discarded
 	bodySize  int64        // BDAT octets so far
 	msg       sink.Message
+	txStart   time.Time // MAIL accepted, for the transaction log
+	held      int64     // octets counted in Stats.InFlightBytes for this message
+	noMemory  bool      // the in-flight budget ran out while reading this body
 
 	// Handed back by the sink, from any goroutine. The sink writes sinkErr,
 	// then sets completed; the loop reads sinkErr only after it saw
@@ -74,12 +92,17 @@ type session struct {
 	// inSubmit is set by the loop around Sink.Submit: a sink completing
 	// synchronously need not wake the loop, which looks right after.
 	inSubmit atomic.Bool
+	// handback settles who releases the in-flight bytes of a message the
+	// sink holds when the connection closes first: 0 while the sink has
+	// it, 1 once the session closed (Complete releases), 2 once Complete
+	// ran (the loop releases).
+	handback atomic.Int32
 	// deadline (Unix ns) is when the ticker should wake us; 0 for never.
 	// Written by the loop, read by the ticker goroutine.
 	deadline atomic.Int64
 }
 
-func newSession(srv *Server, c gnet.Conn, remote netip.AddrPort) *session {
+func newSession(srv *Server, c conn, remote netip.AddrPort) *session {
 	s := &session{
 		srv:    srv,
 		conn:   c,
@@ -110,8 +133,31 @@ func (s *session) open(now time.Time) []byte {
 // stays the sink's until it completes.
 func (s *session) closed() {
 	s.deadline.Store(0)
-	if s.state != stWaiting {
-		s.msg.ReleaseData()
+	if s.state == stWaiting && s.handback.CompareAndSwap(0, 1) {
+		return // the sink still has the message; Complete releases
+	}
+	s.msg.ReleaseData()
+	s.releaseHeld()
+}
+
+// hold counts n more octets of message body against the in-flight budget
+// (Config.MaxInFlightBytes). It returns false, counting nothing, when the
+// budget would be exceeded.
+func (s *session) hold(n int64) bool {
+	st, budget := s.srv.stats, s.srv.cfg.MaxInFlightBytes
+	if total := st.InFlightBytes.Add(n); budget > 0 && total > budget {
+		st.InFlightBytes.Add(-n)
+		return false
+	}
+	s.held += n
+	return true
+}
+
+// releaseHeld gives this session's octets back to the budget.
+func (s *session) releaseHeld() {
+	if s.held != 0 {
+		s.srv.stats.InFlightBytes.Add(-s.held)
+		s.held = 0
 	}
 }
 
@@ -119,7 +165,7 @@ func (s *session) closed() {
 // wake by the sink's completion. It answers every complete command in the
 // input with one write (RFC 2920 §3.2), stopping at a command whose reply
 // must wait for the sink.
-func (s *session) onTraffic(c gnet.Conn, now time.Time) gnet.Action {
+func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 	srv := s.srv
 	if s.state == stWaiting {
 		if !s.completed.Load() {
@@ -189,8 +235,19 @@ loop:
 			if used == len(buf) {
 				break loop
 			}
+			before := 0
+			if s.msg.Data != nil {
+				before = len(s.msg.Data.B)
+			}
 			n, done := s.data.Feed(s.msg.Data, buf[used:])
 			used += n
+			if s.msg.Data != nil && !s.hold(int64(len(s.msg.Data.B)-before)) {
+				// Out of budget: keep reading to the final dot, keep
+				// nothing, answer 451 4.3.1 there.
+				s.noMemory = true
+				s.msg.ReleaseData()
+				s.releaseHeld()
+			}
 			if done {
 				s.endData(now)
 			}
@@ -200,7 +257,7 @@ loop:
 			}
 			n := min(int64(len(buf)-used), s.chunkLeft)
 			if s.chunkErr == nil {
-				_, _ = s.msg.Data.Write(buf[used : used+int(n)])
+				_, _ = s.msg.Data.Write(buf[used : used+int(n)]) // held at BDAT
 			}
 			used += int(n)
 			s.chunkLeft -= n
@@ -218,6 +275,7 @@ loop:
 	}
 	if used > 0 {
 		_, _ = c.Discard(used)
+		srv.stats.BytesRecv.Add(int64(used))
 		if s.state != stWaiting {
 			s.setDeadline(now)
 		}
@@ -230,7 +288,7 @@ loop:
 }
 
 // flush writes every reply gathered in this pass at once.
-func (s *session) flush(c gnet.Conn) gnet.Action {
+func (s *session) flush(c conn) gnet.Action {
 	if len(s.out) > 0 {
 		_, err := c.Write(s.out)
 		s.out = s.out[:0]
@@ -289,7 +347,9 @@ func (s *session) resetTransaction() {
 	s.txFailed = nil
 	s.chunkErr = nil
 	s.bodySize = 0
+	s.noMemory = false
 	s.msg.ReleaseData()
+	s.releaseHeld()
 	s.msg = sink.Message{Recipients: s.msg.Recipients[:0]}
 }
 
@@ -299,6 +359,10 @@ func (s *session) beginMessage(now time.Time) {
 	s.msg.QueueID = s.srv.ids.New(now)
 	s.msg.Data = bytebufferpool.Get()
 	s.msg.Data.B = s.appendReceived(s.msg.Data.B[:0], now)
+	s.noMemory = !s.hold(int64(len(s.msg.Data.B)))
+	if s.noMemory {
+		s.msg.ReleaseData()
+	}
 }
 
 // submit hands the finished message to the sink and waits for Complete.
@@ -322,6 +386,7 @@ func (s *session) submit(now time.Time) {
 	s.deadline.Store(0)
 	s.sinkErr = nil
 	s.completed.Store(false)
+	s.handback.Store(0)
 	s.inSubmit.Store(true)
 	s.srv.cfg.Sink.Submit(m)
 	s.inSubmit.Store(false)
@@ -331,6 +396,12 @@ func (s *session) submit(now time.Time) {
 func (s *session) Complete(_ *sink.Message, err error) {
 	s.sinkErr = err
 	s.completed.Store(true)
+	if !s.handback.CompareAndSwap(0, 2) {
+		// The connection closed while the sink had the message: nobody
+		// will read the verdict, but the budget must get its bytes back.
+		s.releaseHeld()
+		return
+	}
 	if !s.inSubmit.Load() {
 		_ = s.conn.Wake(nil)
 	}
@@ -342,18 +413,62 @@ func (s *session) finishMessage(now time.Time) {
 	err := s.sinkErr
 	s.sinkErr = nil
 	s.completed.Store(false)
+	s.state = stCommand
 	if err == nil {
-		s.srv.stats.Messages.Add(1)
 		s.out = append(s.out, "250 2.0.0 OK queued as "...)
 		s.out = append(s.out, s.msg.QueueID...)
 		s.out = append(s.out, "\r\n"...)
+		s.endTransaction(OutcomeAccepted, now)
 	} else {
-		s.srv.stats.Tempfailed.Add(1)
 		s.out = appendSinkError(s.out, err)
+		if se, ok := err.(*sink.Error); ok && se.Code == 421 {
+			s.closeAfter = true // RFC 5321 §3.8: 421 closes the channel
+		}
+		s.endTransaction(sinkOutcome(err), now)
+	}
+	s.setDeadline(now)
+}
+
+// sinkOutcome classifies a sink's error for the counters.
+func sinkOutcome(err error) Outcome {
+	switch err {
+	case sink.ErrBusy:
+		return OutcomeSinkBusy
+	case sink.ErrShuttingDown:
+		return OutcomeShutdown
+	}
+	return OutcomeSinkFailed
+}
+
+// endTransaction counts and logs a message whose body arrived, then
+// forgets the transaction.
+func (s *session) endTransaction(o Outcome, now time.Time) {
+	st := s.srv.stats
+	st.Messages[o].Add(1)
+	if o == OutcomeAccepted {
+		st.MessageSize.Observe(float64(s.msgSize()))
+	}
+	if log := s.srv.cfg.Logger; log.Enabled(context.Background(), slog.LevelInfo) {
+		log.LogAttrs(context.Background(), slog.LevelInfo, "message",
+			slog.String("queue_id", s.msg.QueueID),
+			slog.String("client", s.ipText),
+			slog.String("sender", string(s.env[s.sender.start:s.sender.end])),
+			slog.Int("recipients", len(s.rcpts)),
+			slog.Int64("size", s.msgSize()),
+			slog.String("result", o.String()),
+			slog.Duration("duration", now.Sub(s.txStart)),
+		)
 	}
 	s.resetTransaction()
-	s.state = stCommand
-	s.setDeadline(now)
+}
+
+// msgSize is the body's size as received: DATA's unstuffed octets or the
+// sum of BDAT chunks.
+func (s *session) msgSize() int64 {
+	if s.bdat {
+		return s.bodySize
+	}
+	return s.data.Size()
 }
 
 // appendSinkError turns a sink's error into a reply. A sink may choose its

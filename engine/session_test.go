@@ -463,10 +463,68 @@ func TestDisconnectMidDataPublishesNothing(t *testing.T) {
 	c.send("half a message\r\n")
 	c.conn.Close()
 	deadline := time.Now().Add(2 * time.Second)
-	for srv.conns.Load() != 0 && time.Now().Before(deadline) {
+	for srv.stats.Open.Load() != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if n := len(rs.messages()); n != 0 {
 		t.Fatalf("sink got %d messages from a client that left mid-DATA", n)
+	}
+}
+
+func TestInFlightBudget(t *testing.T) {
+	rs := &recordingSink{held: make(chan struct{})}
+	srv, addr := startServer(t, Config{Sink: rs, MaxInFlightBytes: 10_000, MaxMessageSize: 1 << 20})
+	a := dial(t, addr)
+	runDialog(t, a, []step{{"EHLO a", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
+	a.send(strings.Repeat("a", 6000) + "\r\n.\r\n") // held by the sink until released
+
+	b := dial(t, addr)
+	runDialog(t, b, []step{{"EHLO b", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
+	// Over the budget while a's message is held: read to the end, then 451.
+	b.send(strings.Repeat("b", 6000) + "\r\nQUIT\r\n.\r\n")
+	b.expect("451 4.3.1")
+	// BDAT: refused at the chunk that would pass the budget.
+	runDialog(t, b, []step{{"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}})
+	b.send("BDAT 6000 LAST\r\n" + strings.Repeat("c", 6000))
+	b.expect("451 4.3.1")
+
+	close(rs.held)
+	a.expect("250 2.0.0")
+	// With a's bytes released, b fits again.
+	runDialog(t, b, []step{{"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
+	b.send(strings.Repeat("b", 6000) + "\r\n.\r\n")
+	b.expect("250 2.0.0")
+	if got := srv.Stats().InFlightBytes.Load(); got != 0 {
+		t.Fatalf("in-flight bytes %d after every message ended, want 0", got)
+	}
+	if got := srv.Stats().MessagesBy(OutcomeNoMemory); got != 2 {
+		t.Fatalf("no-memory outcomes %d, want 2", got)
+	}
+}
+
+func TestInFlightBytesReleasedWhenClientLeavesWhileSinkHoldsMessage(t *testing.T) {
+	rs := &recordingSink{held: make(chan struct{})}
+	srv, addr := startServer(t, Config{Sink: rs})
+	c := dial(t, addr)
+	runDialog(t, c, []step{{"EHLO a", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
+	c.send(strings.Repeat("a", 5000) + "\r\n.\r\n")
+	waitFor(t, func() bool { return len(rs.messages()) == 1 })
+	c.conn.Close()
+	waitFor(t, func() bool { return srv.Stats().Open.Load() == 0 })
+	if srv.Stats().InFlightBytes.Load() == 0 {
+		t.Fatalf("bytes released before the sink answered")
+	}
+	close(rs.held)
+	waitFor(t, func() bool { return srv.Stats().InFlightBytes.Load() == 0 })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

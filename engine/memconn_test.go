@@ -1,0 +1,313 @@
+package engine
+
+import (
+	"context"
+	"io"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/lsmtp/lsmtp/sink"
+)
+
+// memConn is a connection without a socket: the session reads from in and
+// writes to out, as it would from gnet's inbound and outbound buffers. The
+// harness appends client bytes to in and takes the replies from out. It
+// follows gnet's semantics where the session could tell the difference
+// (Peek(n <= 0) returns everything, Discard(n <= 0) discards everything).
+type memConn struct {
+	in    []byte // unconsumed input is in[r:]
+	r     int
+	out   []byte // written by the session, not yet taken by the harness
+	wakes atomic.Int32
+}
+
+var _ conn = (*memConn)(nil)
+
+func (c *memConn) Peek(n int) ([]byte, error) {
+	buf := c.in[c.r:]
+	if n > len(buf) {
+		return nil, io.ErrShortBuffer
+	}
+	if n <= 0 {
+		return buf, nil
+	}
+	return buf[:n], nil
+}
+
+func (c *memConn) Discard(n int) (int, error) {
+	left := len(c.in) - c.r
+	if n <= 0 || n >= left {
+		// Everything read: start over at the front, keeping the array,
+		// so that a long run does not grow the buffer.
+		c.in, c.r = c.in[:0], 0
+		return left, nil
+	}
+	c.r += n
+	return n, nil
+}
+
+func (c *memConn) InboundBuffered() int { return len(c.in) - c.r }
+
+func (c *memConn) Write(b []byte) (int, error) {
+	c.out = append(c.out, b...)
+	return len(b), nil
+}
+
+// OutboundBuffered is what the client has not read yet: the harness takes
+// out after every callback, so this is the size of the write in progress.
+func (c *memConn) OutboundBuffered() int { return len(c.out) }
+
+// Wake records a wake; the harness delivers it by calling onTraffic again,
+// as gnet would on the session's loop.
+func (c *memConn) Wake(gnet.AsyncCallback) error {
+	c.wakes.Add(1)
+	return nil
+}
+
+// feed appends client bytes. Consumed input is dropped first, so that the
+// buffer stays as small as what the session has not read.
+func (c *memConn) feed(b []byte) {
+	if c.r > 0 {
+		n := copy(c.in, c.in[c.r:])
+		c.in, c.r = c.in[:n], 0
+	}
+	c.in = append(c.in, b...)
+}
+
+// memHarness drives one session on the calling goroutine: it plays the
+// event loop (onTraffic for input and for wakes, closed on close) and
+// collects everything the session wrote.
+type memHarness struct {
+	tb   testing.TB
+	srv  *Server
+	conn *memConn
+	sess *session
+	now  time.Time
+
+	// transcript is every byte the session wrote, greeting included,
+	// unless discard is set (allocation tests and benchmarks), when only
+	// written counts them.
+	transcript []byte
+	discard    bool
+	written    int
+	closed     bool
+	callbacks  int // onTraffic calls
+}
+
+// memNow is the fixed clock of harness sessions: the same instant for
+// every call, so that no timeout ever fires and two runs of one input
+// are comparable byte for byte (the Received: header carries the date).
+var memNow = time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
+
+// memRemote is the client address of harness sessions (RFC 5737).
+var memRemote = netip.MustParseAddrPort("192.0.2.7:40000")
+
+// newMemHarness builds a server (which does not listen) and one session
+// on a memConn, and takes the greeting. Zero fields of cfg take the same
+// values as startServer's, with a syncSink as the sink.
+func newMemHarness(tb testing.TB, cfg Config, discard bool) *memHarness {
+	tb.Helper()
+	if cfg.Listen == nil {
+		cfg.Listen = []string{"127.0.0.1:0"}
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = "mx.test"
+	}
+	if cfg.Sink == nil {
+		cfg.Sink = &stepSink{}
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		tb.Fatalf("New: %v", err)
+	}
+	h := &memHarness{tb: tb, srv: srv, conn: &memConn{}, now: memNow, discard: discard}
+	h.sess = newSession(srv, h.conn, memRemote)
+	h.take(h.sess.open(h.now))
+	return h
+}
+
+func (h *memHarness) take(b []byte) {
+	h.written += len(b)
+	if !h.discard {
+		h.transcript = append(h.transcript, b...)
+	}
+}
+
+// traffic is one OnTraffic callback.
+func (h *memHarness) traffic() {
+	if h.closed {
+		return
+	}
+	h.callbacks++
+	action := h.sess.onTraffic(h.conn, h.now)
+	h.take(h.conn.out)
+	h.conn.out = h.conn.out[:0]
+	if action == gnet.Close {
+		h.close()
+	}
+}
+
+// close is OnClose: the connection is gone, whoever closed it.
+func (h *memHarness) close() {
+	if h.closed {
+		return
+	}
+	h.closed = true
+	h.conn.in, h.conn.r = h.conn.in[:0], 0
+	h.sess.closed()
+}
+
+// deliverWakes runs one onTraffic per recorded wake, as gnet runs one
+// task per Conn.Wake.
+func (h *memHarness) deliverWakes() {
+	for n := h.conn.wakes.Swap(0); n > 0; n-- {
+		h.traffic()
+	}
+}
+
+// send is one step of the client: what the sink was holding completes
+// (a broker answers "later", i.e. before the next packet), the loop runs
+// the wakes, then b arrives and the loop runs OnTraffic.
+func (h *memHarness) send(b []byte) {
+	h.complete()
+	if h.closed {
+		return
+	}
+	h.conn.feed(b)
+	h.traffic()
+}
+
+// complete lets a stepSink answer what it holds and delivers the wakes.
+func (h *memHarness) complete() {
+	if ss, ok := h.srv.cfg.Sink.(*stepSink); ok {
+		ss.completePending()
+	}
+	h.deliverWakes()
+}
+
+// settle completes and wakes until the session has nothing left to do
+// with the input it has, bounded by count: each round either finishes a
+// message or nothing is pending.
+func (h *memHarness) settle() {
+	for i := 0; i < 1<<20; i++ {
+		ss, _ := h.srv.cfg.Sink.(*stepSink)
+		if (ss == nil || len(ss.pending) == 0) && h.conn.wakes.Load() == 0 {
+			return
+		}
+		h.complete()
+	}
+	h.tb.Fatalf("session did not settle")
+}
+
+// stepSink records every message and completes it at once (deferred
+// false) or when the harness says so (deferred true: on the next step,
+// as an asynchronous broker would). failEvery > 0 makes every
+// failEvery-th message fail with failWith.
+type stepSink struct {
+	deferred  bool
+	failEvery int
+	failWith  error
+
+	msgs    []sunk
+	pending []sunk
+}
+
+// sunk is a message as the sink got it, and the verdict it gave.
+type sunk struct {
+	recorded
+	err error
+	msg *sink.Message
+}
+
+func (s *stepSink) Submit(m *sink.Message) {
+	r := recorded{
+		QueueID:  m.QueueID,
+		Sender:   string(m.Sender),
+		ClientIP: m.ClientIP,
+		Helo:     string(m.Helo),
+		Size:     m.Size,
+		Body:     m.Body,
+		SMTPUTF8: m.SMTPUTF8,
+		Data:     string(m.Data.B),
+	}
+	for _, rc := range m.Recipients {
+		r.Recipients = append(r.Recipients, string(rc))
+	}
+	m.ReleaseData()
+	var err error
+	if s.failEvery > 0 && (len(s.msgs)+1)%s.failEvery == 0 {
+		err = s.failWith
+	}
+	got := sunk{recorded: r, err: err, msg: m}
+	s.msgs = append(s.msgs, got)
+	if s.deferred {
+		s.pending = append(s.pending, got)
+		return
+	}
+	m.Done.Complete(m, err)
+}
+
+func (s *stepSink) completePending() {
+	p := s.pending
+	s.pending = nil
+	for _, g := range p {
+		g.msg.Done.Complete(g.msg, g.err)
+	}
+}
+
+func (s *stepSink) Close(context.Context) error { return nil }
+
+// accepted returns the messages the sink stored (nil verdict).
+func (s *stepSink) accepted() []sunk {
+	var ok []sunk
+	for _, m := range s.msgs {
+		if m.err == nil {
+			ok = append(ok, m)
+		}
+	}
+	return ok
+}
+
+// TestMemConnHarness checks the harness itself against a dialog whose
+// bytes are known, both sink modes: it must be a faithful loop.
+func TestMemConnHarness(t *testing.T) {
+	for _, deferred := range []bool{false, true} {
+		ss := &stepSink{deferred: deferred}
+		h := newMemHarness(t, Config{Sink: ss}, false)
+		h.send([]byte("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"))
+		h.send([]byte("Subject: x\r\n\r\n..dot\r\n.\r\nNOOP\r\n"))
+		if deferred && len(ss.pending) != 1 {
+			t.Fatalf("deferred: %d messages pending, want 1", len(ss.pending))
+		}
+		h.send([]byte("QUIT\r\n"))
+		h.settle()
+		if !h.closed {
+			t.Fatalf("deferred=%v: session open after QUIT", deferred)
+		}
+		if len(ss.msgs) != 1 {
+			t.Fatalf("deferred=%v: sink got %d messages", deferred, len(ss.msgs))
+		}
+		m := ss.msgs[0]
+		want := "220 mx.test ESMTP\r\n" +
+			string(h.srv.replies.ehlo) +
+			"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n" +
+			"250 2.0.0 OK queued as " + m.QueueID + "\r\n" +
+			"250 2.0.0 OK\r\n" +
+			"221 2.0.0 mx.test Bye\r\n"
+		if got := string(h.transcript); got != want {
+			t.Fatalf("deferred=%v: transcript\n%q\nwant\n%q", deferred, got, want)
+		}
+		wantData := "Received: from client.test ([192.0.2.7])\r\n\tby mx.test (lsmtp) with ESMTP id " + m.QueueID +
+			"\r\n\tfor <c@d.test>;\r\n\tSat, 14 Mar 2026 15:09:26 +0000\r\nSubject: x\r\n\r\n.dot\r\n"
+		if m.Data != wantData {
+			t.Fatalf("deferred=%v: data\n%q\nwant\n%q", deferred, m.Data, wantData)
+		}
+		if n := h.srv.stats.InFlightBytes.Load(); n != 0 {
+			t.Fatalf("deferred=%v: %d in-flight bytes after the session ended", deferred, n)
+		}
+	}
+}
