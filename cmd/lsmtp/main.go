@@ -192,8 +192,11 @@ func run(args []string) error {
 		log.Warn("sink did not drain", "err", err)
 	}
 	st := srv.Stats()
-	log.Info("stopped", "accepted_conns", st.Accepted.Load(), "messages", st.Messages.Load(),
-		"tempfailed", st.Tempfailed.Load(), "rejected", st.Rejected.Load())
+	attrs := []any{"accepted_conns", st.Accepted.Load()}
+	for _, o := range engine.Outcomes() {
+		attrs = append(attrs, "messages_"+o.String(), st.MessagesBy(o))
+	}
+	log.Info("stopped", attrs...)
 	return nil
 }
 
