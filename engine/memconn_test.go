@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -308,6 +309,26 @@ func TestMemConnHarness(t *testing.T) {
 		}
 		if n := h.srv.stats.InFlightBytes.Load(); n != 0 {
 			t.Fatalf("deferred=%v: %d in-flight bytes after the session ended", deferred, n)
+		}
+	}
+}
+
+// TestOverlongLineAcrossReads: a command line over MaxLineLength that
+// arrives in several reads (TCP segments) gets exactly one 500 5.5.6 at
+// its end, like one that arrives whole, and the session stays in step
+// with the client (RFC 2920 §3.1: one reply per command, in order).
+func TestOverlongLineAcrossReads(t *testing.T) {
+	input := "NOOP " + strings.Repeat("b", 2000) + "\r\nNOOP\r\n"
+	want := "220 mx.test ESMTP\r\n500 5.5.6 Line too long\r\n250 2.0.0 OK\r\n"
+	for _, size := range []int{len(input), 700, 512, 100, 1} {
+		h := newMemHarness(t, Config{}, false)
+		for rest := []byte(input); len(rest) > 0; {
+			n := min(size, len(rest))
+			h.send(rest[:n])
+			rest = rest[n:]
+		}
+		if got := string(h.transcript); got != want {
+			t.Errorf("line in reads of %d octets: replies\n%q\nwant\n%q", size, got, want)
 		}
 	}
 }

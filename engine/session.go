@@ -230,6 +230,9 @@ loop:
 				s.fail(asReply(err))
 				continue
 			}
+			if line == nil {
+				continue // the middle of an overlong line, dropped; answered at its end
+			}
 			s.command(line, now)
 		case stData:
 			if used == len(buf) {

@@ -302,6 +302,15 @@ func TestLongCommandLineKeepsSessionInStep(t *testing.T) {
 	c.send("NOOP " + strings.Repeat("b", 5000) + "\r\nNOOP\r\n")
 	c.expect("500 5.5.6")
 	c.expect("250 2.0.0")
+	// The same, arriving in pieces: the server drops the line as it
+	// streams and answers once, at its end.
+	for i := 0; i < 10; i++ {
+		c.send(strings.Repeat("c", 700))
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.send("\r\nNOOP\r\n")
+	c.expect("500 5.5.6")
+	c.expect("250 2.0.0")
 }
 
 func TestTooManyErrorsCloses(t *testing.T) {
