@@ -82,7 +82,7 @@ func (s *session) dispatch(line []byte, now time.Time) {
 		if first && isHTTP(line) {
 			// A browser or proxy probe. Postfix hangs up on these too
 			// (smtpd_forbidden_commands); answering 500 ten times helps no one.
-			s.out = append(s.out, s.srv.replies.nonSMTP...)
+			s.out = append(s.out, s.cfg.replies.nonSMTP...)
 			s.closeAfter = true
 			return
 		}
@@ -106,7 +106,7 @@ func (s *session) dispatch(line []byte, now time.Time) {
 	case codec.VerbNOOP:
 		s.reply(replyOK)
 	case codec.VerbQUIT:
-		s.out = append(s.out, s.srv.replies.quit...)
+		s.out = append(s.out, s.cfg.replies.quit...)
 		s.closeAfter = true
 	case codec.VerbVRFY:
 		s.reply(replyVRFY)
@@ -140,9 +140,9 @@ func (s *session) hello(ehlo bool) {
 	s.helo = append(s.helo[:0], s.cmd.Arg...)
 	s.ehlo = ehlo
 	if ehlo {
-		s.out = append(s.out, s.srv.replies.ehlo...)
+		s.out = append(s.out, s.cfg.replies.ehlo...)
 	} else {
-		s.out = append(s.out, s.srv.replies.helo...)
+		s.out = append(s.out, s.cfg.replies.helo...)
 	}
 }
 
@@ -170,7 +170,7 @@ func (s *session) mail() {
 			return
 		}
 	}
-	if p.HasSize && p.Size > s.srv.cfg.MaxMessageSize {
+	if p.HasSize && p.Size > s.cfg.MaxMessageSize {
 		// RFC 1870 §6.1: refuse at MAIL what cannot be accepted at DATA.
 		s.fail(replyTooBig)
 		return
@@ -211,7 +211,7 @@ func (s *session) rcpt() {
 			return
 		}
 	}
-	if len(s.rcpts) >= s.srv.cfg.MaxRecipients {
+	if len(s.rcpts) >= s.cfg.MaxRecipients {
 		s.reply(replyTooMany) // RFC 5321 §4.5.3.1.10: 452, the client retries the rest
 		return
 	}
@@ -237,7 +237,7 @@ func (s *session) dataCmd(now time.Time) {
 		return
 	}
 	s.beginMessage(now)
-	s.data.Reset(s.srv.cfg.MaxMessageSize, s.srv.cfg.NormalizeBareEOL)
+	s.data.Reset(s.cfg.MaxMessageSize, s.cfg.NormalizeBareEOL)
 	s.state = stData
 	s.reply(replyStartData)
 }
@@ -249,7 +249,7 @@ func (s *session) endData(now time.Time) {
 	switch {
 	case s.data.TooBig():
 		s.rejectMessage(replyTooBig, OutcomeTooBig, now)
-	case s.data.BareEOL() && !s.srv.cfg.NormalizeBareEOL:
+	case s.data.BareEOL() && !s.cfg.NormalizeBareEOL:
 		s.rejectMessage(replyBareEOL, OutcomeBareEOL, now)
 	case s.noMemory:
 		s.rejectMessage(replyNoMemory, OutcomeNoMemory, now)
@@ -279,7 +279,7 @@ func (s *session) bdatCmd(now time.Time) {
 		s.chunkErr = replyNoRecipients
 	case s.txFailed != nil:
 		s.chunkErr = s.txFailed
-	case s.bodySize+cmd.ChunkSize > s.srv.cfg.MaxMessageSize:
+	case s.bodySize+cmd.ChunkSize > s.cfg.MaxMessageSize:
 		// The excess is read and dropped, never buffered; the transaction
 		// stays failed until BDAT LAST or RSET.
 		s.txFailed, s.txOutcome = replyTooBig, OutcomeTooBig

@@ -21,7 +21,7 @@ func (s *session) appendReceived(dst []byte, now time.Time) []byte {
 	}
 	dst = append(dst, s.ipText...)
 	dst = append(dst, "])\r\n\tby "...)
-	dst = append(dst, s.srv.cfg.Hostname...)
+	dst = append(dst, s.cfg.Hostname...)
 	dst = append(dst, " (lsmtp) with "...)
 	dst = append(dst, s.protocol()...)
 	dst = append(dst, " id "...)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,9 +31,10 @@ import (
 // Server is an SMTP server. Create it with New, run it with Serve, stop it
 // with Shutdown.
 type Server struct {
-	cfg     Config
-	ids     *queueid.Generator
-	replies serverReplies
+	ids *queueid.Generator
+	// cur is the configuration in force: replaced whole by Reload,
+	// read by each session at the start of every pass.
+	cur atomic.Pointer[settings]
 
 	// Written once in OnBoot, read after ready is closed.
 	eng   gnet.Engine
@@ -61,20 +63,31 @@ func New(cfg Config) (*Server, error) {
 	if !hostnameOK(cfg.Hostname) {
 		return nil, fmt.Errorf("engine: hostname %q cannot stand in a greeting", cfg.Hostname)
 	}
-	return &Server{
-		cfg:     cfg,
-		replies: makeReplies(cfg),
-		stats:   newStats(),
-		ids:     queueid.NewGenerator(),
-		perIP:   make(map[netip.Addr]int),
-		ready:   make(chan struct{}),
-	}, nil
+	srv := &Server{
+		stats: newStats(),
+		ids:   queueid.NewGenerator(),
+		perIP: make(map[netip.Addr]int),
+		ready: make(chan struct{}),
+	}
+	srv.cur.Store(newSettings(cfg))
+	return srv, nil
 }
+
+// settings is a configuration with what is derived from it.
+type settings struct {
+	Config
+	replies serverReplies
+}
+
+func newSettings(cfg Config) *settings { return &settings{Config: cfg, replies: makeReplies(cfg)} }
+
+func (s *Server) settings() *settings { return s.cur.Load() }
 
 // Serve listens and serves until Shutdown or a listener error.
 func (s *Server) Serve() error {
-	addrs := make([]string, len(s.cfg.Listen))
-	for i, a := range s.cfg.Listen {
+	cfg := s.settings()
+	addrs := make([]string, len(cfg.Listen))
+	for i, a := range cfg.Listen {
 		addrs[i] = "tcp://" + a
 	}
 	opts := []gnet.Option{
@@ -82,10 +95,10 @@ func (s *Server) Serve() error {
 		gnet.WithTicker(true),
 		gnet.WithReusePort(false),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-		gnet.WithLogger(gnetLogger{s.cfg.Logger}),
+		gnet.WithLogger(gnetLogger{cfg.Logger}),
 	}
-	if s.cfg.EventLoops > 0 {
-		opts = append(opts, gnet.WithNumEventLoop(s.cfg.EventLoops))
+	if cfg.EventLoops > 0 {
+		opts = append(opts, gnet.WithNumEventLoop(cfg.EventLoops))
 	}
 	err := gnet.Rotate(&handler{srv: s}, addrs, opts...)
 	select {
@@ -104,7 +117,7 @@ func (s *Server) Addrs() []net.Addr {
 }
 
 // Config returns the effective configuration (defaults filled in).
-func (s *Server) Config() Config { return s.cfg }
+func (s *Server) Config() Config { return s.settings().Config }
 
 // Stats returns the live counters.
 func (s *Server) Stats() *Stats { return s.stats }
@@ -149,37 +162,35 @@ func (s *Server) stop() error {
 // admit counts a new connection from ip against the global and per-IP
 // limits. When a limit is reached it counts nothing and says which.
 func (s *Server) admit(ip netip.Addr) (RefuseReason, bool) {
-	if n := s.stats.Open.Add(1); s.cfg.MaxConns > 0 && n > int64(s.cfg.MaxConns) {
+	if n := s.stats.Open.Add(1); s.settings().MaxConns > 0 && n > int64(s.settings().MaxConns) {
 		s.stats.Open.Add(-1)
 		return RefusedMaxConns, false
 	}
-	if s.cfg.MaxConnsPerIP > 0 {
-		s.perIPMu.Lock()
-		n := s.perIP[ip]
-		ok := n < s.cfg.MaxConnsPerIP
-		if ok {
-			s.perIP[ip] = n + 1
-		}
-		s.perIPMu.Unlock()
-		if !ok {
-			s.stats.Open.Add(-1)
-			return RefusedPerIP, false
-		}
+	// Counted even without a limit, so that a reload may set one.
+	limit := s.settings().MaxConnsPerIP
+	s.perIPMu.Lock()
+	n := s.perIP[ip]
+	ok := limit == 0 || n < limit
+	if ok {
+		s.perIP[ip] = n + 1
+	}
+	s.perIPMu.Unlock()
+	if !ok {
+		s.stats.Open.Add(-1)
+		return RefusedPerIP, false
 	}
 	return 0, true
 }
 
 func (s *Server) release(ip netip.Addr) {
 	s.stats.Open.Add(-1)
-	if s.cfg.MaxConnsPerIP > 0 {
-		s.perIPMu.Lock()
-		if n := s.perIP[ip]; n <= 1 {
-			delete(s.perIP, ip)
-		} else {
-			s.perIP[ip] = n - 1
-		}
-		s.perIPMu.Unlock()
+	s.perIPMu.Lock()
+	if n := s.perIP[ip]; n <= 1 {
+		delete(s.perIP, ip)
+	} else {
+		s.perIP[ip] = n - 1
 	}
+	s.perIPMu.Unlock()
 }
 
 // handler adapts gnet's callbacks to sessions. Every method runs on an
@@ -192,7 +203,7 @@ type handler struct {
 func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	s := h.srv
 	s.eng = eng
-	for _, a := range s.cfg.Listen {
+	for _, a := range s.settings().Listen {
 		s.addrs = append(s.addrs, boundAddr(eng, a))
 	}
 	close(s.ready)
@@ -227,11 +238,11 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	ip := ap.Addr()
 	if s.draining.Load() {
 		s.stats.Refused[RefusedDraining].Add(1)
-		return s.replies.shutdown, gnet.Close
+		return s.settings().replies.shutdown, gnet.Close
 	}
 	if reason, ok := s.admit(ip); !ok {
 		s.stats.Refused[reason].Add(1)
-		return []byte("421 4.7.0 " + s.cfg.Hostname + " Too many connections, try again later\r\n"), gnet.Close
+		return []byte("421 4.7.0 " + s.settings().Hostname + " Too many connections, try again later\r\n"), gnet.Close
 	}
 	s.stats.Accepted.Add(1)
 	sess := newSession(s, c, ap)
@@ -263,7 +274,7 @@ func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
 // deadline passed; their own loop decides what that means.
 func (h *handler) OnTick() (time.Duration, gnet.Action) {
 	h.srv.sessions.wakeExpired(time.Now().UnixNano())
-	return h.srv.cfg.TickInterval, gnet.None
+	return h.srv.settings().TickInterval, gnet.None
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -346,3 +357,40 @@ func (l gnetLogger) Infof(format string, args ...any)  { l.log.Debug(fmt.Sprintf
 func (l gnetLogger) Warnf(format string, args ...any)  { l.log.Warn(fmt.Sprintf(format, args...)) }
 func (l gnetLogger) Errorf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }
 func (l gnetLogger) Fatalf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }
+
+// Reload puts a new configuration in force without dropping connections:
+// limits, timeouts and the hostname apply to every session from its next
+// read on. Listen addresses, event loops, sink and logger cannot change
+// on a running server; Reload keeps the running values and names each
+// such option that differs in restartNeeded.
+func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
+	cur := s.settings()
+	if cfg.Sink == nil {
+		cfg.Sink = cur.Sink
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = cur.Logger
+	}
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if !hostnameOK(cfg.Hostname) {
+		return nil, fmt.Errorf("engine: hostname %q cannot stand in a greeting", cfg.Hostname)
+	}
+	if !slices.Equal(cfg.Listen, cur.Listen) {
+		restartNeeded = append(restartNeeded, "listen")
+		cfg.Listen = cur.Listen
+	}
+	if cfg.EventLoops != cur.EventLoops {
+		restartNeeded = append(restartNeeded, "event-loops")
+		cfg.EventLoops = cur.EventLoops
+	}
+	if cfg.Sink != cur.Sink {
+		restartNeeded = append(restartNeeded, "sink")
+		cfg.Sink = cur.Sink
+	}
+	cfg.Logger = cur.Logger
+	s.cur.Store(newSettings(cfg))
+	return restartNeeded, nil
+}

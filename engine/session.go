@@ -46,6 +46,7 @@ type span struct{ start, end int }
 // fields other goroutines touch are completed, sinkErr and deadline.
 type session struct {
 	srv    *Server
+	cfg    *settings // refreshed at the start of every pass (Server.Reload)
 	conn   conn
 	id     uint64
 	remote netip.AddrPort
@@ -105,18 +106,19 @@ type session struct {
 func newSession(srv *Server, c conn, remote netip.AddrPort) *session {
 	s := &session{
 		srv:    srv,
+		cfg:    srv.settings(),
 		conn:   c,
 		id:     sessionIDs.Add(1),
 		remote: remote,
 		ipText: remote.Addr().Unmap().String(),
 	}
-	s.lines.MaxLine = srv.cfg.MaxLineLength
+	s.lines.MaxLine = s.cfg.MaxLineLength
 	return s
 }
 
 // open returns what OnOpen writes: the greeting, unless it is held back.
 func (s *session) open(now time.Time) []byte {
-	if d := s.srv.cfg.GreetDelay; d > 0 {
+	if d := s.cfg.GreetDelay; d > 0 {
 		s.state = stGreeting
 		s.greetAt = now.Add(d)
 		s.deadline.Store(s.greetAt.UnixNano())
@@ -124,7 +126,7 @@ func (s *session) open(now time.Time) []byte {
 	}
 	s.state = stCommand
 	s.setDeadline(now)
-	return s.srv.replies.greeting
+	return s.cfg.replies.greeting
 }
 
 // closed runs in OnClose. A message still being read is dropped: a
@@ -144,7 +146,7 @@ func (s *session) closed() {
 // (Config.MaxInFlightBytes). It returns false, counting nothing, when the
 // budget would be exceeded.
 func (s *session) hold(n int64) bool {
-	st, budget := s.srv.stats, s.srv.cfg.MaxInFlightBytes
+	st, budget := s.srv.stats, s.cfg.MaxInFlightBytes
 	if total := st.InFlightBytes.Add(n); budget > 0 && total > budget {
 		st.InFlightBytes.Add(-n)
 		return false
@@ -167,14 +169,15 @@ func (s *session) releaseHeld() {
 // must wait for the sink.
 func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 	srv := s.srv
+	s.cfg = srv.settings()
 	if s.state == stWaiting {
 		if !s.completed.Load() {
 			switch {
 			case srv.force.Load():
-				s.out = append(s.out, srv.replies.shutdown...)
+				s.out = append(s.out, s.cfg.replies.shutdown...)
 				s.closeAfter = true
-			case c.InboundBuffered() > srv.cfg.MaxPipelineBacklog:
-				s.out = codec.AppendReply(s.out, 421, "4.7.0", srv.cfg.Hostname+" Too much pipelined input, closing")
+			case c.InboundBuffered() > s.cfg.MaxPipelineBacklog:
+				s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" Too much pipelined input, closing")
 				s.closeAfter = true
 			}
 			return s.flush(c)
@@ -182,7 +185,7 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 		s.finishMessage(now)
 	}
 	if srv.force.Load() {
-		s.out = append(s.out, srv.replies.shutdown...)
+		s.out = append(s.out, s.cfg.replies.shutdown...)
 		s.closeAfter = true
 		return s.flush(c)
 	}
@@ -190,14 +193,14 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 		if c.InboundBuffered() > 0 {
 			// RFC 5321 §3.1: the client waits for our 220. One that talks
 			// first is not a mailer waiting its turn.
-			s.out = codec.AppendReply(s.out, 554, "5.5.0", srv.cfg.Hostname+" Protocol violation: talked before the greeting")
+			s.out = codec.AppendReply(s.out, 554, "5.5.0", s.cfg.Hostname+" Protocol violation: talked before the greeting")
 			s.closeAfter = true
 			return s.flush(c)
 		}
 		if now.Before(s.greetAt) {
 			return gnet.None
 		}
-		s.out = append(s.out, srv.replies.greeting...)
+		s.out = append(s.out, s.cfg.replies.greeting...)
 		s.state = stCommand
 		s.setDeadline(now)
 	}
@@ -209,7 +212,7 @@ loop:
 		switch s.state {
 		case stCommand:
 			if srv.draining.Load() && !s.hasMail {
-				s.out = append(s.out, srv.replies.shutdown...)
+				s.out = append(s.out, s.cfg.replies.shutdown...)
 				s.closeAfter = true
 				break loop
 			}
@@ -217,7 +220,7 @@ loop:
 				// A TLS ClientHello (record type 22) on a port that does
 				// not speak TLS: no line ending will come, so do not wait
 				// for one.
-				s.out = codec.AppendReply(s.out, 421, "4.7.0", srv.cfg.Hostname+" TLS is not spoken here, closing")
+				s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" TLS is not spoken here, closing")
 				s.closeAfter = true
 				break loop
 			}
@@ -284,7 +287,7 @@ loop:
 		}
 	} else if d := s.deadline.Load(); d != 0 && now.UnixNano() >= d && !s.closeAfter {
 		// RFC 5321 §4.5.3.2: we may close a session that went quiet.
-		s.out = append(s.out, srv.replies.timeout...)
+		s.out = append(s.out, s.cfg.replies.timeout...)
 		s.closeAfter = true
 	}
 	return s.flush(c)
@@ -300,7 +303,7 @@ func (s *session) flush(c conn) gnet.Action {
 		}
 		// A client that does not read its replies must not make us
 		// buffer them without end.
-		if c.OutboundBuffered() > s.srv.cfg.MaxPipelineBacklog {
+		if c.OutboundBuffered() > s.cfg.MaxPipelineBacklog {
 			return gnet.Close
 		}
 	}
@@ -315,11 +318,11 @@ func (s *session) flush(c conn) gnet.Action {
 func (s *session) setDeadline(now time.Time) {
 	switch s.state {
 	case stData, stBDAT:
-		s.deadline.Store(now.Add(s.srv.cfg.DataTimeout).UnixNano())
+		s.deadline.Store(now.Add(s.cfg.DataTimeout).UnixNano())
 	case stWaiting:
 		s.deadline.Store(0) // the sink has its own timeout
 	default:
-		s.deadline.Store(now.Add(s.srv.cfg.IdleTimeout).UnixNano())
+		s.deadline.Store(now.Add(s.cfg.IdleTimeout).UnixNano())
 	}
 }
 
@@ -333,8 +336,8 @@ func (s *session) fail(r *codec.Reply) {
 		return
 	}
 	s.errors++
-	if s.errors >= s.srv.cfg.MaxErrors {
-		s.out = codec.AppendReply(s.out, 421, "4.7.0", s.srv.cfg.Hostname+" Too many errors, closing")
+	if s.errors >= s.cfg.MaxErrors {
+		s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" Too many errors, closing")
 		s.closeAfter = true
 	}
 }
@@ -391,7 +394,7 @@ func (s *session) submit(now time.Time) {
 	s.completed.Store(false)
 	s.handback.Store(0)
 	s.inSubmit.Store(true)
-	s.srv.cfg.Sink.Submit(m)
+	s.cfg.Sink.Submit(m)
 	s.inSubmit.Store(false)
 }
 
@@ -451,7 +454,7 @@ func (s *session) endTransaction(o Outcome, now time.Time) {
 	if o == OutcomeAccepted {
 		st.MessageSize.Observe(float64(s.msgSize()))
 	}
-	if log := s.srv.cfg.Logger; log.Enabled(context.Background(), slog.LevelInfo) {
+	if log := s.cfg.Logger; log.Enabled(context.Background(), slog.LevelInfo) {
 		log.LogAttrs(context.Background(), slog.LevelInfo, "message",
 			slog.String("queue_id", s.msg.QueueID),
 			slog.String("client", s.ipText),
