@@ -18,6 +18,7 @@ type Stats struct {
 	Lost          uint64 // publishes unconfirmed when their channel or connection closed
 	PublishErrors uint64 // publish calls that failed
 	Expired       uint64 // messages older than ConfirmTimeout before a worker reached them
+	NoChannel     uint64 // messages taken while their worker had no open channel
 
 	// Submit answered at once, without taking the message.
 	RejectedBusy     uint64 // ring full: ErrBusy
@@ -40,6 +41,7 @@ type Stats struct {
 type counters struct {
 	submitted, confirmed, failed                                  atomic.Uint64
 	nacked, returned, timedOut, lost, publishErrors, expired      atomic.Uint64
+	noChannel                                                     atomic.Uint64
 	rejectedBusy, rejectedDown, rejectedBlocked, rejectedShutdown atomic.Uint64
 	connects, connectFailures, disconnects, channelFailures       atomic.Uint64
 }
@@ -58,6 +60,7 @@ func (b *Broker) Stats() Stats {
 		Lost:             c.lost.Load(),
 		PublishErrors:    c.publishErrors.Load(),
 		Expired:          c.expired.Load(),
+		NoChannel:        c.noChannel.Load(),
 		RejectedBusy:     c.rejectedBusy.Load(),
 		RejectedDown:     c.rejectedDown.Load(),
 		RejectedBlocked:  c.rejectedBlocked.Load(),

@@ -99,6 +99,7 @@ func (w *worker) run() {
 // failRing answers every message in the ring with ErrUnavailable.
 func (w *worker) failRing() {
 	for m, _ := w.b.ring.pop(); m != nil; m, _ = w.b.ring.pop() {
+		w.b.stats.noChannel.Add(1)
 		w.b.stats.failed.Add(1)
 		w.b.finish(m, sink.ErrUnavailable)
 	}
@@ -168,7 +169,10 @@ func (w *worker) session(c *connection) (err error) {
 			// the return is already queued when its ack arrives.
 			w.drainReturns(returns)
 			w.confirm(conf)
-		case ret := <-returns:
+		case ret, ok := <-returns:
+			if !ok {
+				return errChannelClosed
+			}
 			w.returned(ret)
 		case e, ok := <-closes:
 			if ok && e != nil {
@@ -332,7 +336,10 @@ func (w *worker) drainConfirms(confirms <-chan amqp.Confirmation, returns <-chan
 func (w *worker) drainReturns(returns <-chan amqp.Return) {
 	for {
 		select {
-		case ret := <-returns:
+		case ret, ok := <-returns:
+			if !ok {
+				return // closed with the channel; the session ends
+			}
 			w.returned(ret)
 		default:
 			return
