@@ -184,7 +184,7 @@ func (h *memHarness) send(b []byte) {
 
 // complete lets a stepSink answer what it holds and delivers the wakes.
 func (h *memHarness) complete() {
-	if ss, ok := h.srv.cfg.Sink.(*stepSink); ok {
+	if ss, ok := h.srv.settings().Sink.(*stepSink); ok {
 		ss.completePending()
 	}
 	h.deliverWakes()
@@ -195,7 +195,7 @@ func (h *memHarness) complete() {
 // message or nothing is pending.
 func (h *memHarness) settle() {
 	for i := 0; i < 1<<20; i++ {
-		ss, _ := h.srv.cfg.Sink.(*stepSink)
+		ss, _ := h.srv.settings().Sink.(*stepSink)
 		if (ss == nil || len(ss.pending) == 0) && h.conn.wakes.Load() == 0 {
 			return
 		}
@@ -294,7 +294,7 @@ func TestMemConnHarness(t *testing.T) {
 		}
 		m := ss.msgs[0]
 		want := "220 mx.test ESMTP\r\n" +
-			string(h.srv.replies.ehlo) +
+			string(h.srv.settings().replies.ehlo) +
 			"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n" +
 			"250 2.0.0 OK queued as " + m.QueueID + "\r\n" +
 			"250 2.0.0 OK\r\n" +
