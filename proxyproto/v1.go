@@ -227,13 +227,13 @@ func scanIPv4(b []byte, i, count int, term byte, field string) (a [4]byte, next 
 // completed.
 func scanIPv6(b []byte, i int, field string) (a [16]byte, next int, err error) {
 	var groups [8]uint16
-	n := 0       // completed groups
-	dc := -1     // groups before the "::", -1 if none yet
-	digits := 0  // hex digits of the group being read
-	val := 0     // its value as hex
-	dec := 0     // its value as decimal, if it turns out to be an IPv4 octet
+	n := 0      // completed groups
+	dc := -1    // groups before the "::", -1 if none yet
+	digits := 0 // hex digits of the group being read
+	val := 0    // its value as hex
+	dec := 0    // its value as decimal, if it turns out to be an IPv4 octet
 	decOK := true
-	colons := 0 // colons just before b[i]: 1 after "x:" or a leading ":", 2 after "::"
+	colons := 0          // colons just before b[i]: 1 after "x:" or a leading ":", 2 after "::"
 	room := func() int { // most explicit groups the address may still have
 		if dc < 0 {
 			return 8
