@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+const rabbitURL = "amqp://guest:guest@127.0.0.1:5672/"
+
+// testQueue declares a queue holding two messages shaped like lsmtp's,
+// deleted when the test ends.
+func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
+	t.Helper()
+	conn, err := amqp.Dial(rabbitURL)
+	if err != nil {
+		t.Fatalf("RabbitMQ is needed for this test: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	queue = fmt.Sprintf("lsmtp-test.consume.%s.%08x", t.Name(), rand.Uint32())
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ch.QueueDelete(queue, false, false, false) })
+	bodies = map[string][]byte{
+		"Q0001": []byte("Received: from x\r\nSubject: one\r\n\r\nbody\r\n"),
+		"Q0002": append([]byte("Subject: two\r\n\r\n"), 0xff, 0x00, '\r', '\n'),
+	}
+	for _, id := range []string{"Q0001", "Q0002"} {
+		err := ch.Publish("", queue, true, false, amqp.Publishing{
+			MessageId:    id,
+			ContentType:  "message/rfc822",
+			DeliveryMode: amqp.Persistent,
+			AppId:        "lsmtp",
+			Timestamp:    time.Unix(1714566896, 0),
+			Headers: amqp.Table{
+				"smtp-sender":      "a@example.org",
+				"smtp-recipients":  []any{"b@example.com", "c@example.com"},
+				"smtp-client-port": int32(50123),
+			},
+			Body: bodies[id],
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return queue, bodies
+}
+
+func consumeAll(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	o, err := parseFlags(append([]string{"--amqp-url", rabbitURL, "--count", "2"}, args...), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	n, err := run(ctx, o, &out)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	return n, out.String()
+}
+
+// queueLen reports how many messages wait in queue (none may: every one
+// was acknowledged after its write).
+func queueLen(t *testing.T, queue string) int {
+	conn, err := amqp.Dial(rabbitURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Messages
+}
+
+func TestPrint(t *testing.T) {
+	queue, _ := testQueue(t)
+	n, out := consumeAll(t, "--queue", queue, "--mode", "print")
+	if n != 2 {
+		t.Fatalf("handled %d messages, want 2", n)
+	}
+	for _, want := range []string{
+		"message Q0001: 40 bytes",
+		`  smtp-recipients: "b@example.com", "c@example.com"` + "\n",
+		`  smtp-sender: "a@example.org"` + "\n",
+		"  smtp-client-port: 50123\n",
+		"message Q0002: 20 bytes",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if l := queueLen(t, queue); l != 0 {
+		t.Errorf("%d messages left unacknowledged", l)
+	}
+}
+
+func TestEML(t *testing.T) {
+	queue, bodies := testQueue(t)
+	dir := t.TempDir()
+	if n, _ := consumeAll(t, "--queue", queue, "--mode", "eml", "--dir", dir); n != 2 {
+		t.Fatalf("handled %d, want 2", n)
+	}
+	for id, body := range bodies {
+		got, err := os.ReadFile(filepath.Join(dir, id+".eml"))
+		if err != nil || !bytes.Equal(got, body) {
+			t.Errorf("%s.eml: %q, %v; want %q", id, got, err, body)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Errorf("%d files in %s, want 2 (no temporary files left)", len(entries), dir)
+	}
+	if l := queueLen(t, queue); l != 0 {
+		t.Errorf("%d messages left unacknowledged", l)
+	}
+}
+
+func TestMaildir(t *testing.T) {
+	queue, bodies := testQueue(t)
+	dir := t.TempDir()
+	if n, _ := consumeAll(t, "--queue", queue, "--mode", "maildir", "--dir", dir); n != 2 {
+		t.Fatalf("handled %d, want 2", n)
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, "new"))
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("new/ holds %d entries (%v), want 2", len(entries), err)
+	}
+	found := map[string]bool{}
+	for _, e := range entries {
+		got, _ := os.ReadFile(filepath.Join(dir, "new", e.Name()))
+		for id, body := range bodies {
+			if bytes.Equal(got, body) {
+				found[id] = true
+			}
+		}
+		if strings.ContainsAny(e.Name(), "/:") {
+			t.Errorf("bad maildir name %q", e.Name())
+		}
+	}
+	if len(found) != 2 {
+		t.Errorf("bodies found: %v", found)
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
+		t.Errorf("tmp/ not empty: %d", len(tmp))
+	}
+}
+
+// TestWriteFailureRequeues: when the message cannot be written, it goes
+// back to the queue and the run stops with the error.
+func TestWriteFailureRequeues(t *testing.T) {
+	queue, _ := testQueue(t)
+	dir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(dir, nil, 0o600); err != nil { // a file where the directory should be
+		t.Fatal(err)
+	}
+	o, err := parseFlags([]string{"--amqp-url", rabbitURL, "--queue", queue, "--mode", "eml", "--dir", dir + "/sub"}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := run(ctx, o, &bytes.Buffer{}); err == nil {
+		t.Fatal("run succeeded writing below a file")
+	}
+	if l := queueLen(t, queue); l != 2 {
+		t.Errorf("%d messages in the queue, want both still there", l)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	env := func(k string) string {
+		return map[string]string{"LSMTP_AMQP_USERNAME": "u", "LSMTP_AMQP_PASSWORD": "p"}[k]
+	}
+	o, err := parseFlags([]string{"--mode", "maildir", "--dir", "/tmp/m", "--count", "3"}, env)
+	if err != nil || o.mode != "maildir" || o.count != 3 || o.username != "u" || o.password != "p" || o.queue != "lsmtp.inbound" {
+		t.Errorf("got %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{{"--mode", "eml"}, {"--mode", "x"}, {"--prefetch", "0"}, {"extra"}} {
+		if _, err := parseFlags(bad, env); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
