@@ -32,12 +32,14 @@ var (
 	replyTooMany       = &codec.Reply{Code: 452, Enhanced: "4.5.3", Text: "Too many recipients"}
 	replyTooBig        = &codec.Reply{Code: 552, Enhanced: "5.3.4", Text: "Message size exceeds fixed maximum message size"}
 	replyBareEOL       = &codec.Reply{Code: 554, Enhanced: "5.6.0", Text: "Message contains bare CR or LF (RFC 5321 section 2.3.8)"}
+	replyMsgRate       = &codec.Reply{Code: 450, Enhanced: "4.7.1", Text: "Message rate limit exceeded, try again later"}
+	replyDomain        = &codec.Reply{Code: 550, Enhanced: "5.7.1", Text: "Recipient domain not accepted here"}
 	replyNoMemory      = &codec.Reply{Code: 451, Enhanced: "4.3.1", Text: "Insufficient system resources, try again later"}
 )
 
 // serverReplies are the replies that carry our hostname, made once.
 type serverReplies struct {
-	greeting, helo, ehlo, quit, shutdown, timeout, nonSMTP []byte
+	greeting, helo, ehlo, quit, shutdown, timeout, nonSMTP, tooMany, denied, rate, proxy []byte
 }
 
 func makeReplies(cfg Config) serverReplies {
@@ -59,6 +61,10 @@ func makeReplies(cfg Config) serverReplies {
 		shutdown: []byte("421 4.3.2 " + h + " Service shutting down, try again later\r\n"),
 		timeout:  []byte("421 4.4.2 " + h + " Timeout, closing\r\n"),
 		nonSMTP:  []byte("421 4.7.0 " + h + " Not an SMTP client, closing\r\n"),
+		tooMany:  []byte("421 4.7.0 " + h + " Too many connections, try again later\r\n"),
+		denied:   []byte("554 5.7.1 " + h + " Access denied\r\n"),
+		rate:     []byte("421 4.7.0 " + h + " Connection rate limit exceeded, try again later\r\n"),
+		proxy:    []byte("421 4.7.0 " + h + " PROXY header not accepted from this address, closing\r\n"),
 	}
 }
 
@@ -77,6 +83,15 @@ func (s *session) dispatch(line []byte, now time.Time) {
 	first := s.commands == 0
 	s.commands++
 	cmd := &s.cmd
+	if first && bytes.HasPrefix(line, []byte("PROXY ")) {
+		// A PROXY header from an address we do not trust: obeying it
+		// would let anyone claim any client address.
+		s.srv.stats.Refused[RefusedProxy].Add(1)
+		cmd.Verb = codec.VerbUnknown
+		s.out = append(s.out, s.cfg.replies.proxy...)
+		s.closeAfter = true
+		return
+	}
 	if err := codec.ParseCommand(line, cmd); err != nil {
 		cmd.Verb = codec.VerbUnknown
 		if first && isHTTP(line) {
@@ -175,6 +190,11 @@ func (s *session) mail() {
 		s.fail(replyTooBig)
 		return
 	}
+	if pol := s.cfg.Policy; pol != nil && !pol.TakeMessage(s.remote.Addr(), time.Now()) {
+		s.srv.stats.Messages[OutcomeRateLimited].Add(1)
+		s.reply(replyMsgRate)
+		return
+	}
 	s.hasMail = true
 	s.txStart = time.Now()
 	s.params = p
@@ -208,6 +228,10 @@ func (s *session) rcpt() {
 	default:
 		if err := codec.ValidateMailbox(cmd.Path, s.params.SMTPUTF8); err != nil {
 			s.fail(asReply(err))
+			return
+		}
+		if pol := s.cfg.Policy; pol != nil && !pol.RecipientAllowed(cmd.Path) {
+			s.reply(replyDomain)
 			return
 		}
 	}

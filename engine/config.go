@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/lsmtp/lsmtp/sink"
@@ -59,6 +60,15 @@ type Config struct {
 	// instead of rejecting the message (RFC 5321 §2.3.8).
 	NormalizeBareEOL bool
 
+	// TrustedProxies are the addresses of load balancers whose
+	// connections start with a PROXY protocol header (v1 or v2) naming the
+	// real client. Connections from anywhere else must not send one.
+	TrustedProxies []netip.Prefix
+
+	// Policy decides per client: allow and deny lists, connection and
+	// message rates, accepted recipient domains. nil allows everything.
+	Policy ClientPolicy
+
 	// EventLoops is the number of gnet event loops; 0 is one per CPU.
 	EventLoops int
 
@@ -66,6 +76,19 @@ type Config struct {
 	Sink sink.Sink
 	// Logger for connection-level events; nil discards.
 	Logger *slog.Logger
+}
+
+// ClientPolicy decides per client; *policy.Policy implements it. Every
+// method is called on an event loop: none may block.
+type ClientPolicy interface {
+	// ClientAllowed: the allow and deny lists (refused: 554 5.7.1).
+	ClientAllowed(ip netip.Addr) bool
+	// TakeConnection takes a token from ip's connection rate (421 4.7.0).
+	TakeConnection(ip netip.Addr, now time.Time) bool
+	// TakeMessage takes a token from ip's message rate (450 4.7.1 at MAIL).
+	TakeMessage(ip netip.Addr, now time.Time) bool
+	// RecipientAllowed: the recipient domain allow-list (550 5.7.1).
+	RecipientAllowed(addr []byte) bool
 }
 
 // Defaults are the values zero fields take.

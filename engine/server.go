@@ -234,21 +234,62 @@ func boundAddr(eng gnet.Engine, addr string) net.Addr {
 
 func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	s := h.srv
+	cfg := s.settings()
 	ap := addrPort(c.RemoteAddr())
 	ip := ap.Addr()
 	if s.draining.Load() {
 		s.stats.Refused[RefusedDraining].Add(1)
-		return s.settings().replies.shutdown, gnet.Close
+		return cfg.replies.shutdown, gnet.Close
 	}
 	if reason, ok := s.admit(ip); !ok {
 		s.stats.Refused[reason].Add(1)
-		return []byte("421 4.7.0 " + s.settings().Hostname + " Too many connections, try again later\r\n"), gnet.Close
+		return cfg.replies.tooMany, gnet.Close
 	}
 	s.stats.Accepted.Add(1)
 	sess := newSession(s, c, ap)
-	c.SetContext(sess)
+	c.SetContext(sess) // from here on, OnClose releases what admit counted
 	s.sessions.add(sess)
-	return sess.open(time.Now()), gnet.None
+	now := time.Now()
+	if trusted(cfg.TrustedProxies, ip) {
+		// The load balancer speaks first: the PROXY header, then the
+		// client. We greet once we know who the client is.
+		sess.state = stProxy
+		sess.setDeadline(now)
+		return nil, gnet.None
+	}
+	if reply, ok := sess.admitClient(now); !ok {
+		return reply, gnet.Close
+	}
+	return sess.open(now), gnet.None
+}
+
+func trusted(proxies []netip.Prefix, ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range proxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// rebind moves a session's per-IP count from the proxy's address to the
+// client's, checking the client's limit. On refusal nothing changes.
+func (s *Server) rebind(from, to netip.Addr) bool {
+	limit := s.settings().MaxConnsPerIP
+	s.perIPMu.Lock()
+	defer s.perIPMu.Unlock()
+	n := s.perIP[to]
+	if limit > 0 && n >= limit {
+		return false
+	}
+	s.perIP[to] = n + 1
+	if m := s.perIP[from]; m <= 1 {
+		delete(s.perIP, from)
+	} else {
+		s.perIP[from] = m - 1
+	}
+	return true
 }
 
 func (h *handler) OnClose(c gnet.Conn, _ error) gnet.Action {

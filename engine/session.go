@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/lsmtp/lsmtp/codec"
+	"github.com/lsmtp/lsmtp/proxyproto"
 	"github.com/lsmtp/lsmtp/sink"
 )
 
@@ -18,7 +19,8 @@ import (
 type state uint8
 
 const (
-	stGreeting state = iota // greeting held back (Config.GreetDelay)
+	stProxy    state = iota // waiting for a trusted load balancer's PROXY header
+	stGreeting              // greeting held back (Config.GreetDelay)
 	stCommand               // command lines
 	stData                  // a DATA body, until CRLF.CRLF
 	stBDAT                  // the octets of a BDAT chunk
@@ -116,6 +118,65 @@ func newSession(srv *Server, c conn, remote netip.AddrPort) *session {
 	return s
 }
 
+// admitClient applies the client policy once the client's address is
+// known; when it refuses, it returns the reply to send before closing.
+func (s *session) admitClient(now time.Time) ([]byte, bool) {
+	pol := s.cfg.Policy
+	if pol == nil {
+		return nil, true
+	}
+	ip := s.remote.Addr()
+	switch {
+	case !pol.ClientAllowed(ip):
+		s.srv.stats.Refused[RefusedDenied].Add(1)
+		return s.cfg.replies.denied, false
+	case !pol.TakeConnection(ip, now):
+		s.srv.stats.Refused[RefusedRate].Add(1)
+		return s.cfg.replies.rate, false
+	}
+	return nil, true
+}
+
+// readProxyHeader consumes a trusted load balancer's PROXY header
+// (HAProxy PROXY protocol v1 or v2) and takes the client's address from
+// it, then greets. A malformed header closes the connection: the spec
+// forbids guessing.
+func (s *session) readProxyHeader(c conn, now time.Time) gnet.Action {
+	buf, _ := c.Peek(-1)
+	n, hdr, err := proxyproto.Parse(buf)
+	if err != nil {
+		s.srv.stats.Refused[RefusedProxy].Add(1)
+		s.cfg.Logger.Debug("bad PROXY header", "proxy", s.ipText, "err", err)
+		s.closeAfter = true
+		return s.flush(c)
+	}
+	if n == 0 {
+		if d := s.deadline.Load(); s.srv.force.Load() || (d != 0 && now.UnixNano() >= d) {
+			s.closeAfter = true
+		}
+		return s.flush(c)
+	}
+	_, _ = c.Discard(n)
+	if !hdr.Local && hdr.Source.IsValid() {
+		client := netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
+		if !s.srv.rebind(s.remote.Addr(), client.Addr()) {
+			s.srv.stats.Refused[RefusedPerIP].Add(1)
+			s.out = append(s.out, s.cfg.replies.tooMany...)
+			s.closeAfter = true
+			return s.flush(c)
+		}
+		s.remote = client
+		s.ipText = client.Addr().String()
+	}
+	if reply, ok := s.admitClient(now); !ok {
+		s.out = append(s.out, reply...)
+		s.closeAfter = true
+		return s.flush(c)
+	}
+	s.out = append(s.out, s.open(now)...)
+	return s.flush(c)
+}
+
 // open returns what OnOpen writes: the greeting, unless it is held back.
 func (s *session) open(now time.Time) []byte {
 	if d := s.cfg.GreetDelay; d > 0 {
@@ -183,6 +244,11 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 			return s.flush(c)
 		}
 		s.finishMessage(now)
+	}
+	if s.state == stProxy {
+		if a := s.readProxyHeader(c, now); a != gnet.None || s.state == stProxy {
+			return a
+		}
 	}
 	if srv.force.Load() {
 		s.out = append(s.out, s.cfg.replies.shutdown...)
