@@ -79,7 +79,8 @@ type Config struct {
 	// MaxTracked bounds the number of client addresses that have limiter
 	// state (default DefaultMaxTracked). When it is reached, the address
 	// seen least recently is forgotten; if it comes back it starts again
-	// with full buckets. Each tracked address costs about 80 bytes.
+	// with full buckets. Each tracked address costs about 110 bytes
+	// (11 MB at the default).
 	MaxTracked int
 }
 

@@ -233,13 +233,8 @@ func scanIPv6(b []byte, i int, field string) (a [16]byte, next int, err error) {
 	val := 0    // its value as hex
 	dec := 0    // its value as decimal, if it turns out to be an IPv4 octet
 	decOK := true
-	colons := 0          // colons just before b[i]: 1 after "x:" or a leading ":", 2 after "::"
-	room := func() int { // most explicit groups the address may still have
-		if dc < 0 {
-			return 8
-		}
-		return 7 // "::" stands for at least one zero group
-	}
+	colons := 0 // colons just before b[i]: 1 after "x:" or a leading ":", 2 after "::"
+	room := 8   // most explicit groups; 7 once a "::" (at least one zero group) is seen
 	for ; ; i++ {
 		if i >= len(b) {
 			return a, 0, errNeedMore
@@ -250,7 +245,7 @@ func scanIPv6(b []byte, i int, field string) (a [16]byte, next int, err error) {
 				return a, 0, v1Error(i, field, "an IPv6 address cannot start with a single ':'")
 			}
 			if digits == 0 {
-				if n+1 > room() {
+				if n+1 > room {
 					return a, 0, v1Error(i, field, "too many IPv6 groups")
 				}
 				dec, decOK = 0, true
@@ -276,7 +271,7 @@ func scanIPv6(b []byte, i int, field string) (a [16]byte, next int, err error) {
 				n++
 				val, digits, colons = 0, 0, 1
 				// Another group or a "::" must follow.
-				if n+1 > room() {
+				if n+1 > room {
 					return a, 0, v1Error(i, field, "too many IPv6 groups")
 				}
 			case colons == 0: // only at the start: must be "::"
@@ -285,7 +280,7 @@ func scanIPv6(b []byte, i int, field string) (a [16]byte, next int, err error) {
 				if dc >= 0 {
 					return a, 0, v1Error(i, field, `more than one "::"`)
 				}
-				dc, colons = n, 2
+				dc, colons, room = n, 2, 7
 			default:
 				return a, 0, v1Error(i, field, `":::"`)
 			}
