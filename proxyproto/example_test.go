@@ -34,5 +34,5 @@ func ExampleParse() {
 	// need more
 	// client 192.0.2.1:40000 local 198.51.100.2:25 v 1
 	// SMTP input: "EHLO client.example\r\n"
-	// proxyproto: invalid v1 header: byte 21 (source address): leading zero in an IPv4 octet
+	// proxyproto: invalid v1 header: byte 20 (source address): leading zero in an IPv4 octet
 }
