@@ -25,7 +25,10 @@ func parseV1(b []byte) (int, Header, error) {
 	// §2.1: "If the CRLF sequence is not found in the first 107
 	// characters, the receiver should declare the line invalid." Looking
 	// at no more than that makes every scan below bounded; running out of
-	// this window is an error, not a reason to wait.
+	// this window is an error, not a reason to wait. The scans reject a
+	// wrong byte where it stands; the one case where the length alone
+	// dooms a line earlier than this is a TCP6 line with long dotted
+	// tails (up to 45 characters per address), which is refused here.
 	window := b
 	if len(window) > MaxV1Length {
 		window = window[:MaxV1Length]
