@@ -3,6 +3,8 @@ package engine
 import (
 	"bytes"
 	"net/netip"
+
+	"github.com/lsmtp/lsmtp/policy"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -49,3 +51,6 @@ func TestPolicyAnswers(t *testing.T) {
 		t.Fatalf("denied %d rate %d msg-rate %d", st.Refusals(RefusedDenied), st.Refusals(RefusedRate), st.MessagesBy(OutcomeRateLimited))
 	}
 }
+
+// The policy package is what production passes in.
+var _ ClientPolicy = (*policy.Policy)(nil)
