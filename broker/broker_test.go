@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
+	"syscall"
 	"testing"
 	"time"
 
@@ -355,7 +356,12 @@ func TestRingFull(t *testing.T) {
 	// 1 in the window, 2 in the ring. The worker takes the first one
 	// asynchronously: give it a moment before filling the ring.
 	b.Submit(newMessage(rec, "Q0", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
-	time.Sleep(100 * time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); b.Stats().RingLen != 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the worker did not take the first message")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	b.Submit(newMessage(rec, "Q1", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 	b.Submit(newMessage(rec, "Q2", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 	for i := 3; i < 6; i++ {
@@ -540,3 +546,27 @@ func TestDomainOf(t *testing.T) {
 
 // Compile-time check: the broker is a sink.
 var _ sink.Sink = (*Broker)(nil)
+
+// TestIdleDoesNotSpin: a connected broker with nothing to do uses
+// (almost) no CPU: idle workers sleep on the wake-up channel.
+func TestIdleDoesNotSpin(t *testing.T) {
+	cfg := testConfig(t, rabbitURL)
+	cfg.Workers = 4
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	before := cpuTime(t)
+	time.Sleep(time.Second)
+	used := cpuTime(t) - before
+	t.Logf("CPU used by an idle broker with 4 workers over 1s: %s", used)
+	if used > 100*time.Millisecond {
+		t.Errorf("idle broker used %s of CPU in 1s", used)
+	}
+}
+
+func cpuTime(t *testing.T) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -117,6 +117,7 @@ func (w *worker) session(c *connection) (err error) {
 		return err
 	}
 	if err := ch.Confirm(false); err != nil {
+		go ch.Close()
 		return err
 	}
 	// Room for every confirm and return that can be outstanding, so that
@@ -130,17 +131,24 @@ func (w *worker) session(c *connection) (err error) {
 	w.nextTag = 1
 	w.msgErr = nil
 	defer func() {
-		select {
-		case <-w.b.stopWorkers:
-		default:
-			// Confirms that arrived before the channel went still count:
-			// every one settled here is a message not retried by its client.
-			w.drainConfirms(confirms, returns)
-			if !ch.IsClosed() {
-				go ch.Close() // abandoned after a publish error; may wait for the broker
+		// Confirms that arrived before the channel went still count:
+		// every one settled here is a message its client need not resend.
+		w.drainConfirms(confirms, returns)
+		w.failInFlight(sink.ErrUnavailable, &w.b.stats.lost)
+		if errors.Is(err, errChannelClosed) {
+			// The confirm or return channel closed first: the reason, if
+			// any, is in the close notification.
+			select {
+			case e, ok := <-closes:
+				if ok && e != nil {
+					err = e
+				}
+			default:
 			}
 		}
-		w.failInFlight(sink.ErrUnavailable, &w.b.stats.lost)
+		if err != nil && !ch.IsClosed() {
+			go ch.Close() // abandoned after a publish error; may wait for the broker
+		}
 	}()
 
 	timer := time.NewTimer(time.Hour)

@@ -108,8 +108,9 @@ var memNow = time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
 var memRemote = netip.MustParseAddrPort("192.0.2.7:40000")
 
 // newMemHarness builds a server (which does not listen) and one session
-// on a memConn, and takes the greeting. Zero fields of cfg take the same
-// values as startServer's, with a syncSink as the sink.
+// on a memConn, opened as OnOpen opens it (counted, PROXY header awaited
+// from a trusted address, client policy, greeting). Zero fields of cfg
+// take the same values as startServer's, with a stepSink as the sink.
 func newMemHarness(tb testing.TB, cfg Config, discard bool) *memHarness {
 	tb.Helper()
 	if cfg.Listen == nil {
@@ -126,8 +127,23 @@ func newMemHarness(tb testing.TB, cfg Config, discard bool) *memHarness {
 		tb.Fatalf("New: %v", err)
 	}
 	h := &memHarness{tb: tb, srv: srv, conn: &memConn{}, now: memNow, discard: discard}
+	if _, ok := srv.admit(memRemote.Addr()); !ok {
+		tb.Fatalf("the harness connection was refused")
+	}
 	h.sess = newSession(srv, h.conn, memRemote)
-	h.take(h.sess.open(h.now))
+	switch {
+	case trusted(srv.settings().TrustedProxies, memRemote.Addr()):
+		h.sess.state = stProxy
+		h.sess.setDeadline(h.now)
+	default:
+		reply, ok := h.sess.admitClient(h.now)
+		if !ok {
+			h.take(reply)
+			h.close()
+			break
+		}
+		h.take(h.sess.open(h.now))
+	}
 	return h
 }
 
@@ -159,6 +175,7 @@ func (h *memHarness) close() {
 	}
 	h.closed = true
 	h.conn.in, h.conn.r = h.conn.in[:0], 0
+	h.srv.release(h.sess.remote.Addr())
 	h.sess.closed()
 }
 

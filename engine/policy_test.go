@@ -3,11 +3,11 @@ package engine
 import (
 	"bytes"
 	"net/netip"
-
-	"github.com/lsmtp/lsmtp/policy"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lsmtp/lsmtp/policy"
 )
 
 // countingPolicy allows a fixed number of connections and messages and one

@@ -1,221 +1,146 @@
 // Command lsmtp is the SMTP ingest node: it receives mail and forwards
 // every message to RabbitMQ, answering 250 only once the broker confirmed.
+//
+//	lsmtp [flags]                    run the server
+//	lsmtp config check [flags]       validate the configuration and exit (1 with the problems)
+//	lsmtp config print [flags]       print the effective configuration, secrets masked
+//	lsmtp config sample              print a configuration file of every key with its default
+//
+// Options come from flags, LSMTP_* variables and the file named by
+// --config, in that order of precedence (see config.go).
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	_ "net/http/pprof" // served on the admin listener only
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	_ "go.uber.org/automaxprocs" // GOMAXPROCS from the container's CPU quota
-
-	"github.com/lsmtp/lsmtp/engine"
-	"github.com/lsmtp/lsmtp/sink"
 )
 
-// options are the command line; see README.md for each one.
-type options struct {
-	listen           listFlag
-	hostname         string
-	sink             string
-	maxMessageSize   sizeFlag
-	maxRecipients    int
-	maxConns         int
-	maxConnsPerIP    int
-	maxErrors        int
-	idleTimeout      time.Duration
-	dataTimeout      time.Duration
-	greetDelay       time.Duration
-	normalizeBareEOL bool
-	eventLoops       int
-	shutdownTimeout  time.Duration
-	adminListen      string
-	logLevel         string
-	logFormat        string
-
-	amqp amqpOptions
-}
-
-func parseOptions(args []string, stderr io.Writer) (*options, error) {
-	d := engine.Defaults
-	o := &options{}
-	o.listen.values = d.Listen
-	o.maxMessageSize.n = d.MaxMessageSize
-	host, _ := os.Hostname()
-	if host == "" {
-		host = "localhost"
-	}
-
-	fs := flag.NewFlagSet("lsmtp", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Var(&o.listen, "listen", "address to listen on, host:port (repeatable)")
-	fs.StringVar(&o.hostname, "hostname", host, "name in the greeting and Received: headers")
-	fs.StringVar(&o.sink, "sink", "amqp", "where messages go: amqp (RabbitMQ) or null (accept and discard)")
-	fs.Var(&o.maxMessageSize, "max-message-size", "largest message accepted, octets (K, M, G suffixes)")
-	fs.IntVar(&o.maxRecipients, "max-recipients", d.MaxRecipients, "recipients per message")
-	fs.IntVar(&o.maxConns, "max-conns", d.MaxConns, "open connections at once, 0 for no limit")
-	fs.IntVar(&o.maxConnsPerIP, "max-conns-per-ip", d.MaxConnsPerIP, "open connections from one client IP, 0 for no limit")
-	fs.IntVar(&o.maxErrors, "max-errors", d.MaxErrors, "protocol errors before the session is closed")
-	fs.DurationVar(&o.idleTimeout, "idle-timeout", d.IdleTimeout, "wait for the next command")
-	fs.DurationVar(&o.dataTimeout, "data-timeout", d.DataTimeout, "longest pause inside a message body")
-	fs.DurationVar(&o.greetDelay, "greet-delay", 0, "hold the greeting back; clients that talk first are dropped")
-	fs.BoolVar(&o.normalizeBareEOL, "normalize-bare-eol", false, "turn bare CR or LF in DATA into CRLF instead of rejecting the message")
-	fs.IntVar(&o.eventLoops, "event-loops", 0, "event loops, 0 for one per CPU")
-	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for transactions in flight to finish")
-	fs.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9025", "HTTP address for /healthz, /readyz and /debug/pprof/, empty for none")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	o.amqp.register(fs)
-
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if err := applyEnv(fs); err != nil {
-		return nil, err
-	}
-	switch o.sink {
-	case "null", "amqp":
-	default:
-		return nil, fmt.Errorf("--sink %q: want amqp or null", o.sink)
-	}
-	return o, nil
-}
-
-func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", o.logLevel, err)
-	}
-	ho := &slog.HandlerOptions{Level: level}
-	switch o.logFormat {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, ho)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, ho)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
-}
+// Exit codes.
+const (
+	exitOK       = 0
+	exitProblems = 1 // the configuration is invalid, or the server failed
+	exitUsage    = 2 // the command line cannot be understood
+)
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "lsmtp:", err)
-		}
-		os.Exit(2)
-	}
+	os.Exit(mainExit(os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr))
 }
 
-func run(args []string) error {
-	o, err := parseOptions(args, os.Stderr)
-	if err != nil {
-		return err
+func mainExit(args []string, env lookupEnv, stdout, stderr io.Writer) int {
+	if sub, flagArgs, ok := configSubcommand(args, stderr); ok {
+		return configCommand(sub, flagArgs, env, stdout, stderr)
 	}
-	log, err := newLogger(o, os.Stderr)
-	if err != nil {
-		return err
+	if err := run(args, env, stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		var p problems
+		if errors.As(err, &p) {
+			for _, line := range p {
+				fmt.Fprintln(stderr, "lsmtp:", line)
+			}
+			return exitProblems
+		}
+		fmt.Fprintln(stderr, "lsmtp:", err)
+		return exitUsage
 	}
-	raiseFileLimit(log)
+	return exitOK
+}
 
-	var sk sink.Sink = &sink.Null{}
-	var ready func() bool = func() bool { return true }
-	if o.sink == "amqp" {
-		b, err := o.amqp.open(o.hostname, log)
+// configSubcommand finds "config <sub>" before or after the flags and
+// returns the flags without it.
+func configSubcommand(args []string, stderr io.Writer) (sub string, flagArgs []string, ok bool) {
+	if len(args) > 0 && args[0] == "config" {
+		if len(args) < 2 {
+			return "", nil, true
+		}
+		return args[1], args[2:], true
+	}
+	// Flags first: the flag package stops at the first non-flag.
+	_, fs := newOptions(io.Discard)
+	if fs.Parse(args) != nil || fs.NArg() == 0 || fs.Arg(0) != "config" {
+		return "", nil, false
+	}
+	rest := fs.Args()
+	flagArgs = append([]string(nil), args[:len(args)-len(rest)]...)
+	if len(rest) < 2 {
+		return "", flagArgs, true
+	}
+	return rest[1], append(flagArgs, rest[2:]...), true
+}
+
+func configCommand(sub string, flagArgs []string, env lookupEnv, stdout, stderr io.Writer) int {
+	switch sub {
+	case "check", "print":
+	case "sample":
+		c, err := loadConfig(nil, func(string) (string, bool) { return "", false }, stderr)
 		if err != nil {
-			return err
+			fmt.Fprintln(stderr, "lsmtp:", err)
+			return exitProblems
 		}
-		sk, ready = b, b.Ready
+		if err := c.writeYAML(stdout, renderSample); err != nil {
+			return exitProblems
+		}
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "lsmtp: config %q: want check, print or sample\n", sub)
+		return exitUsage
 	}
+	c, err := loadConfig(flagArgs, env, stderr)
+	var p problems
+	switch {
+	case errors.As(err, &p):
+		for _, line := range p {
+			fmt.Fprintln(stderr, "lsmtp:", line)
+		}
+		fmt.Fprintf(stderr, "lsmtp: configuration has %d problem(s)\n", len(p))
+		return exitProblems
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case err != nil:
+		return exitUsage // the flag package said why
+	}
+	if len(c.args) > 0 {
+		fmt.Fprintf(stderr, "lsmtp: unexpected argument %q\n", c.args[0])
+		return exitUsage
+	}
+	for _, w := range c.warnings {
+		fmt.Fprintln(stderr, "lsmtp: warning:", w)
+	}
+	if sub == "print" {
+		if err := c.writeYAML(stdout, renderEffective); err != nil {
+			return exitProblems
+		}
+		return exitOK
+	}
+	if c.o.configFile != "" {
+		fmt.Fprintf(stdout, "%s: configuration ok\n", c.o.configFile)
+	} else {
+		fmt.Fprintln(stdout, "configuration ok (no file)")
+	}
+	return exitOK
+}
 
-	srv, err := engine.New(engine.Config{
-		Listen:           o.listen.values,
-		Hostname:         o.hostname,
-		MaxMessageSize:   o.maxMessageSize.n,
-		MaxRecipients:    o.maxRecipients,
-		MaxConns:         o.maxConns,
-		MaxConnsPerIP:    o.maxConnsPerIP,
-		MaxErrors:        o.maxErrors,
-		IdleTimeout:      o.idleTimeout,
-		DataTimeout:      o.dataTimeout,
-		GreetDelay:       o.greetDelay,
-		NormalizeBareEOL: o.normalizeBareEOL,
-		EventLoops:       o.eventLoops,
-		Sink:             sk,
-		Logger:           log,
-	})
+// run serves until SIGINT or SIGTERM; SIGHUP reloads the configuration.
+func run(args []string, env lookupEnv, stderr io.Writer) error {
+	// Signals are caught before anything starts: a SIGHUP during start-up
+	// must reload, not kill (its default action).
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
+	n, err := start(args, env, stderr)
 	if err != nil {
 		return err
 	}
-
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve() }()
-	addrs := srv.Addrs()
-	if len(addrs) == 0 {
-		return fmt.Errorf("listening: %w", <-served)
-	}
-	log.Info("listening", "addrs", addrs, "hostname", o.hostname, "sink", o.sink)
-	if o.adminListen != "" {
-		go serveAdmin(o.adminListen, ready, log)
-	}
-
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case err := <-served:
-		return fmt.Errorf("server stopped: %w", err)
-	case s := <-sig:
-		log.Info("shutting down", "signal", s.String(), "timeout", o.shutdownTimeout)
-	}
-	signal.Stop(sig) // a second signal kills at once
-
-	ctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		log.Warn("shutdown deadline passed; remaining sessions got 421", "err", err)
-	}
-	// The sink drains after the sessions: whatever it still holds is
-	// confirmed or failed before we exit.
-	sctx, scancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
-	defer scancel()
-	if err := sk.Close(sctx); err != nil {
-		log.Warn("sink did not drain", "err", err)
-	}
-	st := srv.Stats()
-	attrs := []any{"accepted_conns", st.Accepted.Load()}
-	for _, o := range engine.Outcomes() {
-		attrs = append(attrs, "messages_"+o.String(), st.MessagesBy(o))
-	}
-	log.Info("stopped", attrs...)
-	return nil
-}
-
-// serveAdmin serves health checks and pprof for operators.
-func serveAdmin(addr string, ready func() bool, log *slog.Logger) {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "broker not connected", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ok\n")
-	})
-	mux.Handle("/debug/pprof/", http.DefaultServeMux)
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	if err := srv.ListenAndServe(); err != nil {
-		log.Error("admin listener failed", "addr", addr, "err", err)
-	}
+	return n.wait(sig)
 }
 
 // raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard one: every
