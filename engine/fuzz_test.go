@@ -3,8 +3,10 @@ package engine
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lsmtp/lsmtp/sink"
 )
@@ -33,9 +35,24 @@ const (
 	modeFewErrors              // MaxErrors 3
 	modeShutdown               // the sink's failure is 421 (closes) instead of 451
 	modeTinyBudget             // MaxInFlightBytes 600: bodies run out of memory
+	modeProxy                  // the connection comes from a trusted load balancer: PROXY header first
+	modePolicy                 // a client policy: 2 messages per session, recipients @d.test, 203.0.113.66 denied
 )
 
-func fuzzConfig(mode uint8) Config {
+// fuzzPolicy is a deterministic ClientPolicy: the same input meets the
+// same answers in every run.
+type fuzzPolicy struct{ messages int }
+
+var fuzzDenied = netip.MustParseAddr("203.0.113.66")
+
+func (p *fuzzPolicy) ClientAllowed(ip netip.Addr) bool          { return ip != fuzzDenied }
+func (p *fuzzPolicy) TakeConnection(netip.Addr, time.Time) bool { return true }
+func (p *fuzzPolicy) TakeMessage(netip.Addr, time.Time) bool    { p.messages++; return p.messages <= 2 }
+func (p *fuzzPolicy) RecipientAllowed(addr []byte) bool {
+	return bytes.HasSuffix(addr, []byte("@d.test"))
+}
+
+func fuzzConfig(mode uint16) Config {
 	ss := &stepSink{deferred: mode&modeDeferred != 0, failWith: sink.ErrBusy}
 	if mode&modeSinkFails != 0 {
 		ss.failEvery = 2
@@ -54,6 +71,12 @@ func fuzzConfig(mode uint8) Config {
 	}
 	if mode&modeTinyBudget != 0 {
 		cfg.MaxInFlightBytes = 600
+	}
+	if mode&modeProxy != 0 {
+		cfg.TrustedProxies = []netip.Prefix{netip.PrefixFrom(memRemote.Addr(), 32)}
+	}
+	if mode&modePolicy != 0 {
+		cfg.Policy = &fuzzPolicy{}
 	}
 	return cfg
 }
@@ -83,7 +106,7 @@ type fuzzRun struct {
 // runSession feeds parts one callback each and then, unless hangUp, lets
 // the session finish what it has (sink verdicts, wakes) before the client
 // leaves. The session is always closed at the end, as OnClose would.
-func runSession(t *testing.T, mode uint8, parts [][]byte, hangUp bool) fuzzRun {
+func runSession(t *testing.T, mode uint16, parts [][]byte, hangUp bool) fuzzRun {
 	cfg := fuzzConfig(mode)
 	ss := cfg.Sink.(*stepSink)
 	h := newMemHarness(t, cfg, false)
@@ -104,7 +127,7 @@ func FuzzSession(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add([]byte(s.dialog), s.split, s.mode)
 	}
-	f.Fuzz(func(t *testing.T, input, split []byte, mode uint8) {
+	f.Fuzz(func(t *testing.T, input, split []byte, mode uint16) {
 		if len(input) > fuzzMaxInput {
 			return
 		}
@@ -203,6 +226,14 @@ func checkRun(t *testing.T, run fuzzRun, input []byte) {
 	if n := h.srv.stats.InFlightBytes.Load(); n != 0 {
 		t.Fatalf("%d in-flight octets still counted after the session closed and the sink answered", n)
 	}
+	// The connection counts (global and per client address, moved to the
+	// real client by a PROXY header) are given back.
+	h.srv.perIPMu.Lock()
+	perIP := len(h.srv.perIP)
+	h.srv.perIPMu.Unlock()
+	if open := h.srv.stats.Open.Load(); open != 0 || perIP != 0 {
+		t.Fatalf("after close: %d connections open, %d client addresses counted", open, perIP)
+	}
 }
 
 // replyLines splits a transcript into reply lines and checks each:
@@ -264,7 +295,7 @@ func normalize(run fuzzRun) string {
 type fuzzSeed struct {
 	dialog string
 	split  []byte
-	mode   uint8
+	mode   uint16
 }
 
 // fuzzSeeds are realistic dialogs, and the attacks we know of.
@@ -276,7 +307,7 @@ func fuzzSeeds() []fuzzSeed {
 	)
 	long := strings.Repeat("x", 600)
 	var seeds []fuzzSeed
-	add := func(mode uint8, split []byte, dialog ...string) {
+	add := func(mode uint16, split []byte, dialog ...string) {
 		seeds = append(seeds, fuzzSeed{strings.Join(dialog, ""), split, mode})
 	}
 	// One command per packet, as a careful client sends.
@@ -296,7 +327,7 @@ func fuzzSeeds() []fuzzSeed {
 	add(modeTinyBudget, nil, ehlo, env, "BDAT 700 LAST\r\n", strings.Repeat("q", 700), env, "DATA\r\n", strings.Repeat("r", 700), "\r\n.\r\nQUIT\r\n")
 	// SMTP smuggling: only CRLF.CRLF ends DATA.
 	for _, end := range []string{"\n.\n", "\r.\r", "\n.\r\n", "\r\n.\n", "\r\n.\r\r\n"} {
-		for _, mode := range []uint8{0, modeNormalize} {
+		for _, mode := range []uint16{0, modeNormalize} {
 			add(mode, nil, ehlo, env, "DATA\r\n", "Subject: x\r\n\r\nbody", end,
 				"MAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<v@d.test>\r\nDATA\r\nsmuggled\r\n.\r\nNOOP\r\n")
 		}
@@ -319,5 +350,17 @@ func fuzzSeeds() []fuzzSeed {
 	add(0, nil, "\r\n\r\n\x00\r\n")
 	add(modeHangUp|modeDeferred, nil, ehlo, env, "DATA\r\n", msg, "NOOP\r\n")
 	add(modeHangUp, nil, ehlo, env, "DATA\r\nhalf a message\r\n")
+	// Behind a load balancer (PROXY protocol v1 and v2), with a policy.
+	v1 := "PROXY TCP4 198.51.100.1 192.0.2.1 40001 25\r\n"
+	v2 := "\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\xc6\x33\x64\x01\xc0\x00\x02\x01\x9c\x41\x00\x19"
+	add(modeProxy, nil, v1, ehlo, env, "DATA\r\n", msg, "QUIT\r\n")
+	add(modeProxy, []byte{10}, v2, ehlo, env, "BDAT 4 LAST\r\nabcdQUIT\r\n")
+	add(modeProxy|modePolicy, nil, "PROXY TCP4 203.0.113.66 192.0.2.1 40001 25\r\n", ehlo)
+	add(modeProxy, nil, "PROXY UNKNOWN\r\n", ehlo, "QUIT\r\n")
+	add(modeProxy, nil, "PROXY TCP6 2001:db8::1 2001:db8::2 40001 25\r\n", ehlo, env, "DATA\r\n", msg)
+	add(modeProxy, nil, "PROXY TCP4 198.51.100.1\r\n", ehlo)
+	add(0, nil, v1, ehlo)
+	add(modePolicy, nil, ehlo, "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@other.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n", msg,
+		env, "DATA\r\n", msg, env, "DATA\r\n", msg, "QUIT\r\n")
 	return seeds
 }
