@@ -19,9 +19,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-
-	_ "go.uber.org/automaxprocs" // GOMAXPROCS from the container's CPU quota
 )
+
+// GOMAXPROCS follows the container's CPU quota by itself since Go 1.25.
 
 // Exit codes.
 const (

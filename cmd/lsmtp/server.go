@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lsmtp/lsmtp/broker"
+	"github.com/lsmtp/lsmtp/engine"
+	"github.com/lsmtp/lsmtp/metrics"
+	"github.com/lsmtp/lsmtp/sink"
+)
+
+// node is a running lsmtp: the SMTP server, its sink, the admin listener.
+type node struct {
+	args []string  // the command line, read again on reload
+	env  lookupEnv // the variables, read again on reload
+
+	// boot is the configuration the process started with: what the
+	// restart-only options still are. cur is the one in force; only the
+	// goroutine running wait replaces it.
+	boot *config
+	cur  atomic.Pointer[config]
+
+	log   *slog.Logger
+	level *slog.LevelVar
+
+	srv    *engine.Server
+	sk     sink.Sink
+	brk    *broker.Broker // nil with the null sink
+	served chan error     // Serve's result
+
+	admin     *http.Server // nil without --admin-listen
+	adminAddr net.Addr
+
+	serving  atomic.Bool // listening: set once Serve bound, cleared when it returns
+	stopping atomic.Bool // shutdown began: /readyz fails so balancers drain us
+	reloads  atomic.Int64
+}
+
+// start loads the configuration and starts serving. It returns once the
+// SMTP listeners and the admin listener are bound.
+func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
+	c, err := loadConfig(args, env, stderr)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.args) > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", c.args[0])
+	}
+	log, level, err := newLogger(c.o, stderr)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range c.warnings {
+		log.Warn("configuration", "problem", w)
+	}
+	raiseFileLimit(log)
+
+	n := &node{args: args, env: env, boot: c, log: log, level: level, served: make(chan error, 1)}
+	n.cur.Store(c)
+	n.sk = &sink.Null{}
+	if c.o.sink == "amqp" {
+		if n.brk, err = c.o.amqp.open(c.o.hostname, log); err != nil {
+			return nil, err
+		}
+		n.sk = n.brk
+	}
+	closeSink := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		n.sk.Close(ctx)
+	}
+
+	ec := c.o.engineConfig()
+	ec.Sink, ec.Logger = n.sk, log
+	if n.srv, err = engine.New(ec); err != nil {
+		closeSink()
+		return nil, err
+	}
+	go func() {
+		err := n.srv.Serve()
+		n.serving.Store(false)
+		n.served <- err
+	}()
+	addrs := n.srv.Addrs()
+	if len(addrs) == 0 {
+		closeSink()
+		return nil, fmt.Errorf("listening: %w", <-n.served)
+	}
+	n.serving.Store(true)
+
+	if c.o.adminListen != "" {
+		if err := n.startAdmin(c.o.adminListen); err != nil {
+			n.stop(time.Second)
+			return nil, err
+		}
+	}
+	log.Info("listening", "addrs", addrs, "admin", n.adminAddr, "hostname", c.o.hostname, "sink", c.o.sink,
+		"config", c.o.configFile)
+	return n, nil
+}
+
+// startAdmin binds the admin listener at once, so that a taken port is a
+// start-up error rather than a log line.
+func (n *node) startAdmin(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	n.adminAddr = ln.Addr()
+	col := metrics.NewCollector(metrics.Sources{Engine: n.srv.Stats(), Config: n.srv.Config, Broker: n.brokerStats()})
+	n.admin = &http.Server{
+		Handler:           n.adminHandler(metrics.NewRegistry(col)),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("admin listener failed", "addr", addr, "err", err)
+		}
+	}()
+	return nil
+}
+
+// brokerStats is the broker for the metrics, nil (not a nil *Broker in
+// an interface) without one.
+func (n *node) brokerStats() metrics.BrokerStats {
+	if n.brk == nil {
+		return nil
+	}
+	return n.brk
+}
+
+// ready is /readyz: listening, not shutting down, and connected to the
+// broker. The reason is for the operator reading the 503.
+func (n *node) ready() (bool, string) {
+	switch {
+	case n.stopping.Load():
+		return false, "shutting down"
+	case !n.serving.Load():
+		return false, "not listening"
+	case n.brk != nil && !n.brk.Ready():
+		return false, "broker not connected"
+	}
+	return true, "ok"
+}
+
+// wait serves until SIGINT/SIGTERM (then shuts down gracefully) or until
+// the server fails; SIGHUP reloads.
+func (n *node) wait(sig chan os.Signal) error {
+	for {
+		select {
+		case err := <-n.served:
+			n.stop(time.Second)
+			return fmt.Errorf("server stopped: %w", err)
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				n.reload()
+				continue
+			}
+			n.log.Info("shutting down", "signal", s.String(), "timeout", n.cur.Load().o.shutdownTimeout)
+			signal.Stop(sig) // a second signal kills at once
+			n.stop(n.cur.Load().o.shutdownTimeout)
+			return nil
+		}
+	}
+}
+
+// reload reads the file and the variables again (the command line is the
+// same) and puts the result in force without dropping connections. On
+// any problem nothing changes. It returns what it logged as the outcome.
+func (n *node) reload() error {
+	c, err := loadConfig(n.args, n.env, io.Discard)
+	if err == nil && len(c.args) > 0 {
+		err = fmt.Errorf("unexpected argument %q", c.args[0])
+	}
+	if err != nil {
+		n.log.Error("reload failed; configuration unchanged", "err", err)
+		return err
+	}
+	for _, w := range c.warnings {
+		n.log.Warn("configuration", "problem", w)
+	}
+	ec := c.o.engineConfig()
+	ec.Sink = n.sk
+	engineRestart, err := n.srv.Reload(ec)
+	if err != nil {
+		n.log.Error("reload failed; configuration unchanged", "err", err)
+		return err
+	}
+	var level slog.Level
+	if level.UnmarshalText([]byte(c.o.logLevel)) == nil {
+		n.level.Set(level)
+	}
+
+	prev := n.cur.Load()
+	var changed []string
+	for _, key := range changedKeys(prev, c) {
+		if !needsRestart(key) {
+			changed = append(changed, key)
+		}
+	}
+	// Restart-only options are compared with what the process started
+	// with: a change stays reported on every reload until the restart.
+	restart := changedKeys(n.boot, c)
+	restart = slices.DeleteFunc(restart, func(k string) bool { return !needsRestart(k) })
+	for _, k := range engineRestart {
+		if !slices.Contains(restart, k) {
+			restart = append(restart, k)
+		}
+	}
+	slices.Sort(restart)
+	n.cur.Store(c)
+	n.reloads.Add(1)
+	n.log.Info("configuration reloaded", "changed", changed, "config", c.o.configFile)
+	if len(restart) > 0 {
+		n.log.Warn("options changed that only a restart applies; running values kept", "options", restart)
+	}
+	return nil
+}
+
+// changedKeys names the keys whose values differ between a and b.
+func changedKeys(a, b *config) []string {
+	var keys []string
+	_, groups := b.orderedKeys()
+	for _, g := range groups {
+		for _, key := range g {
+			fa, fb := a.fs.Lookup(key), b.fs.Lookup(key)
+			if fa == nil || fb == nil || a.renderValue(fa, renderSample) != b.renderValue(fb, renderSample) {
+				keys = append(keys, key)
+			}
+		}
+	}
+	return keys
+}
+
+// stop shuts down: no new connections or transactions, transactions in
+// flight finish within timeout, then the sink drains what it holds, then
+// the admin listener closes.
+func (n *node) stop(timeout time.Duration) {
+	n.stopping.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := n.srv.Shutdown(ctx); err != nil {
+		n.log.Warn("shutdown deadline passed; remaining sessions got 421", "err", err)
+	}
+	// The sink drains after the sessions: whatever it still holds is
+	// confirmed or failed before we exit.
+	sctx, scancel := context.WithTimeout(context.Background(), timeout)
+	defer scancel()
+	if err := n.sk.Close(sctx); err != nil {
+		n.log.Warn("sink did not drain", "err", err)
+	}
+	if n.admin != nil {
+		actx, acancel := context.WithTimeout(context.Background(), time.Second)
+		defer acancel()
+		n.admin.Shutdown(actx)
+	}
+	st := n.srv.Stats()
+	attrs := []any{"accepted_conns", st.Accepted.Load()}
+	for _, o := range engine.Outcomes() {
+		attrs = append(attrs, "messages_"+o.String(), st.MessagesBy(o))
+	}
+	n.log.Info("stopped", attrs...)
+}
