@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"reflect"
 	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -569,4 +573,92 @@ func cpuTime(t *testing.T) time.Duration {
 		t.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestCloseWhileSubmitting: producers keep submitting while Close runs;
+// every message is completed exactly once, those after Close with 421.
+func TestCloseWhileSubmitting(t *testing.T) {
+	cfg := testConfig(t, rabbitURL)
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	var wg sync.WaitGroup
+	var submitted atomic.Int64
+	for p := 0; p < 3; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			for i := 0; i < 3000; i++ {
+				b.Submit(newMessage(rec, fmt.Sprintf("QW%d-%d", p, i), "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+				submitted.Add(1)
+				if b.state.Load()&stateClosing != 0 && i%100 == 99 {
+					return
+				}
+			}
+		}(p)
+	}
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	wg.Wait()
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if int64(rec.n) != submitted.Load() {
+		t.Fatalf("%d submitted, %d completions", submitted.Load(), rec.n)
+	}
+	var ok, shut, other int
+	for id, rs := range rec.results {
+		if len(rs) != 1 {
+			t.Fatalf("%s completed %d times", id, len(rs))
+		}
+		switch rs[0] {
+		case nil:
+			ok++
+		case sink.ErrShuttingDown:
+			shut++
+		default:
+			other++
+		}
+	}
+	t.Logf("confirmed %d, refused after Close %d, other %d", ok, shut, other)
+	if ok == 0 || shut == 0 {
+		t.Errorf("want both confirmed and refused messages")
+	}
+}
+
+// TestMeasureCeiling runs the raw publisher briefly.
+func TestMeasureCeiling(t *testing.T) {
+	cfg := testConfig(t, rabbitURL)
+	rate, err := MeasureCeiling(context.Background(), cfg, 2048, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rate <= 0 {
+		t.Fatalf("rate %f", rate)
+	}
+	t.Logf("ceiling: %.0f msgs/s", rate)
+}
+
+func TestRegisterFlags(t *testing.T) {
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	err := fs.Parse([]string{"--amqp-url", "amqp://a/", "--amqp-url", "amqp://b/", "--no-declare",
+		"--queue-type", "classic", "--max-length", "10", "--routing-key", "in.{domain}", "--amqp-workers", "3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg.URLs, []string{"amqp://a/", "amqp://b/"}) || cfg.Declare || cfg.QueueType != "classic" ||
+		cfg.MaxLength != 10 || cfg.Workers != 3 || cfg.bindingKey() != "in.#" {
+		t.Errorf("got %+v", cfg)
+	}
+	if !strings.Contains(fs.Lookup("amqp-url").DefValue, "xxxxx") {
+		t.Errorf("default URL shown with its password: %q", fs.Lookup("amqp-url").DefValue)
+	}
 }
