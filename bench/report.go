@@ -1,0 +1,605 @@
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Targets of the benchmark (measured, not asserted in tests).
+const (
+	TargetBoundRatio   = 0.97  // measured ÷ protocol bound at 315 ms RTT
+	TargetCeilingRatio = 0.85  // loopback amqp rows ÷ raw publish ceiling
+	TargetPipeRTTs     = 5.0   // per-message latency with pipelining, in round trips
+	TargetBest         = 10000 // messages/s through RabbitMQ at 315 ms RTT
+	PaperBest          = 4385
+)
+
+func (s *Suite) writeReport(out string, failure error) error {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	mi := s.info
+
+	w("# lsmtp benchmarks\n\n")
+	if failure != nil {
+		w("**THIS RUN FAILED: %v.** The tables below hold the rows run up to the failure.\n\n", failure)
+	}
+	w("Written by `make bench` (`%s`) on %s, from commit `%s`; the whole suite took %s.\n",
+		s.cfg.Command, mi.Date.UTC().Format("2006-01-02 15:04 MST"), mi.Commit, time.Since(s.start).Round(time.Second))
+	w("Every figure below comes from that one run; nothing is edited by hand.\n\n")
+
+	w("## Machine\n\n")
+	w("| | |\n|---|---|\n")
+	w("| CPU | %s, %d cores |\n| Memory | %.1f GiB |\n| Kernel | Linux %s |\n| Go | %s |\n| RabbitMQ | %s (quorum queue `%s`, on the same machine) |\n",
+		mi.CPUModel, mi.Cores, mi.MemoryGiB, mi.Kernel, mi.Go, orUnknown(mi.RabbitMQ), s.cfg.Queue)
+	w("| Postfix | %s |\n| Load average at start | %.2f |\n| Open file limit (hard) | %d |\n\n", orUnknown(mi.Postfix), mi.Load1, mi.FileLimit)
+	w("The load generator, the SMTP server and RabbitMQ share these %d cores: every row's CPU use is in the [CPU table](#cpu-per-row), "+
+		"including what other processes on the machine took meanwhile.\n\n", mi.Cores)
+
+	s.writeMethod(w)
+	s.writeTargets(w)
+	s.writeTableI(w, "plain", "Table I reproduced: one message per connection, no pipelining (the paper's mode)",
+		"Each session connects, reads the greeting, sends EHLO, MAIL, RCPT, DATA, the body and QUIT, each waiting for its reply, and starts over: 8 round trips per message.")
+	s.writeTableI(w, "pipe", "Table I with pipelining (RFC 2920)",
+		"Same sessions; MAIL, RCPT and DATA go in one packet, the body carries QUIT: connect, greeting, EHLO, MAIL+RCPT+DATA, body+QUIT = 5 round trips.")
+	s.writeTableI(w, "bdat", "Table I with pipelining and BDAT (RFC 3030 CHUNKING)",
+		"MAIL, RCPT, BDAT LAST with the message and QUIT in one packet: connect, greeting, EHLO, then one round trip = 4 round trips.")
+	s.writeScale(w)
+	s.writeLoopback(w)
+	s.writePostfix(w)
+	s.writeCPU(w)
+	s.writePlots(w, out)
+	s.writeProfile(w)
+	s.writeCommands(w)
+	if len(s.notes) > 0 {
+		w("## Notes from the run\n\n")
+		for _, n := range s.notes {
+			w("- %s\n", n)
+		}
+		w("\n")
+	}
+	return os.WriteFile(out, []byte(b.String()), 0o644)
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func (s *Suite) writeMethod(w func(string, ...any)) {
+	w("## Method\n\n")
+	w("- **Generator** (`cmd/lsmtp-bench`, package `bench/`): every session is a state machine on a few epoll loops " +
+		"(one per core), so 30,000 sessions cost no goroutines or timers of their own. A message succeeds only on its final 2xx; " +
+		"latency runs from the start of the message (for the first message of a connection: from the connect) to that reply.\n")
+	w("- **Emulated network** (client side only; the server runs unmodified on loopback): a write reaches the server RTT/2 later; " +
+		"bytes from the server are read as they arrive and handed to the client RTT/2 later; the connect costs a round trip " +
+		"(SYN, SYN-ACK) and the server sees it half a round trip later (the ACK), so the greeting arrives two round trips after the " +
+		"connect began, as on a real network. Each direction is a FIFO per loop with one constant delay, so chunks keep their order " +
+		"and never wait behind each other's delay (tested in `bench/netem_test.go`).\n")
+	w("- **Bound**: by Little's law a row cannot exceed sessions ÷ (round trips per message × RTT), counting connect, greeting " +
+		"and the wait for the 221. *ratio* = measured ÷ bound: 1.0 means the round trips, not the server, set the pace.\n")
+	w("- **Rows**: sessions start evenly over one message cycle (a burst of SYNs would overflow the listen backlog), run one more "+
+		"cycle to settle, then messages/s and latency are measured over a %v window; afterwards sessions finish what they are doing.\n", s.cfg.Window)
+	w("- **RabbitMQ check**: before every lsmtp → RabbitMQ row the queue `%s` (exchange `%s`, routing key `%s`) is purged; after it "+
+		"the queue's message count (passive declare) must equal the 2xx replies the generator saw. More is allowed only after a 4xx "+
+		"or a connection lost after the message was sent; fewer stops the run.\n", s.cfg.Queue, s.cfg.Exchange, s.cfg.RoutingKey)
+	w("- **Paper**: Table I of the LSMTP paper (section V): \"clients × concurrency\" sessions at about 315 ms of network latency, " +
+		"on a 2 vCPU, 4 GB server.\n\n")
+}
+
+// rowsIn returns the results of a group, in order.
+func (s *Suite) rowsIn(group string) []*RowResult {
+	var out []*RowResult
+	for _, rr := range s.results {
+		if rr.Group == group {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+func check(rr *RowResult) string {
+	if !rr.Checked {
+		return "–"
+	}
+	if rr.CheckPassed {
+		return "✓ " + rr.CheckNote
+	}
+	return "✗ " + rr.CheckNote
+}
+
+func rtts(d time.Duration, rtt time.Duration) string {
+	if rtt <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.2f", d.Seconds()/rtt.Seconds())
+}
+
+func sec(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) }
+
+func num(f float64) string {
+	s := strconv.FormatFloat(f, 'f', 0, 64)
+	// Thousands separators for readability.
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		return "-" + s
+	}
+	return s
+}
+
+func (s *Suite) writeTableI(w func(string, ...any), group, title, how string) {
+	rows := s.rowsIn(group)
+	if len(rows) == 0 {
+		return
+	}
+	w("## %s\n\n%s RTT %v.\n\n", title, how, PaperRTT)
+	w("| clients × concurrency | sessions | paper msg/s | paper latency s | msg/s | bound | ratio | vs paper | p50 s | p90 s | p99 s | max s | p50 in RTT | RabbitMQ count = 2xx |\n")
+	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, rr := range rows {
+		p := rr.Paper
+		if rr.Res == nil {
+			w("| %d × %d | %d | %s | %.2f | failed: %s |||||||||\n", p.Clients, p.Concurrency, p.Sessions(), num(p.Throughput), p.Latency, rr.Err)
+			continue
+		}
+		r := rr.Res
+		l := r.Latency
+		w("| %d × %d | %s | %s | %.2f | **%s** | %s | %.3f | %.2f× | %s | %s | %s | %s | %s | %s |\n",
+			p.Clients, p.Concurrency, num(float64(p.Sessions())), num(p.Throughput), p.Latency,
+			num(r.Rate), num(r.Bound), r.Rate/r.Bound, r.Rate/p.Throughput,
+			sec(l.P50), sec(l.P90), sec(l.P99), sec(l.Max), rtts(l.P50, rr.Load.RTT), check(rr))
+	}
+	w("\n")
+	s.writeRowErrors(w, rows)
+}
+
+func (s *Suite) writeRowErrors(w func(string, ...any), rows []*RowResult) {
+	for _, rr := range rows {
+		if rr.Res == nil {
+			continue
+		}
+		r := rr.Res
+		var parts []string
+		if r.Tempfail+r.Permfail > 0 {
+			parts = append(parts, fmt.Sprintf("%d 4xx and %d 5xx final replies", r.Tempfail, r.Permfail))
+		}
+		if r.Errors > 0 {
+			parts = append(parts, fmt.Sprintf("%d connection errors (%s)", r.Errors, strings.Join(r.TopErrors(3), "; ")))
+		}
+		if r.NoPipe+r.NoChunk > 0 {
+			parts = append(parts, fmt.Sprintf("PIPELINING missing on %d and CHUNKING on %d connections", r.NoPipe, r.NoChunk))
+		}
+		if rr.Err != "" {
+			parts = append(parts, "error: "+rr.Err)
+		}
+		if len(parts) > 0 {
+			w("- `%s`: %s.\n", rr.ID, strings.Join(parts, ", "))
+		}
+	}
+	w("\n")
+}
+
+func (s *Suite) writeScale(w func(string, ...any)) {
+	rows := s.rowsIn("scale")
+	if len(rows) == 0 {
+		return
+	}
+	w("## Many sessions\n\nlsmtp → RabbitMQ at %v RTT.\n\n", PaperRTT)
+	w("| row | sessions | dialogue | lsmtp processes | generator processes | msg/s | bound | ratio | p50 s | p99 s | max s | p50 in RTT | RabbitMQ count = 2xx |\n")
+	w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, rr := range rows {
+		if rr.Res == nil {
+			w("| %s | %s | %s | %d | | failed: %s |||||||\n", rr.ID, num(float64(rr.Load.Sessions)), mode(rr.Load), rr.Instances, rr.Err)
+			continue
+		}
+		r := rr.Res
+		w("| %s | %s | %s | %d | %d | **%s** | %s | %.3f | %s | %s | %s | %s | %s |\n",
+			rr.ID, num(float64(rr.Load.Sessions)), mode(rr.Load), rr.Instances, r.Processes, num(r.Rate), num(r.Bound), r.Rate/r.Bound,
+			sec(r.Latency.P50), sec(r.Latency.P99), sec(r.Latency.Max), rtts(r.Latency.P50, rr.Load.RTT), check(rr))
+	}
+	w("\n")
+	if mi := s.info; mi.FileLimit > 0 && mi.FileLimit < 30000 {
+		w("Every connection is a file descriptor at both ends. This machine's hard RLIMIT_NOFILE is %d and cannot be raised "+
+			"(no CAP_SYS_RESOURCE), so rows beyond what one process can hold run several lsmtp processes (on consecutive ports, "+
+			"all publishing to the same queue) and several generator processes (on one shared clock).\n\n", mi.FileLimit)
+	}
+	s.writeRowErrors(w, rows)
+}
+
+func (s *Suite) ceiling() float64 {
+	for _, rr := range s.results {
+		if rr.Kind == KindCeiling && rr.Err == "" {
+			return rr.Ceiling
+		}
+	}
+	return 0
+}
+
+func (s *Suite) writeLoopback(w func(string, ...any)) {
+	rows := s.rowsIn("loopback")
+	if len(rows) == 0 {
+		return
+	}
+	ceil := s.ceiling()
+	w("## Loopback, no emulated latency\n\n")
+	w("What the server and RabbitMQ do flat out on this machine, with the generator on the same cores. ")
+	w("The raw ceiling is `broker.MeasureCeiling`: plain amqp091-go publishing with the broker's settings, no SMTP at all.\n\n")
+	w("| row | sessions | msg/s | ÷ raw ceiling | p50 ms | p99 ms | max ms | RabbitMQ count = 2xx |\n")
+	w("|---|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, rr := range rows {
+		if rr.Kind == KindCeiling {
+			if rr.Err != "" {
+				w("| %s | | failed: %s |||||\n", rr.Label, rr.Err)
+				continue
+			}
+			w("| %s | | **%s** | 1.000 | | | | |\n", rr.Label, num(rr.Ceiling))
+			continue
+		}
+		if rr.Res == nil {
+			w("| %s | %d | failed: %s ||||||\n", rr.Label, rr.Load.Sessions, rr.Err)
+			continue
+		}
+		r := rr.Res
+		ratio := ""
+		if ceil > 0 && rr.Kind == KindAMQP {
+			ratio = fmt.Sprintf("%.3f", r.Rate/ceil)
+		}
+		w("| %s | %d | **%s** | %s | %.1f | %.1f | %.1f | %s |\n", rr.Label, rr.Load.Sessions, num(r.Rate), ratio,
+			ms64(r.Latency.P50), ms64(r.Latency.P99), ms64(r.Latency.Max), check(rr))
+	}
+	w("\n")
+	s.writeRowErrors(w, rows)
+}
+
+func ms64(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func (s *Suite) writePostfix(w func(string, ...any)) {
+	rows := s.rowsIn("postfix")
+	if len(rows) == 0 {
+		return
+	}
+	w("## Postfix smtp-sink under the same generator\n\n")
+	w("`smtp-sink` (Postfix %s) accepts and discards mail in one process; it is the reference for what an SMTP server that "+
+		"stores nothing can do here. Compare with lsmtp's null-sink rows above and its Table I rows.\n\n", orUnknown(s.info.Postfix))
+	w("| row | sessions | RTT | dialogue | msg/s | bound | ratio | p50 s | p99 s |\n|---|---:|---:|---|---:|---:|---:|---:|---:|\n")
+	for _, rr := range rows {
+		if rr.Res == nil {
+			w("| %s | %d | %v | %s | %s |||||\n", rr.Label, rr.Load.Sessions, rr.Load.RTT, mode(rr.Load), rr.Err)
+			continue
+		}
+		r := rr.Res
+		bound, ratio := "", ""
+		if r.Bound > 0 {
+			bound, ratio = num(r.Bound), fmt.Sprintf("%.3f", r.Rate/r.Bound)
+		}
+		w("| %s | %d | %v | %s | **%s** | %s | %s | %s | %s |\n", rr.Label, rr.Load.Sessions, rr.Load.RTT, mode(rr.Load),
+			num(r.Rate), bound, ratio, sec(r.Latency.P50), sec(r.Latency.P99))
+	}
+	w("\n")
+	s.writeRowErrors(w, rows)
+}
+
+func (s *Suite) writeCPU(w func(string, ...any)) {
+	w("## CPU per row\n\nCores used during each row's window (of %d): the generator, the server process(es), RabbitMQ, "+
+		"and everything else that ran on the machine meanwhile (other processes, kernel threads). Loopback TCP is processed in the "+
+		"context of whichever side sends, so kernel work is split between generator and server.\n\n", s.info.Cores)
+	w("| row | msg/s | generator | server | RabbitMQ | other | busy | load avg at start |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, rr := range s.results {
+		rate := ""
+		switch {
+		case rr.Kind == KindCeiling:
+			rate = num(rr.Ceiling)
+		case rr.Res != nil:
+			rate = num(rr.Res.Rate)
+		default:
+			continue
+		}
+		w("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", rr.ID, rate, rr.GenCPU, rr.ServerCPU, rr.RabbitCPU, rr.OtherCPU, rr.BusyCPU, rr.Load1)
+	}
+	w("\n")
+}
+
+func (s *Suite) writePlots(w func(string, ...any), out string) {
+	files, err := WritePlots(s.results, s.cfg.PlotDir)
+	if err != nil {
+		s.notes = append(s.notes, err.Error())
+		return
+	}
+	w("## Plots\n\n")
+	for _, f := range files {
+		rel, err := filepath.Rel(filepath.Dir(out), f)
+		if err != nil {
+			rel = f
+		}
+		w("![%s](%s)\n\n", strings.TrimSuffix(filepath.Base(f), ".png"), filepath.ToSlash(rel))
+	}
+}
+
+// Targets.
+
+func (s *Suite) writeTargets(w func(string, ...any)) {
+	w("## Targets\n\n| target | result | met |\n|---|---|---|\n")
+	yes := func(ok bool) string {
+		if ok {
+			return "yes"
+		}
+		return "**no**"
+	}
+	// 1. The round trips set the pace at 315 ms RTT.
+	var worst *RowResult
+	var below []string
+	n := 0
+	for _, rr := range s.results {
+		if rr.Res == nil || rr.Kind != KindAMQP || rr.Load.RTT != PaperRTT || rr.Res.Bound == 0 {
+			continue
+		}
+		n++
+		ratio := rr.Res.Rate / rr.Res.Bound
+		if worst == nil || ratio < worst.Res.Rate/worst.Res.Bound {
+			worst = rr
+		}
+		if ratio < TargetBoundRatio {
+			below = append(below, fmt.Sprintf("%s %.3f", rr.ID, ratio))
+		}
+	}
+	if worst != nil {
+		res := fmt.Sprintf("lowest ratio %.3f (`%s`) over %d rows", worst.Res.Rate/worst.Res.Bound, worst.ID, n)
+		if len(below) > 0 {
+			res += "; below 0.97: " + strings.Join(below, ", ")
+		}
+		w("| At %v RTT the round trips set the pace: measured ÷ bound ≥ %.2f, up to 30,000 sessions | %s | %s |\n",
+			PaperRTT, TargetBoundRatio, res, yes(len(below) == 0))
+	}
+	// 2. Pipelining beats the paper at the same sessions, loses nothing, ≤ 5 RTT.
+	for _, group := range []string{"pipe", "bdat"} {
+		rows := s.rowsIn(group)
+		if len(rows) == 0 {
+			continue
+		}
+		beat, lossless, fast := true, true, true
+		var slowest float64
+		var minVs = -1.0
+		for _, rr := range rows {
+			if rr.Res == nil {
+				beat, lossless, fast = false, false, false
+				continue
+			}
+			vs := rr.Res.Rate / rr.Paper.Throughput
+			if minVs < 0 || vs < minVs {
+				minVs = vs
+			}
+			if vs < 1 {
+				beat = false
+			}
+			if !rr.CheckPassed || rr.Res.Lost > 0 || rr.Res.Tempfail+rr.Res.Permfail > 0 {
+				lossless = false
+			}
+			p50 := rr.Res.Latency.P50.Seconds() / rr.Load.RTT.Seconds()
+			slowest = max(slowest, p50)
+			if p50 > TargetPipeRTTs {
+				fast = false
+			}
+		}
+		name := map[string]string{"pipe": "pipelining", "bdat": "pipelining+BDAT"}[group]
+		w("| With %s every Table I row ≥ the paper's msg/s at the same sessions | lowest measured ÷ paper %.2f× | %s |\n", name, minVs, yes(beat))
+		w("| … with no message lost (RabbitMQ count = 2xx, no 4xx/5xx) | %s | %s |\n", map[bool]string{true: "all rows", false: "see the table"}[lossless], yes(lossless))
+		w("| … and per-message latency ≤ %.0f round trips (median) | highest median %.3f RTT | %s |\n", TargetPipeRTTs, slowest, yes(fast))
+	}
+	// 3. Loopback amqp rows against the raw ceiling.
+	if ceil := s.ceiling(); ceil > 0 {
+		var parts []string
+		ok := true
+		for _, rr := range s.rowsIn("loopback") {
+			if rr.Kind != KindAMQP || rr.Res == nil {
+				continue
+			}
+			ratio := rr.Res.Rate / ceil
+			parts = append(parts, fmt.Sprintf("`%s` %.3f", rr.ID, ratio))
+			if ratio < TargetCeilingRatio {
+				ok = false
+			}
+		}
+		if len(parts) > 0 {
+			w("| Loopback lsmtp → RabbitMQ ≥ %.2f of the raw publish ceiling (%s msg/s, same run) | %s | %s |\n",
+				TargetCeilingRatio, num(ceil), strings.Join(parts, ", "), yes(ok))
+		}
+	}
+	// 4. Highest sustained through RabbitMQ at 315 ms.
+	var best *RowResult
+	for _, rr := range s.results {
+		if rr.Res == nil || rr.Kind != KindAMQP || rr.Load.RTT != PaperRTT || !rr.CheckPassed {
+			continue
+		}
+		if best == nil || rr.Res.Rate > best.Res.Rate {
+			best = rr
+		}
+	}
+	if best != nil {
+		w("| Highest sustained msg/s through RabbitMQ at %v RTT (paper: %s; aim %s) | **%s msg/s** with %s sessions (`%s`, %s) | %s |\n",
+			PaperRTT, num(PaperBest), num(TargetBest), num(best.Res.Rate), num(float64(best.Load.Sessions)), best.ID, mode(best.Load),
+			yes(best.Res.Rate >= TargetBest))
+	}
+	w("\n")
+}
+
+// Profile.
+
+func (s *Suite) writeProfile(w func(string, ...any)) {
+	w("## Where the time goes\n\n")
+	rr := s.profile
+	if rr == nil || rr.Profiles == nil || rr.Res == nil {
+		w("No profile was captured in this run.\n\n")
+		s.writeProfileHowTo(w)
+		return
+	}
+	w("The busiest loopback row was run once more (%s msg/s while profiled) with the server's CPU profile and allocation profile "+
+		"captured over its window from `--admin-listen` `/debug/pprof/`. CPU by component (flat samples of the server process):\n\n", num(rr.Res.Rate))
+	top, err := TopProfile(s.cfg.Lsmtp, rr.Profiles.CPU, "", 100000)
+	if err != nil {
+		w("(could not read the profile: %v)\n\n", err)
+	} else {
+		shares := componentShares(top)
+		w("| component | share of server CPU |\n|---|---:|\n")
+		for _, c := range shares {
+			w("| %s | %.1f%% |\n", c.name, c.pct)
+		}
+		w("\nServer CPU was %.2f cores, RabbitMQ %.2f, the generator %.2f during that window.\n\n", rr.ServerCPU, rr.RabbitCPU, rr.GenCPU)
+	}
+	if flat, err := TopProfile(s.cfg.Lsmtp, rr.Profiles.CPU, "", 25); err == nil {
+		w("<details><summary>go tool pprof -top (CPU, flat)</summary>\n\n```\n%s```\n</details>\n\n", trimPprofHeader(flat))
+	}
+	if cum, err := TopCumulative(s.cfg.Lsmtp, rr.Profiles.CPU, 30); err == nil {
+		w("<details><summary>go tool pprof -top -cum (CPU, cumulative)</summary>\n\n```\n%s```\n</details>\n\n", trimPprofHeader(cum))
+	}
+	if al, err := TopProfile(s.cfg.Lsmtp, rr.Profiles.Allocs, "alloc_space", 20); err == nil {
+		w("<details><summary>go tool pprof -top -sample_index=alloc_space (allocations during the window)</summary>\n\n```\n%s```\n</details>\n\n", trimPprofHeader(al))
+	}
+	s.writeProfileHowTo(w)
+}
+
+func (s *Suite) writeProfileHowTo(w func(string, ...any)) {
+	w("### Profiling any row\n\n")
+	w("lsmtp serves `/debug/pprof/` on `--admin-listen`. `lsmtp-bench run -profile DIR -admin HOST:PORT ...` captures the server's "+
+		"CPU profile and an allocation delta profile over the measurement window into `DIR/run-cpu.pprof` and `DIR/run-allocs.pprof`; "+
+		"`lsmtp-bench suite -profile DIR` does it for every lsmtp row (the suite's servers use admin addresses %s). Read them with "+
+		"`go tool pprof -top bin/lsmtp DIR/<row>-cpu.pprof` or `go tool pprof -http=: bin/lsmtp DIR/<row>-cpu.pprof`, "+
+		"and `-sample_index=alloc_space` for allocations. By hand: `curl -o cpu.pprof 'http://127.0.0.1:9025/debug/pprof/profile?seconds=10'` "+
+		"while a row runs.\n\n", strings.Join(s.cfg.Admin, ", "))
+}
+
+type share struct {
+	name string
+	pct  float64
+}
+
+// componentShares groups the flat column of `pprof -top` by component.
+func componentShares(top string) []share {
+	sums := map[string]float64{}
+	var total float64
+	sc := bufio.NewScanner(strings.NewReader(top))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 6 || !strings.HasSuffix(f[1], "%") {
+			continue
+		}
+		pct, err := strconv.ParseFloat(strings.TrimSuffix(f[1], "%"), 64)
+		if err != nil {
+			continue
+		}
+		name := strings.Join(f[5:], " ")
+		sums[component(name)] += pct
+		total += pct
+	}
+	var out []share
+	for k, v := range sums {
+		out = append(out, share{k, v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].pct > out[j].pct })
+	return out
+}
+
+func component(fn string) string {
+	switch {
+	case strings.HasPrefix(fn, "syscall.") || strings.HasPrefix(fn, "internal/runtime/syscall") ||
+		strings.HasPrefix(fn, "golang.org/x/sys/unix") || strings.HasPrefix(fn, "runtime/internal/syscall"):
+		return "system calls (TCP send/receive, epoll, accept, close: kernel time)"
+	case strings.HasPrefix(fn, "runtime.gcBgMarkWorker") || strings.HasPrefix(fn, "runtime.scanobject") ||
+		strings.HasPrefix(fn, "runtime.greyobject") || strings.HasPrefix(fn, "runtime.findObject") ||
+		strings.HasPrefix(fn, "runtime.markBits") || strings.HasPrefix(fn, "runtime.gcDrain") ||
+		strings.HasPrefix(fn, "runtime.wbBuf") || strings.HasPrefix(fn, "runtime.bulkBarrier") ||
+		strings.HasPrefix(fn, "runtime.sweepone") || strings.HasPrefix(fn, "runtime.(*mspan)") ||
+		strings.HasPrefix(fn, "runtime.(*gcWork)") || strings.HasPrefix(fn, "runtime.scanblock"):
+		return "garbage collector"
+	case strings.HasPrefix(fn, "runtime.mallocgc") || strings.HasPrefix(fn, "runtime.memclr") ||
+		strings.HasPrefix(fn, "runtime.(*mcache)") || strings.HasPrefix(fn, "runtime.(*mheap)") ||
+		strings.HasPrefix(fn, "runtime.nextFreeFast") || strings.HasPrefix(fn, "runtime.makeslice") ||
+		strings.HasPrefix(fn, "runtime.growslice") || strings.HasPrefix(fn, "runtime.newobject"):
+		return "memory allocation"
+	case strings.HasPrefix(fn, "runtime.memmove"):
+		return "copying (memmove)"
+	case strings.HasPrefix(fn, "runtime."):
+		return "Go runtime: scheduler, channels, locks, timers"
+	case strings.HasPrefix(fn, "github.com/rabbitmq/amqp091-go"):
+		return "amqp091-go (framing, confirms)"
+	case strings.HasPrefix(fn, "github.com/panjf2000/gnet"):
+		return "gnet event loops"
+	case strings.HasPrefix(fn, "github.com/lsmtp/lsmtp/codec"):
+		return "lsmtp codec (parsing, DATA reader)"
+	case strings.HasPrefix(fn, "github.com/lsmtp/lsmtp/engine"):
+		return "lsmtp engine (sessions)"
+	case strings.HasPrefix(fn, "github.com/lsmtp/lsmtp/broker"):
+		return "lsmtp broker (ring, workers)"
+	case strings.HasPrefix(fn, "github.com/lsmtp/lsmtp"):
+		return "lsmtp, other packages"
+	case strings.HasPrefix(fn, "bufio.") || strings.HasPrefix(fn, "bytes.") || strings.HasPrefix(fn, "encoding/") ||
+		strings.HasPrefix(fn, "strconv.") || strings.HasPrefix(fn, "time.") || strings.HasPrefix(fn, "sync") ||
+		strings.HasPrefix(fn, "internal/") || strings.HasPrefix(fn, "indexbytebody") || strings.HasPrefix(fn, "memeqbody") ||
+		strings.HasPrefix(fn, "aeshashbody") || strings.HasPrefix(fn, "fmt.") || strings.HasPrefix(fn, "io."):
+		return "Go standard library"
+	}
+	return "other"
+}
+
+// trimPprofHeader drops pprof's file and build lines.
+func trimPprofHeader(s string) string {
+	var keep []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.HasPrefix(line, "File:") || strings.HasPrefix(line, "Build ID:") || strings.HasPrefix(line, "Type:") ||
+			strings.HasPrefix(line, "Time:") {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	return strings.Join(keep, "\n")
+}
+
+// Commands.
+
+func (s *Suite) writeCommands(w func(string, ...any)) {
+	w("## Commands\n\n")
+	w("The whole suite: `make bench` (about %s here), or the subset `make bench-quick` (under 2 minutes). Both build "+
+		"`bin/lsmtp` and `bin/lsmtp-bench`, start RabbitMQ if it is installed and stopped, and run `%s`.\n\n",
+		time.Since(s.start).Round(time.Minute), s.cfg.Command)
+	w("Servers as the suite started them:\n\n```\n")
+	for _, c := range s.serverCommands() {
+		w("%s\n", c)
+	}
+	w("```\n\nEach row by hand against a running server (same flags; `-target` takes a comma-separated list):\n\n")
+	w("<details><summary>per-row commands</summary>\n\n```\n")
+	for _, rr := range s.results {
+		if rr.Command != "" {
+			w("# %s\n%s\n", rr.ID, rr.Command)
+		}
+	}
+	w("```\n</details>\n\n")
+}
+
+// serverCommands reconstructs the server command lines the suite uses.
+func (s *Suite) serverCommands() []string {
+	var out []string
+	for i := range s.cfg.Listen {
+		for _, sink := range []string{"null", "amqp"} {
+			kind := "lsmtp-" + sink
+			args := []string{s.cfg.Lsmtp, "--listen", addrFor(kind, s.cfg.Listen[i]), "--hostname", "bench.lsmtp.test", "--sink", sink,
+				"--max-conns", "0", "--max-conns-per-ip", strconv.Itoa(s.cfg.MaxConnsPerIP), "--admin-listen", addrFor(kind, s.cfg.Admin[i]), "--log-level", "warn"}
+			if sink == "amqp" {
+				args = append(args, "--amqp-url", s.cfg.AMQPURL, "--exchange", s.cfg.Exchange, "--queue", s.cfg.Queue, "--routing-key", s.cfg.RoutingKey)
+			}
+			out = append(out, strings.Join(args, " "))
+		}
+	}
+	if s.cfg.SmtpSink != "" && s.cfg.SmtpSink != "none" {
+		out = append(out, s.cfg.SmtpSink+" -m 40000 -u postfix "+s.cfg.SinkListen+" 4096")
+	}
+	return out
+}
