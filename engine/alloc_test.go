@@ -84,6 +84,7 @@ func TestSessionAllocsDataStreaming(t *testing.T) {
 		// it here, since growing the buffer is the pool's amortized cost,
 		// not the per-chunk cost measured below.
 		b.B = slices.Grow(b.B, total)
+		t.Logf("the pool gave a buffer of %d octets; grown to %d", len(b.B), cap(b.B))
 	}
 	written := h.written
 	if n := testing.AllocsPerRun(runs, func() { h.pass(chunk) }); n != 0 {
