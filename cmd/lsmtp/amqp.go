@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"log/slog"
+	"time"
 
 	"github.com/lsmtp/lsmtp/broker"
 )
@@ -17,6 +18,22 @@ func (a *amqpOptions) register(fs *flag.FlagSet) {
 	// --declare=false is the documented spelling; --no-declare stays.
 	if fs.Lookup("declare") == nil {
 		fs.BoolVar(&a.cfg.Declare, "declare", a.cfg.Declare, "declare exchange, queue and binding on connect; false when the topology is managed elsewhere")
+	}
+	// Connection tuning the broker package has no flags for.
+	durations := []struct {
+		name  string
+		v     *time.Duration
+		usage string
+	}{
+		{"amqp-dial-timeout", &a.cfg.DialTimeout, "bound on TCP connect plus the AMQP handshake"},
+		{"amqp-heartbeat", &a.cfg.Heartbeat, "AMQP heartbeat interval"},
+		{"amqp-reconnect-min", &a.cfg.ReconnectMin, "first wait before reconnecting to RabbitMQ (doubles, with jitter)"},
+		{"amqp-reconnect-max", &a.cfg.ReconnectMax, "longest wait between reconnect attempts"},
+	}
+	for _, d := range durations {
+		if fs.Lookup(d.name) == nil {
+			fs.DurationVar(d.v, d.name, *d.v, d.usage)
+		}
 	}
 	// The credentials have variables of their own (LSMTP_AMQP_USERNAME,
 	// LSMTP_AMQP_PASSWORD) so that URLs, which show up in process

@@ -101,9 +101,9 @@ func loadConfig(args []string, env lookupEnv, stderr io.Writer) (*config, error)
 			errs = append(errs, c.applyFile(o.configFile, data)...)
 		}
 	}
-	if len(errs) == 0 {
-		errs = append(errs, c.validate()...)
-	}
+	// Validation runs even after errors, so that one check shows every
+	// problem; a value that could not be set kept its default.
+	errs = append(errs, c.validate()...)
 	if len(errs) > 0 {
 		return c, errs
 	}
@@ -125,13 +125,43 @@ func splitEnv(name, v string) []string {
 	return items
 }
 
+// setValue sets a flag from its items, all or nothing: a bad item leaves
+// the flag as it was (the flag package's own values would be zeroed).
 func setValue(f *flag.Flag, items []string) error {
+	_, scratch := newOptions(io.Discard)
+	if sf := scratch.Lookup(f.Name); sf != nil {
+		for _, item := range items {
+			if err := sf.Value.Set(item); err != nil {
+				return describeSetError(sf, item, err)
+			}
+		}
+	}
 	for _, item := range items {
 		if err := f.Value.Set(item); err != nil {
-			return err
+			return describeSetError(f, item, err)
 		}
 	}
 	return nil
+}
+
+// describeSetError replaces the flag package's bare "parse error" with
+// what was expected.
+func describeSetError(f *flag.Flag, v string, err error) error {
+	g, ok := f.Value.(flag.Getter)
+	if !ok || !strings.Contains(err.Error(), "parse error") {
+		return err
+	}
+	switch g.Get().(type) {
+	case bool:
+		return fmt.Errorf("%q: want true or false", v)
+	case int, int64, uint, uint64:
+		return fmt.Errorf("%q is not a whole number", v)
+	case float64:
+		return fmt.Errorf("%q is not a number", v)
+	case time.Duration:
+		return fmt.Errorf("%q is not a duration (like 300ms, 30s, 5m, 1h)", v)
+	}
+	return err
 }
 
 // applyFile sets, from a YAML mapping of flag names to values, every
@@ -176,18 +206,19 @@ func (c *config) applyFile(path string, data []byte) problems {
 			errs = append(errs, fmt.Sprintf("%s: %v", at, err))
 			continue
 		}
-		target := f
 		if c.from[canonical(key)] > fromFile {
-			target = scratch.Lookup(key)
+			// Overridden: only checked.
+			if err := setValue(scratch.Lookup(key), items); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", at, err))
+			}
+			continue
 		}
-		if err := setValue(target, items); err != nil {
+		if err := setValue(f, items); err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v", at, err))
 			continue
 		}
-		if target == f {
-			c.from[canonical(key)] = fromFile
-			c.line[canonical(key)] = k.Line
-		}
+		c.from[canonical(key)] = fromFile
+		c.line[canonical(key)] = k.Line
 	}
 	return errs
 }
@@ -418,8 +449,23 @@ func (c *config) validateAMQP() problems {
 			bad(r.key, "%d: want %d..%d", r.v, r.min, r.max)
 		}
 	}
-	if cfg.ConfirmTimeout <= 0 {
-		bad("confirm-timeout", "must be more than 0")
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{
+		{"confirm-timeout", cfg.ConfirmTimeout},
+		{"amqp-dial-timeout", cfg.DialTimeout},
+		{"amqp-reconnect-min", cfg.ReconnectMin},
+	} {
+		if d.v <= 0 {
+			bad(d.key, "must be more than 0")
+		}
+	}
+	if cfg.Heartbeat < 0 {
+		bad("amqp-heartbeat", "must not be negative")
+	}
+	if cfg.ReconnectMin > 0 && cfg.ReconnectMax < cfg.ReconnectMin {
+		bad("amqp-reconnect-max", "%s is less than amqp-reconnect-min (%s)", formatDuration(cfg.ReconnectMax), formatDuration(cfg.ReconnectMin))
 	}
 	if cfg.MaxLength < 0 {
 		bad("max-length", "must not be negative")
@@ -483,7 +529,8 @@ var sections = []struct {
 	{"Operations", []string{"admin-listen", "log-level", "log-format"}},
 	{"RabbitMQ", []string{keyAMQPURL, "amqp-username", keyAMQPPassword, "exchange", "exchange-type", "queue", "routing-key", "binding-key",
 		"declare", "queue-type", "dead-letter-exchange", "max-length", "max-length-bytes", "overflow",
-		"amqp-workers", "amqp-window", "amqp-ring", "confirm-timeout", "node"}},
+		"amqp-workers", "amqp-window", "amqp-ring", "confirm-timeout",
+		"amqp-dial-timeout", "amqp-heartbeat", "amqp-reconnect-min", "amqp-reconnect-max", "node"}},
 }
 
 // orderedKeys returns the sections with their registered keys; keys of

@@ -200,11 +200,6 @@ func (n *node) reload() error {
 		n.log.Error("reload failed; configuration unchanged", "err", err)
 		return err
 	}
-	var level slog.Level
-	if level.UnmarshalText([]byte(c.o.logLevel)) == nil {
-		n.level.Set(level)
-	}
-
 	prev := n.cur.Load()
 	var changed []string
 	for _, key := range changedKeys(prev, c) {
@@ -227,6 +222,12 @@ func (n *node) reload() error {
 	n.log.Info("configuration reloaded", "changed", changed, "config", c.o.configFile)
 	if len(restart) > 0 {
 		n.log.Warn("options changed that only a restart applies; running values kept", "options", restart)
+	}
+	// The level changes last, so that the lines above get out at the
+	// level they were asked for under.
+	var level slog.Level
+	if level.UnmarshalText([]byte(c.o.logLevel)) == nil {
+		n.level.Set(level)
 	}
 	return nil
 }
