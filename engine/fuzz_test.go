@@ -12,7 +12,9 @@ import (
 )
 
 // fuzzMaxInput bounds a fuzz input: the byte-by-byte run costs one
-// callback per octet.
+// callback per octet. It stays far below MaxPipelineBacklog (1 MiB): the
+// 421 for too much pipelined input depends on how much arrived while the
+// sink was busy, so it is the one reply that may rightly depend on timing.
 const fuzzMaxInput = 16 << 10
 
 // The replies to an input are bounded: out <= greeting + fuzzOutputSlack
