@@ -591,11 +591,17 @@ func TestCloseWhileSubmitting(t *testing.T) {
 		wg.Add(1)
 		go func(p int) {
 			defer wg.Done()
-			for i := 0; i < 3000; i++ {
+			// Until 100 messages after Close began, bounded in count and time.
+			deadline := time.Now().Add(10 * time.Second)
+			after := 0
+			for i := 0; i < 200000 && after < 100 && time.Now().Before(deadline); i++ {
 				b.Submit(newMessage(rec, fmt.Sprintf("QW%d-%d", p, i), "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 				submitted.Add(1)
-				if b.state.Load()&stateClosing != 0 && i%100 == 99 {
-					return
+				if b.state.Load()&stateClosing != 0 {
+					after++
+				}
+				if i%64 == 0 {
+					time.Sleep(100 * time.Microsecond) // a pace the broker can partly follow
 				}
 			}
 		}(p)

@@ -31,8 +31,24 @@ func (c *connection) kill() { c.sock.Close() }
 func (b *Broker) supervise() {
 	defer close(b.supDone)
 	backoff := b.cfg.ReconnectMin
+	// wait sleeps a random time in [0, backoff) ("full jitter", which keeps
+	// a fleet of nodes from reconnecting in lock step after a broker
+	// restart) and doubles backoff up to ReconnectMax. It reports false
+	// when Close interrupted it.
+	wait := func() bool {
+		d := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
+		backoff = min(backoff*2, b.cfg.ReconnectMax)
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-b.stopSup:
+			return false
+		}
+	}
 	everConnected, downLogged := false, false
-	for i := 0; ; i++ {
+	for i := 0; ; {
 		select {
 		case <-b.stopSup:
 			return
@@ -53,24 +69,26 @@ func (b *Broker) supervise() {
 				b.log.Warn("RabbitMQ connect failed, retrying", "url", RedactURL(url), "err", err,
 					"suppressed", b.limits.connect.suppressedSince())
 			}
-			// Full jitter (a random wait in [0, backoff)) keeps a fleet of
-			// nodes from reconnecting in lock step after a broker restart.
-			wait := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
-			backoff = min(backoff*2, b.cfg.ReconnectMax)
-			select {
-			case <-time.After(wait):
-			case <-b.stopSup:
+			i++ // the next node of the cluster
+			if !wait() {
 				return
 			}
 			continue
 		}
-		backoff = b.cfg.ReconnectMin
 		everConnected = true
-		downLogged = false
 		b.stats.connects.Add(1)
 		b.log.Info("connected to RabbitMQ", "url", c.url)
-		i-- // after a loss, try the node that worked first
+		connectedAt := time.Now()
 		if b.watch(c) {
+			return
+		}
+		// After a loss, try the node that worked first, at once if the
+		// connection had lived a while; a connection that keeps dying
+		// right after it opened is retried with growing backoff instead
+		// of in a tight loop.
+		if time.Since(connectedAt) >= b.cfg.ReconnectMax {
+			backoff = b.cfg.ReconnectMin
+		} else if !wait() {
 			return
 		}
 	}
