@@ -108,7 +108,7 @@ func (s *session) dispatch(line []byte, now time.Time) {
 	case codec.VerbHELO, codec.VerbEHLO:
 		s.hello(cmd.Verb == codec.VerbEHLO)
 	case codec.VerbMAIL:
-		s.mail()
+		s.mail(now)
 	case codec.VerbRCPT:
 		s.rcpt()
 	case codec.VerbDATA:
@@ -161,7 +161,7 @@ func (s *session) hello(ehlo bool) {
 	}
 }
 
-func (s *session) mail() {
+func (s *session) mail(now time.Time) {
 	cmd := &s.cmd
 	switch {
 	case len(s.helo) == 0:
@@ -190,13 +190,13 @@ func (s *session) mail() {
 		s.fail(replyTooBig)
 		return
 	}
-	if pol := s.cfg.Policy; pol != nil && !pol.TakeMessage(s.remote.Addr(), time.Now()) {
+	if pol := s.cfg.Policy; pol != nil && !pol.TakeMessage(s.remote.Addr(), now) {
 		s.srv.stats.Messages[OutcomeRateLimited].Add(1)
 		s.reply(replyMsgRate)
 		return
 	}
 	s.hasMail = true
-	s.txStart = time.Now()
+	s.txStart = now
 	s.params = p
 	s.env = append(s.env[:0], cmd.Path...)
 	s.sender = span{0, len(s.env)}
