@@ -34,7 +34,8 @@ type Broker struct {
 	pending atomic.Int64  // messages between Submit and Complete
 	stats   counters
 
-	workers []*worker
+	workers      []*worker
+	liveChannels atomic.Int32 // workers with an open channel
 
 	connMu      sync.Mutex
 	conn        *connection   // nil while disconnected

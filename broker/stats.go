@@ -23,7 +23,7 @@ type Stats struct {
 	// Submit answered at once, without taking the message.
 	RejectedBusy     uint64 // ring full: ErrBusy
 	RejectedDown     uint64 // not connected: ErrUnavailable
-	RejectedBlocked  uint64 // connection.blocked in force: ErrUnavailable
+	RejectedBlocked  uint64 // connection.blocked in force: ErrUnavailable (also counts messages taken just before)
 	RejectedShutdown uint64 // after Close: ErrShuttingDown
 
 	Connects        uint64 // connections established

@@ -71,10 +71,16 @@ func (w *worker) run() {
 			failed = c
 			retry = min(retry*2, w.b.cfg.ReconnectMax)
 		}
-		// No channel: whatever reaches the ring is answered at once, and
-		// the worker waits for a (new) connection or, after a channel
-		// failure on a live connection, for its retry time.
-		w.failRing()
+		// No channel here. If no other worker has one either, whatever
+		// reaches the ring is answered at once; otherwise the ring is left
+		// (wake-ups included) to the workers that can publish. Meanwhile
+		// wait for a (new) connection or, after a channel failure on a
+		// live connection, for the retry time.
+		var wake chan struct{}
+		if w.b.liveChannels.Load() == 0 {
+			w.failRing()
+			wake = w.b.wake
+		}
 		var retryC <-chan time.Time
 		var t *time.Timer
 		if c != nil && c == failed {
@@ -86,7 +92,7 @@ func (w *worker) run() {
 			retry = w.b.cfg.ReconnectMin
 		case <-retryC:
 			failed = nil
-		case <-w.b.wake:
+		case <-wake:
 		case <-w.b.stopWorkers:
 			return
 		}
@@ -130,7 +136,11 @@ func (w *worker) session(c *connection) (err error) {
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	w.nextTag = 1
 	w.msgErr = nil
+	w.b.liveChannels.Add(1)
 	defer func() {
+		if w.b.liveChannels.Add(-1) == 0 {
+			w.b.notify() // workers without a channel now answer the ring
+		}
 		// Confirms that arrived before the channel went still count:
 		// every one settled here is a message its client need not resend.
 		w.drainConfirms(confirms, returns)
@@ -205,6 +215,15 @@ func (w *worker) fill(ch *amqp.Channel) error {
 		m, at := w.b.ring.pop()
 		if m == nil {
 			return nil
+		}
+		if w.b.state.Load()&stateBlocked != 0 {
+			// RabbitMQ stopped reading from this connection: a publish
+			// now would only wait for the confirm timeout, or hang in the
+			// write. Answer like Submit does while blocked.
+			w.b.stats.rejectedBlocked.Add(1)
+			w.b.stats.failed.Add(1)
+			w.b.finish(m, sink.ErrUnavailable)
+			continue
 		}
 		if err := w.publish(ch, m, at); err != nil {
 			return err
