@@ -23,10 +23,15 @@
 // counted in Stats:
 //
 //   - not connected, or connection.blocked in force: Submit answers
-//     sink.ErrUnavailable (451 4.3.0) at once;
+//     sink.ErrUnavailable (451 4.3.0) at once (and the workers answer the
+//     same for what is still in the ring instead of publishing into a
+//     connection RabbitMQ no longer reads);
 //   - ring full: sink.ErrBusy (451 4.3.2) at once;
 //   - basic.nack, channel or connection closed with the publish
-//     unconfirmed, no confirm within Config.ConfirmTimeout: 451 4.3.0;
+//     unconfirmed, no confirm within Config.ConfirmTimeout, a publish
+//     call hanging in a socket write longer than that (the connection is
+//     then dropped), a message that waited in the ring longer than that:
+//     451 4.3.0;
 //   - basic.return (no queue bound for the routing key): ErrUnroutable,
 //     451 4.3.5;
 //   - after Close: sink.ErrShuttingDown (421 4.3.2).
