@@ -37,6 +37,10 @@ type confirmLatency interface {
 	ConfirmLatency() *hist.Histogram
 }
 
+// tracker is the client policy's count of tracked addresses
+// (*policy.Policy has it).
+type tracker interface{ Tracked() int }
+
 // Sources are the counters a Collector reads.
 type Sources struct {
 	// Engine is the SMTP server's live counters (engine.Server.Stats).
@@ -58,7 +62,7 @@ type Collector struct {
 
 	connOpen, connAccepted, connRefused, connLimit *prometheus.Desc
 	commands, messages, bytesRecv, msgSize         *prometheus.Desc
-	inFlight, inFlightLimit                        *prometheus.Desc
+	inFlight, inFlightLimit, trackedClients        *prometheus.Desc
 
 	brkConnected, brkBlocked                            *prometheus.Desc
 	brkConnects, brkReconnects, brkConnectFailures      *prometheus.Desc
@@ -100,6 +104,7 @@ func NewCollector(src Sources) *Collector {
 	c.msgSize = desc("message_size_bytes", "Size of accepted messages, octets.")
 	c.inFlight = desc("in_flight_bytes", "Message octets held now, from DATA/BDAT until the broker's verdict.")
 	c.inFlightLimit = desc("in_flight_bytes_limit", "max-in-flight-bytes in force; past it messages get 451 4.3.1.")
+	c.trackedClients = desc("policy_tracked_clients", "Client IPs with rate-limit state (at most max-tracked-clients); absent without client controls.")
 
 	if src.Broker != nil {
 		c.brkConnected = desc("broker_connected", "1 while connected to RabbitMQ.")
@@ -128,7 +133,7 @@ func NewCollector(src Sources) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.build, c.connOpen, c.connAccepted, c.connRefused, c.connLimit, c.commands, c.messages,
-		c.bytesRecv, c.msgSize, c.inFlight, c.inFlightLimit,
+		c.bytesRecv, c.msgSize, c.inFlight, c.inFlightLimit, c.trackedClients,
 		c.brkConnected, c.brkBlocked, c.brkConnects, c.brkReconnects, c.brkConnectFailures,
 		c.brkDisconnects, c.brkChannelFailures, c.brkSubmitted, c.brkConfirmed, c.brkFailed,
 		c.brkPublishFailures, c.brkRejected, c.brkRing, c.brkPending, c.brkAwaitingConfirm, c.brkLatency,
@@ -177,6 +182,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		cfg := c.src.Config()
 		gauge(c.connLimit, float64(cfg.MaxConns))
 		gauge(c.inFlightLimit, float64(cfg.MaxInFlightBytes))
+		if p, ok := cfg.Policy.(tracker); ok {
+			gauge(c.trackedClients, float64(p.Tracked()))
+		}
 	}
 
 	if c.src.Broker == nil {

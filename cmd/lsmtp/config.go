@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -371,10 +372,26 @@ func (c *config) validate() problems {
 		{"max-conns-per-ip", int64(o.maxConnsPerIP)},
 		{"greet-delay", int64(o.greetDelay)},
 		{"event-loops", int64(o.eventLoops)},
+		{"conn-burst", int64(o.connBurst)},
+		{"msg-burst", int64(o.msgBurst)},
+		{"max-tracked-clients", int64(o.maxTracked)},
 	}
 	for _, p := range notNegative {
 		if p.v < 0 {
 			bad(p.key, "must not be negative")
+		}
+	}
+	for _, r := range []struct {
+		key string
+		v   float64
+	}{{"conn-rate", o.connRate}, {"msg-rate", o.msgRate}} {
+		if r.v < 0 || math.IsNaN(r.v) || math.IsInf(r.v, 0) {
+			bad(r.key, "%v: want a rate per second, 0 for no limit", r.v)
+		}
+	}
+	for _, d := range o.recipientDomains.values {
+		if d == "" || d == "." || strings.ContainsAny(d, "@ \t[]") {
+			bad("recipient-domain", "%q is not a domain (example.com, or .example.com for its subdomains)", d)
 		}
 	}
 	if o.maxLineLength > 0 && o.maxLineLength < 512 {
@@ -402,6 +419,11 @@ func (c *config) validate() problems {
 	// The packages' own checks catch whatever the ones above missed.
 	if len(errs) == 0 {
 		ec := o.engineConfig()
+		pol, err := o.newPolicy()
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+		ec.Policy = pol
 		ec.Sink = &sink.Null{}
 		ec.Logger = slog.New(slog.DiscardHandler)
 		if _, err := engine.New(ec); err != nil {
@@ -525,7 +547,7 @@ var sections = []struct {
 	{"SMTP", []string{"listen", "hostname", "sink", "trusted-proxy", "event-loops", "greet-delay", "normalize-bare-eol"}},
 	{"Limits", []string{"max-message-size", "max-in-flight-bytes", "max-recipients", "max-line-length", "max-pipeline-backlog",
 		"max-conns", "max-conns-per-ip", "max-errors", "idle-timeout", "data-timeout", "shutdown-timeout"}},
-	{"Client controls", []string{"allow-cidr", "deny-cidr", "conn-rate", "conn-burst", "msg-rate", "msg-burst", "recipient-domain"}},
+	{"Client controls", []string{"allow-cidr", "deny-cidr", "recipient-domain", "conn-rate", "conn-burst", "msg-rate", "msg-burst", "max-tracked-clients"}},
 	{"Operations", []string{"admin-listen", "log-level", "log-format"}},
 	{"RabbitMQ", []string{keyAMQPURL, "amqp-username", keyAMQPPassword, "exchange", "exchange-type", "queue", "routing-key", "binding-key",
 		"declare", "queue-type", "dead-letter-exchange", "max-length", "max-length-bytes", "overflow",

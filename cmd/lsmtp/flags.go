@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/engine"
+	"github.com/lsmtp/lsmtp/policy"
 )
 
 // Every option is defined once, here, as a flag. The configuration file's
@@ -38,6 +39,14 @@ type options struct {
 	greetDelay         time.Duration
 	normalizeBareEOL   bool
 	trustedProxies     prefixList
+	allowCIDRs         prefixList
+	denyCIDRs          prefixList
+	recipientDomains   listFlag
+	connRate           float64
+	connBurst          int
+	msgRate            float64
+	msgBurst           int
+	maxTracked         int
 	eventLoops         int
 	shutdownTimeout    time.Duration
 	adminListen        string
@@ -58,7 +67,10 @@ const (
 // repeatable names the flags that may be given more than once. On the
 // command line each use adds an item; a variable holds a comma-separated
 // list; in the file the value is a YAML sequence.
-var repeatable = map[string]bool{"listen": true, keyAMQPURL: true, "trusted-proxy": true}
+var repeatable = map[string]bool{
+	"listen": true, keyAMQPURL: true, "trusted-proxy": true,
+	"allow-cidr": true, "deny-cidr": true, "recipient-domain": true,
+}
 
 // aliases are accepted everywhere but left out of the printed
 // configuration and the sample file, which use the canonical key.
@@ -103,6 +115,14 @@ func newOptions(stderr io.Writer) (*options, *flag.FlagSet) {
 	fs.DurationVar(&o.greetDelay, "greet-delay", 0, "hold the greeting back; clients that talk first are dropped")
 	fs.BoolVar(&o.normalizeBareEOL, "normalize-bare-eol", false, "turn bare CR or LF in DATA into CRLF instead of rejecting the message")
 	fs.Var(&o.trustedProxies, "trusted-proxy", "CIDR of load balancers that send a PROXY protocol header (repeatable)")
+	fs.Var(&o.allowCIDRs, "allow-cidr", "only clients in these CIDRs may connect (repeatable; none: everyone not denied); others get 554 5.7.1")
+	fs.Var(&o.denyCIDRs, "deny-cidr", "clients in these CIDRs are refused with 554 5.7.1, even if allowed (repeatable)")
+	fs.Var(&o.recipientDomains, "recipient-domain", "domain we accept mail for, .example.com for its subdomains (repeatable; none: any); others get 550 5.7.1 at RCPT")
+	fs.Float64Var(&o.connRate, "conn-rate", 0, "new connections per second one client IP may open, sustained; 0 for no limit; past it 421 4.7.0")
+	fs.IntVar(&o.connBurst, "conn-burst", 0, "connections one client IP may open in a burst (the bucket size); 0 for max(1, conn-rate)")
+	fs.Float64Var(&o.msgRate, "msg-rate", 0, "messages per second one client IP may send, sustained; 0 for no limit; past it 450 4.7.1 at MAIL")
+	fs.IntVar(&o.msgBurst, "msg-burst", 0, "messages one client IP may send in a burst (the bucket size); 0 for max(1, msg-rate)")
+	fs.IntVar(&o.maxTracked, "max-tracked-clients", policy.DefaultMaxTracked, "client IPs whose rate state is kept (about 110 bytes each); the least recent is forgotten")
 	fs.IntVar(&o.eventLoops, "event-loops", 0, "event loops, 0 for one per CPU")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time for transactions in flight to finish")
 	fs.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9025", "HTTP address for /metrics, /healthz, /readyz and /debug/pprof/, empty for none")
@@ -227,8 +247,36 @@ func envName(flagName string) string {
 	return "LSMTP_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// engineConfig is the engine's part of the options. The sink and the
-// logger are the caller's.
+// policyConfig is the client controls' part of the options.
+func (o *options) policyConfig() policy.Config {
+	return policy.Config{
+		Allow:            o.allowCIDRs.prefixes,
+		Deny:             o.denyCIDRs.prefixes,
+		ConnRate:         o.connRate,
+		ConnBurst:        o.connBurst,
+		MsgRate:          o.msgRate,
+		MsgBurst:         o.msgBurst,
+		RecipientDomains: o.recipientDomains.values,
+		MaxTracked:       o.maxTracked,
+	}
+}
+
+// newPolicy builds the client controls; nil when there are none, so that
+// the engine skips them altogether.
+func (o *options) newPolicy() (engine.ClientPolicy, error) {
+	cfg := o.policyConfig()
+	if len(cfg.Allow) == 0 && len(cfg.Deny) == 0 && len(cfg.RecipientDomains) == 0 && cfg.ConnRate == 0 && cfg.MsgRate == 0 {
+		return nil, nil
+	}
+	p, err := policy.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// engineConfig is the engine's part of the options. The sink, the logger
+// and the client policy (newPolicy) are the caller's.
 func (o *options) engineConfig() engine.Config {
 	return engine.Config{
 		Listen:             o.listen.values,

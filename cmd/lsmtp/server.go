@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
 	"slices"
 	"sync/atomic"
 	"syscall"
@@ -84,6 +85,10 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 
 	ec := c.o.engineConfig()
 	ec.Sink, ec.Logger = n.sk, log
+	if ec.Policy, err = c.o.newPolicy(); err != nil {
+		closeSink()
+		return nil, err
+	}
 	if n.srv, err = engine.New(ec); err != nil {
 		closeSink()
 		return nil, err
@@ -195,12 +200,20 @@ func (n *node) reload() error {
 	}
 	ec := c.o.engineConfig()
 	ec.Sink = n.sk
+	// A new policy starts every client with full rate buckets: keep the
+	// running one unless its settings changed.
+	prev := n.cur.Load()
+	if reflect.DeepEqual(prev.o.policyConfig(), c.o.policyConfig()) {
+		ec.Policy = n.srv.Config().Policy
+	} else if ec.Policy, err = c.o.newPolicy(); err != nil {
+		n.log.Error("reload failed; configuration unchanged", "err", err)
+		return err
+	}
 	engineRestart, err := n.srv.Reload(ec)
 	if err != nil {
 		n.log.Error("reload failed; configuration unchanged", "err", err)
 		return err
 	}
-	prev := n.cur.Load()
 	var changed []string
 	for _, key := range changedKeys(prev, c) {
 		if !needsRestart(key) {

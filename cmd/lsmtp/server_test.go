@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/metrics/metricstest"
 )
@@ -325,4 +327,73 @@ func deleteQueue(t *testing.T, name string) {
 		return
 	}
 	ch.QueueDelete(name, false, false, false)
+}
+
+// TestClientControlsFromConfiguration checks the policy options reach the
+// engine, are counted in /metrics, and change on reload without
+// resetting when untouched.
+func TestClientControlsFromConfiguration(t *testing.T) {
+	file := t.TempDir() + "/lsmtp.yaml"
+	base := "listen: [127.0.0.1:0]\nsink: \"null\"\nadmin-listen: 127.0.0.1:0\nevent-loops: 1\nmsg-rate: 0.001\nmsg-burst: 100\n"
+	if err := os.WriteFile(file, []byte(base+"recipient-domain: [example.org]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n, _, _ := startNode(t, []string{"--config", file})
+	c := dialSMTP(t, smtpAddr(n))
+	defer c.Close()
+	if err := c.Mail("s@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if got := code(c.Rcpt("r@example.org")); got != 250 {
+		t.Errorf("RCPT to a listed domain: %d, want 250", got)
+	}
+	if got := code(c.Rcpt("r@example.com")); got != 550 {
+		t.Errorf("RCPT to another domain: %d, want 550", got)
+	}
+	s := metricstest.Scrape(t, "http://"+n.adminAddr.String()+"/metrics")
+	if v := s.Value("lsmtp_commands_total", "verb", "RCPT", "class", "5xx"); v != 1 {
+		t.Errorf("RCPT 5xx = %v, want 1", v)
+	}
+	if v, ok := s.Get("lsmtp_policy_tracked_clients"); !ok || v != 1 {
+		t.Errorf("lsmtp_policy_tracked_clients = %v (present %v), want 1", v, ok)
+	}
+
+	// Same policy settings: the running policy (and its rate state) stays.
+	pol := n.srv.Config().Policy
+	if err := n.reload(); err != nil {
+		t.Fatal(err)
+	}
+	if n.srv.Config().Policy != pol {
+		t.Error("a reload with unchanged client controls replaced the policy")
+	}
+	// Another domain: the open session sees it on its next command.
+	if err := os.WriteFile(file, []byte(base+"recipient-domain: [example.com]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := code(c.Rcpt("r2@example.com")); got != 250 {
+		t.Errorf("after reload, RCPT to the new domain: %d, want 250", got)
+	}
+	if got := code(c.Rcpt("r2@example.org")); got != 550 {
+		t.Errorf("after reload, RCPT to the old domain: %d, want 550", got)
+	}
+}
+
+func TestDenyCIDRRefusesAtConnect(t *testing.T) {
+	n, _, _ := startNode(t, []string{"--listen", "127.0.0.1:0", "--sink", "null", "--admin-listen", "", "--deny-cidr", "127.0.0.0/8"})
+	conn, err := net.DialTimeout("tcp", smtpAddr(n), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := textproto.NewReader(bufio.NewReader(conn)).ReadLine()
+	if err != nil || !strings.HasPrefix(line, "554 5.7.1") {
+		t.Errorf("greeting %q, %v; want 554 5.7.1", line, err)
+	}
+	if got := n.srv.Stats().Refusals(engine.RefusedDenied); got != 1 {
+		t.Errorf("refused denied = %d, want 1", got)
+	}
 }
