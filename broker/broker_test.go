@@ -655,7 +655,7 @@ func TestRegisterFlags(t *testing.T) {
 	cfg := DefaultConfig()
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
-	err := fs.Parse([]string{"--amqp-url", "amqp://a/", "--amqp-url", "amqp://b/", "--no-declare",
+	err := fs.Parse([]string{"--amqp-url", "amqp://a/", "--amqp-url", "amqp://b/", "--declare=false",
 		"--queue-type", "classic", "--max-length", "10", "--routing-key", "in.{domain}", "--amqp-workers", "3"})
 	if err != nil {
 		t.Fatal(err)
@@ -663,6 +663,9 @@ func TestRegisterFlags(t *testing.T) {
 	if !reflect.DeepEqual(cfg.URLs, []string{"amqp://a/", "amqp://b/"}) || cfg.Declare || cfg.QueueType != "classic" ||
 		cfg.MaxLength != 10 || cfg.Workers != 3 || cfg.bindingKey() != "in.#" {
 		t.Errorf("got %+v", cfg)
+	}
+	if err := fs.Parse([]string{"--declare", "--no-declare"}); err != nil || cfg.Declare {
+		t.Errorf("--no-declare after --declare: Declare=%v, %v", cfg.Declare, err)
 	}
 	if !strings.Contains(fs.Lookup("amqp-url").DefValue, "xxxxx") {
 		t.Errorf("default URL shown with its password: %q", fs.Lookup("amqp-url").DefValue)

@@ -235,7 +235,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Queue, "queue", c.Queue, "queue declared and bound to the exchange")
 	fs.StringVar(&c.RoutingKey, "routing-key", c.RoutingKey, "routing key; with "+DomainPlaceholder+" one copy is published per recipient domain")
 	fs.StringVar(&c.BindingKey, "binding-key", c.BindingKey, "binding key of the queue (default: the routing key, "+DomainPlaceholder+" replaced by #)")
-	fs.Var(negBool{&c.Declare}, "no-declare", "do not declare exchange, queue and binding (topology managed elsewhere)")
+	fs.BoolVar(&c.Declare, "declare", c.Declare, "declare exchange, queue and binding on connect; false when the topology is managed elsewhere")
+	fs.Var(negBool{&c.Declare}, "no-declare", "same as --declare=false")
 	fs.StringVar(&c.QueueType, "queue-type", c.QueueType, "quorum or classic")
 	fs.StringVar(&c.DeadLetterExchange, "dead-letter-exchange", c.DeadLetterExchange, "x-dead-letter-exchange of the queue")
 	fs.Int64Var(&c.MaxLength, "max-length", c.MaxLength, "x-max-length of the queue (0: none)")
@@ -245,6 +246,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Window, "amqp-window", c.Window, "unconfirmed publishes per worker")
 	fs.IntVar(&c.RingSize, "amqp-ring", c.RingSize, "messages waiting for a worker before Submit answers busy")
 	fs.DurationVar(&c.ConfirmTimeout, "confirm-timeout", c.ConfirmTimeout, "how long to wait for the broker's confirm before answering 451")
+	fs.DurationVar(&c.DialTimeout, "amqp-dial-timeout", c.DialTimeout, "bound on TCP connect plus the AMQP handshake")
+	fs.DurationVar(&c.Heartbeat, "amqp-heartbeat", c.Heartbeat, "AMQP heartbeat interval")
+	fs.DurationVar(&c.ReconnectMin, "amqp-reconnect-min", c.ReconnectMin, "first wait before reconnecting to RabbitMQ (doubles, with jitter)")
+	fs.DurationVar(&c.ReconnectMax, "amqp-reconnect-max", c.ReconnectMax, "longest wait between reconnect attempts")
 	fs.StringVar(&c.Node, "node", c.Node, "node name in the smtp-node header")
 }
 
