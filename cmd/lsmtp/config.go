@@ -656,8 +656,9 @@ const sampleHeader = `# lsmtp configuration: every key with its default.
 # Precedence: flag > variable > this file > default.
 # Sizes take K, M, G suffixes (powers of 1024); durations are Go
 # durations (300ms, 30s, 5m, 1h). Unknown keys are errors.
-# SIGHUP rereads this file and the variables; limits and timeouts take
-# effect on open connections, the keys marked "restart" do not.
+# SIGHUP rereads this file (flags and variables are fixed for the life of
+# the process and still win over it); limits and timeouts take effect on
+# open connections, the keys marked "restart" do not.
 `
 
 // renderValue is a flag's value as YAML.

@@ -183,9 +183,9 @@ func (n *node) wait(sig chan os.Signal) error {
 	}
 }
 
-// reload reads the file and the variables again (the command line is the
-// same) and puts the result in force without dropping connections. On
-// any problem nothing changes. It returns what it logged as the outcome.
+// reload reads the configuration file again and puts the result in force
+// without dropping connections; the command line and the variables are
+// layered over it as at start. On any problem nothing changes.
 func (n *node) reload() error {
 	c, err := loadConfig(n.args, n.env, io.Discard)
 	if err == nil && len(c.args) > 0 {
