@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// TestDomainRouting: with routing key inbound.{domain}, one SMTP message
+// to two domains is one 250 and two AMQP messages with the same
+// message_id, each routed by its (lower-cased) domain and carrying only
+// that domain's recipients. A queue bound to one domain's key gets only
+// that domain's copy.
+func TestDomainRouting(t *testing.T) {
+	bc := brokerConfig(t, rabbitURL)
+	bc.RoutingKey = "inbound.{domain}"
+	s := startStack(t, bc, true)
+
+	// A second queue for one domain, bound after the broker declared the
+	// exchange.
+	betaQueue := bc.Queue + ".beta"
+	deleteAtEnd(t, []string{betaQueue}, nil)
+	ch := adminChannel(t)
+	if _, err := ch.QueueDeclare(betaQueue, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(betaQueue, "inbound.beta.example", bc.Exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	tx := &transaction{
+		helo: "route.example", ehlo: true, from: "sender@example.org", body: "7BIT",
+		rcpts:   []string{"a1@Alpha.Example", "b1@beta.example", "a2@alpha.example"},
+		content: []byte("Subject: two domains\r\n\r\nhello\r\n"),
+	}
+	c := s.session(t, tx.helo, true)
+	if err := tx.send(c); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.cmd("NOOP"); err != nil || r.Last() != "250 2.0.0 OK" {
+		t.Fatalf("after the 250 the session must be back at commands with no further reply pending: %q, %v", r.String(), err)
+	}
+
+	want := map[string][]string{
+		"inbound.alpha.example": {"a1@Alpha.Example", "a2@alpha.example"},
+		"inbound.beta.example":  {"b1@beta.example"},
+	}
+	got := consume(t, bc.Queue, 2, 500*time.Millisecond, 10*time.Second)
+	if len(got) != 2 {
+		t.Fatalf("%d messages in the queue bound with inbound.#, want 2", len(got))
+	}
+	for _, d := range got {
+		rcpts, ok := want[d.RoutingKey]
+		if !ok {
+			t.Errorf("copy with routing key %q", d.RoutingKey)
+			continue
+		}
+		delete(want, d.RoutingKey)
+		// Each copy is the whole message (its Received: header, with no
+		// "for" clause since the transaction had three recipients), with
+		// only its domain's recipients in smtp-recipients.
+		t.Run(d.RoutingKey, func(t *testing.T) { checkDelivery(t, tx, d, d.RoutingKey, rcpts) })
+	}
+	if len(want) != 0 {
+		t.Errorf("no copy for %v", want)
+	}
+	beta := consume(t, betaQueue, 1, 300*time.Millisecond, 5*time.Second)
+	if len(beta) != 1 || beta[0].RoutingKey != "inbound.beta.example" || beta[0].MessageId != tx.queueID {
+		t.Errorf("queue bound to inbound.beta.example got %d messages: %v", len(beta), keys(beta))
+	}
+}
+
+func keys(ds []amqp.Delivery) []string {
+	var k []string
+	for _, d := range ds {
+		k = append(k, fmt.Sprintf("%s/%s", d.RoutingKey, d.MessageId))
+	}
+	slices.Sort(k)
+	return k
+}
