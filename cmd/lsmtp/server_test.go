@@ -397,3 +397,56 @@ func TestDenyCIDRRefusesAtConnect(t *testing.T) {
 		t.Errorf("refused denied = %d, want 1", got)
 	}
 }
+
+// TestNoInfoLinePerCommand sends commands of every kind, good and bad,
+// and checks that none of them writes a log line at info or above: at
+// info there is one line per message, never one per command.
+func TestNoInfoLinePerCommand(t *testing.T) {
+	n, _, logs := startNode(t, []string{"--listen", "127.0.0.1:0", "--sink", "null", "--admin-listen", "",
+		"--event-loops", "1", "--max-errors", "1000"})
+	conn, err := net.DialTimeout("tcp", smtpAddr(n), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	r := textproto.NewReader(bufio.NewReader(conn))
+	reply := func() string {
+		t.Helper()
+		var last string
+		for {
+			line, err := r.ReadLine()
+			if err != nil {
+				t.Fatalf("reading a reply: %v", err)
+			}
+			if len(line) < 4 || line[3] != '-' {
+				return last + line
+			}
+			last = ""
+		}
+	}
+	reply() // greeting
+	var classes [6]int
+	for range 10 {
+		for _, cmd := range []string{"EHLO client.example", "NOOP", "RSET", "VRFY x", "HELP", "FROB", "MAIL FROM:<bad",
+			"RCPT TO:<x@example.org>", "DATA", "EXPN x", "MAIL FROM:<s@example.com>", "RCPT TO:<x@example.org>", "RSET"} {
+			if _, err := io.WriteString(conn, cmd+"\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			if line := reply(); line[0] >= '2' && line[0] <= '5' {
+				classes[line[0]-'0']++
+			}
+		}
+	}
+	io.WriteString(conn, "QUIT\r\n")
+	reply()
+	if classes[2] == 0 || classes[5] == 0 {
+		t.Fatalf("replies by class %v: want both successes and errors", classes)
+	}
+	waitFor(t, "the connection to close", 5*time.Second, func() bool { return n.srv.Stats().Open.Load() == 0 })
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if !strings.Contains(line, "msg=listening") {
+			t.Errorf("log line for commands: %s", line)
+		}
+	}
+}
