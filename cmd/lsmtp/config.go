@@ -48,7 +48,18 @@ type config struct {
 	line map[string]int    // line in the file, for keys from the file
 	args []string          // what follows the flags: a subcommand
 
-	warnings []string // settings that work but deserve a look
+	warnings   []string // settings that work but deserve a look
+	warnedKeys []string // the key of each warning
+}
+
+// logWarnings logs the warnings a running server should show; the engine
+// warns about max-recipients itself.
+func (c *config) logWarnings(log *slog.Logger) {
+	for i, w := range c.warnings {
+		if c.warnedKeys[i] != "max-recipients" {
+			log.Warn("configuration", "problem", w)
+		}
+	}
 }
 
 // problems is every error found in a configuration, one per line.
@@ -314,6 +325,7 @@ func (c *config) validate() problems {
 	}
 	warn := func(key, format string, args ...any) {
 		c.warnings = append(c.warnings, c.where(key)+": "+fmt.Sprintf(format, args...))
+		c.warnedKeys = append(c.warnedKeys, key)
 	}
 
 	switch o.sink {

@@ -63,9 +63,7 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range c.warnings {
-		log.Warn("configuration", "problem", w)
-	}
+	c.logWarnings(log)
 	raiseFileLimit(log)
 
 	n := &node{args: args, env: env, boot: c, log: log, level: level, served: make(chan error, 1)}
@@ -195,9 +193,7 @@ func (n *node) reload() error {
 		n.log.Error("reload failed; configuration unchanged", "err", err)
 		return err
 	}
-	for _, w := range c.warnings {
-		n.log.Warn("configuration", "problem", w)
-	}
+	c.logWarnings(n.log)
 	ec := c.o.engineConfig()
 	ec.Sink = n.sk
 	// A new policy starts every client with full rate buckets: keep the
