@@ -19,6 +19,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
+	"github.com/lsmtp/lsmtp/internal/hist"
 	"github.com/lsmtp/lsmtp/metrics"
 	"github.com/lsmtp/lsmtp/metrics/metricstest"
 	"github.com/lsmtp/lsmtp/sink"
@@ -268,6 +269,43 @@ func TestBrokerSeries(t *testing.T) {
 	s = gather(t, reg)
 	if s["lsmtp_broker_reconnects_total"] != 0 || s["lsmtp_broker_awaiting_confirm_messages"] != 0 {
 		t.Errorf("reconnects %v, awaiting %v; want 0 and 0", s["lsmtp_broker_reconnects_total"], s["lsmtp_broker_awaiting_confirm_messages"])
+	}
+}
+
+// latencyBroker also measures confirm latency, as metrics-needs asks of
+// the broker package.
+type latencyBroker struct {
+	fixedBroker
+	h *hist.Histogram
+}
+
+func (l latencyBroker) ConfirmLatency() *hist.Histogram { return l.h }
+
+func TestConfirmLatencyExportedWhenTheBrokerMeasuresIt(t *testing.T) {
+	h := hist.New(0.001, 0.01, 0.1)
+	for _, v := range []float64{0.0005, 0.005, 0.005, 0.05, 2} {
+		h.Observe(v)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewCollector(metrics.Sources{Broker: latencyBroker{h: h}}))
+	s := gather(t, reg)
+	want := map[string]float64{
+		`lsmtp_broker_confirm_latency_seconds_bucket{le="0.001"}`: 1,
+		`lsmtp_broker_confirm_latency_seconds_bucket{le="0.01"}`:  3,
+		`lsmtp_broker_confirm_latency_seconds_bucket{le="0.1"}`:   4,
+		`lsmtp_broker_confirm_latency_seconds_bucket{le="+Inf"}`:  5,
+		`lsmtp_broker_confirm_latency_seconds_count`:              5,
+		`lsmtp_broker_confirm_latency_seconds_sum`:                2.0605,
+	}
+	for k, v := range want {
+		if got := s[k]; got != v {
+			t.Errorf("%s = %v, want %v", k, got, v)
+		}
+	}
+	reg = prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewCollector(metrics.Sources{Broker: fixedBroker{}}))
+	if _, ok := gather(t, reg)["lsmtp_broker_confirm_latency_seconds_count"]; ok {
+		t.Error("a latency histogram from a broker that does not measure it")
 	}
 }
 
