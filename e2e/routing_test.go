@@ -81,3 +81,62 @@ func keys(ds []amqp.Delivery) []string {
 	slices.Sort(k)
 	return k
 }
+
+// TestDomainRoutingOneCopyFails: when one domain's copy cannot be routed
+// the whole message is answered 451 4.3.5 although the other copy was
+// stored; the client's retry stores that copy again (the contract's
+// duplicates), and gets 250 once every copy is routable.
+func TestDomainRoutingOneCopyFails(t *testing.T) {
+	bc := brokerConfig(t, rabbitURL)
+	bc.RoutingKey = "inbound.{domain}"
+	bc.Declare = false
+	alpha, beta := bc.Queue+".alpha", bc.Queue+".beta"
+	deleteAtEnd(t, []string{alpha, beta}, nil)
+	ch := adminChannel(t)
+	if err := ch.ExchangeDeclare(bc.Exchange, "topic", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{alpha, beta} {
+		if _, err := ch.QueueDeclare(q, false, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.QueueBind(alpha, "inbound.alpha.example", bc.Exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	s := startStack(t, bc, true)
+	c := s.session(t, "route.example", true)
+	rcpts := []string{"a@alpha.example", "b@beta.example"}
+	r, err := c.sendMessage("sender@example.org", rcpts, testContent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Last() != replyUnroutable {
+		t.Fatalf("final reply %q, want %q", r.String(), replyUnroutable)
+	}
+	first := consume(t, alpha, 1, 300*time.Millisecond, 5*time.Second)
+	if len(first) != 1 || fmt.Sprint(first[0].Headers["smtp-recipients"]) != "[a@alpha.example]" {
+		t.Fatalf("alpha queue after the 451: %v", keys(first))
+	}
+
+	if err := ch.QueueBind(beta, "inbound.beta.example", bc.Exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, err = c.sendMessage("sender@example.org", rcpts, testContent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := r.queueID()
+	if !ok {
+		t.Fatalf("retry: final reply %q, want 250", r.String())
+	}
+	if a := consume(t, alpha, 1, 300*time.Millisecond, 5*time.Second); len(a) != 1 || a[0].MessageId != id {
+		t.Errorf("alpha queue after the retry: %v, want %s", keys(a), id)
+	}
+	if b := consume(t, beta, 1, 300*time.Millisecond, 5*time.Second); len(b) != 1 || b[0].MessageId != id {
+		t.Errorf("beta queue after the retry: %v, want %s", keys(b), id)
+	}
+	if first[0].MessageId == id {
+		t.Errorf("the retry reused queue ID %s", id)
+	}
+}
