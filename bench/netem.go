@@ -165,6 +165,19 @@ func NewLoop(cfg NetConfig, base time.Time) (*Loop, error) {
 // monotonic.
 func (l *Loop) Now() int64 { return int64(time.Since(l.base)) }
 
+// tick is the granularity of emulated delays: due times are rounded up to
+// it, so that chunks falling due close together are moved in one wakeup
+// (at 315 ms RTT that is at most 0.16% more delay per hop, never less).
+// Rounding up is monotonic, so the FIFOs stay in due order.
+const tick = int64(250 * time.Microsecond)
+
+func (l *Loop) round(t int64) int64 {
+	if l.half == 0 {
+		return t
+	}
+	return (t + tick - 1) / tick * tick
+}
+
 // Add registers a session that connects to target and starts at time at
 // (on the loop's clock). Sessions must be added in the order of their
 // start times, before Run. srcIndex picks the session's source address:
@@ -418,7 +431,7 @@ func (l *Loop) read(c *Conn, now int64) {
 }
 
 func (l *Loop) queueRecv(c *Conn, kind eventKind, n int32, now int64) {
-	e := event{due: now + l.half, c: c, gen: c.gen, kind: kind, n: n}
+	e := event{due: l.round(now + l.half), c: c, gen: c.gen, kind: kind, n: n}
 	if l.half == 0 {
 		l.deliver(e)
 		return
@@ -448,7 +461,7 @@ func (l *Loop) flush(c *Conn) {
 			// Queued even without delay: flush runs inside handler
 			// calls, which must not be re-entered.
 			l.closeFd(c)
-			l.recvs.push(event{due: l.Now() + l.half, c: c, gen: c.gen, kind: evClosed, n: errno})
+			l.recvs.push(event{due: l.round(l.Now() + l.half), c: c, gen: c.gen, kind: evClosed, n: errno})
 			return
 		}
 		c.outHead += n
@@ -522,7 +535,7 @@ func (c *Conn) Dial() {
 	c.Close()
 	// Queued even without delay, so that a failing connect does not
 	// re-enter the handler that called Dial.
-	c.l.connects.push(event{due: c.l.Now() + c.l.dial, c: c, gen: c.gen, kind: evConnect})
+	c.l.connects.push(event{due: c.l.round(c.l.Now() + c.l.dial), c: c, gen: c.gen, kind: evConnect})
 }
 
 // DialLater calls the handler's Start again after the retry delay.
@@ -551,7 +564,7 @@ func (c *Conn) Send() {
 		c.l.flush(c)
 		return
 	}
-	c.l.sends.push(event{due: c.l.Now() + c.l.half, c: c, gen: c.gen, kind: evSend, n: int32(n)})
+	c.l.sends.push(event{due: c.l.round(c.l.Now() + c.l.half), c: c, gen: c.gen, kind: evSend, n: int32(n)})
 }
 
 // Close closes the connection from the client side; events still queued

@@ -46,7 +46,8 @@ func PlotThroughput(results []*RowResult, file string) error {
 	p.Y.Label.Text = "messages/s"
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
-	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.Top, p.Legend.Left = false, false
+	p.Legend.XOffs, p.Legend.YOffs = -vg.Points(5), vg.Points(5)
 	p.Add(plotter.NewGrid())
 
 	var paper plotter.XYs

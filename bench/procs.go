@@ -304,3 +304,15 @@ func SystemCPU() time.Duration {
 	}
 	return time.Duration(busy) * time.Second / clockTicks
 }
+
+// RabbitAlarms is what `rabbitmq-diagnostics alarms` reports when the
+// local node has a resource alarm (memory or disk: publishers are then
+// blocked), "" when it has none or cannot be asked.
+func RabbitAlarms() string {
+	out, err := exec.Command("rabbitmq-diagnostics", "-q", "alarms").CombinedOutput()
+	text := strings.TrimSpace(string(out))
+	if err != nil || strings.Contains(text, "no alarms") {
+		return ""
+	}
+	return strings.Join(strings.Fields(text), " ")
+}

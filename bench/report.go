@@ -414,10 +414,17 @@ func (s *Suite) writeTargets(w func(string, ...any)) {
 				TargetCeilingRatio, num(ceil), strings.Join(parts, ", "), yes(ok))
 		}
 	}
-	// 4. Highest sustained through RabbitMQ at 315 ms.
-	var best *RowResult
+	// 4. Highest sustained through RabbitMQ at 315 ms: a row whose every
+	// message got its 2xx and landed in the queue.
+	var best, busiest *RowResult
 	for _, rr := range s.results {
 		if rr.Res == nil || rr.Kind != KindAMQP || rr.Load.RTT != PaperRTT || !rr.CheckPassed {
+			continue
+		}
+		if busiest == nil || rr.Res.Rate > busiest.Res.Rate {
+			busiest = rr
+		}
+		if rr.Res.Tempfail+rr.Res.Permfail+rr.Res.Errors > 0 {
 			continue
 		}
 		if best == nil || rr.Res.Rate > best.Res.Rate {
@@ -425,9 +432,13 @@ func (s *Suite) writeTargets(w func(string, ...any)) {
 		}
 	}
 	if best != nil {
-		w("| Highest sustained msg/s through RabbitMQ at %v RTT (paper: %s; aim %s) | **%s msg/s** with %s sessions (`%s`, %s) | %s |\n",
-			PaperRTT, num(PaperBest), num(TargetBest), num(best.Res.Rate), num(float64(best.Load.Sessions)), best.ID, mode(best.Load),
-			yes(best.Res.Rate >= TargetBest))
+		res := fmt.Sprintf("**%s msg/s** with %s sessions (`%s`, %s), every message 2xx and in RabbitMQ",
+			num(best.Res.Rate), num(float64(best.Load.Sessions)), best.ID, mode(best.Load))
+		if busiest != best {
+			res += fmt.Sprintf("; `%s` passed %s msg/s but answered %d messages 4xx", busiest.ID, num(busiest.Res.Rate), busiest.Res.Tempfail)
+		}
+		w("| Highest sustained msg/s through RabbitMQ at %v RTT (paper: %s; aim %s) | %s | %s |\n",
+			PaperRTT, num(PaperBest), num(TargetBest), res, yes(best.Res.Rate >= TargetBest))
 	}
 	w("\n")
 }
@@ -454,6 +465,17 @@ func (s *Suite) writeProfile(w func(string, ...any)) {
 			w("| %s | %.1f%% |\n", c.name, c.pct)
 		}
 		w("\nServer CPU was %.2f cores, RabbitMQ %.2f, the generator %.2f during that window.\n\n", rr.ServerCPU, rr.RabbitCPU, rr.GenCPU)
+	}
+	if rr.GenProfile != "" {
+		if exe, err := os.Executable(); err == nil {
+			if top, err := TopProfile(exe, rr.GenProfile, "", 100000); err == nil {
+				w("The generator's own CPU profile over the same window (%.2f cores):\n\n| component | share of generator CPU |\n|---|---:|\n", rr.GenCPU)
+				for _, c := range componentShares(top) {
+					w("| %s | %.1f%% |\n", c.name, c.pct)
+				}
+				w("\n")
+			}
+		}
 	}
 	if flat, err := TopProfile(s.cfg.Lsmtp, rr.Profiles.CPU, "", 25); err == nil {
 		w("<details><summary>go tool pprof -top (CPU, flat)</summary>\n\n```\n%s```\n</details>\n\n", trimPprofHeader(flat))
@@ -485,7 +507,6 @@ type share struct {
 // componentShares groups the flat column of `pprof -top` by component.
 func componentShares(top string) []share {
 	sums := map[string]float64{}
-	var total float64
 	sc := bufio.NewScanner(strings.NewReader(top))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -498,11 +519,12 @@ func componentShares(top string) []share {
 		}
 		name := strings.Join(f[5:], " ")
 		sums[component(name)] += pct
-		total += pct
 	}
 	var out []share
 	for k, v := range sums {
-		out = append(out, share{k, v})
+		if v >= 0.05 {
+			out = append(out, share{k, v})
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].pct > out[j].pct })
 	return out
@@ -539,6 +561,8 @@ func component(fn string) string {
 		return "lsmtp engine (sessions)"
 	case strings.HasPrefix(fn, "github.com/lsmtp/lsmtp/broker"):
 		return "lsmtp broker (ring, workers)"
+	case strings.HasPrefix(fn, "github.com/lsmtp/lsmtp/bench"):
+		return "load generator (bench: sessions, delay queues)"
 	case strings.HasPrefix(fn, "github.com/lsmtp/lsmtp"):
 		return "lsmtp, other packages"
 	case strings.HasPrefix(fn, "bufio.") || strings.HasPrefix(fn, "bytes.") || strings.HasPrefix(fn, "encoding/") ||

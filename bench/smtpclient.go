@@ -124,13 +124,14 @@ type session struct {
 	rcptSent   int
 	txnCode    int  // first failure reply in the current transaction, 0 if none
 	quitSent   bool // QUIT is on its way (its reply is in expect)
+	backoff    bool // a 4xx: reconnect after the retry delay
 }
 
 func (s *session) Start(c *Conn) {
 	s.expect = fifo[expectation]{buf: s.expect.buf}
 	s.line = s.line[:0]
 	s.capPipe, s.capChunk, s.pipe, s.chunk = false, false, false, false
-	s.sent, s.rcptSent, s.txnCode, s.quitSent, s.nextQueued = 0, 0, 0, false, false
+	s.sent, s.rcptSent, s.txnCode, s.quitSent, s.nextQueued, s.backoff = 0, 0, 0, false, false, false
 	s.cycleStart = c.Now()
 	s.expect.push(exGreet)
 	s.st.conns.Add(1)
@@ -313,7 +314,7 @@ func (s *session) reply(c *Conn, code int) {
 }
 
 // last reports whether the transaction under way is the connection's last.
-func (s *session) last(c *Conn) bool { return s.sent >= s.sc.perConn || c.Stopping() }
+func (s *session) last(c *Conn) bool { return s.sent >= s.sc.perConn || s.backoff || c.Stopping() }
 
 // startTransaction sends MAIL (and with pipelining RCPT and DATA or BDAT)
 // for a message that began at start.
@@ -359,6 +360,10 @@ func (s *session) next(c *Conn) {
 		s.startTransaction(c, c.Now())
 		return
 	}
+	s.quit(c)
+}
+
+func (s *session) quit(c *Conn) {
 	c.Write(s.sc.quit)
 	c.Send()
 	s.expect.push(exQuit)
@@ -366,8 +371,9 @@ func (s *session) next(c *Conn) {
 }
 
 // finish records the outcome of the current message: success only on a
-// final 2xx with no earlier failure in the transaction.
-func (s *session) finish(c *Conn, code int) {
+// final 2xx with no earlier failure in the transaction. It returns the
+// reply's class (2, 4 or 5).
+func (s *session) finish(c *Conn, code int) int {
 	if s.txnCode != 0 {
 		code = s.txnCode
 	}
@@ -380,10 +386,15 @@ func (s *session) finish(c *Conn, code int) {
 		}
 	case 4:
 		s.st.tempfail.Add(1)
+		// "Try again later": like a real client, the session leaves
+		// and comes back after a pause instead of hammering a busy
+		// server with its next message.
+		s.backoff = true
 	default:
 		s.st.permfail.Add(1)
 	}
 	s.txnCode = 0
+	return code / 100
 }
 
 // endCycle closes the connection after QUIT and starts over unless the run
@@ -391,6 +402,10 @@ func (s *session) finish(c *Conn, code int) {
 func (s *session) endCycle(c *Conn) {
 	if c.Stopping() {
 		c.Done()
+		return
+	}
+	if s.backoff {
+		c.DialLater()
 		return
 	}
 	c.Close()

@@ -253,12 +253,14 @@ func TestClientFallsBackWithoutPipelining(t *testing.T) {
 	}
 }
 
-// Only a final 2xx counts: a 451 after the body is a tempfail.
+// Only a final 2xx counts: a 451 after the body is a tempfail, after which
+// the session leaves (even with messages left for the connection) and
+// comes back after a pause.
 func TestClientTempfailIsNotSuccess(t *testing.T) {
 	f := newFakeSMTP(t, func(f *fakeSMTP) { f.final = "451 4.3.0 try later" })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	res, err := Run(ctx, LoadConfig{Targets: []string{f.addr()}, Sessions: 2, Duration: 200 * time.Millisecond, Warmup: time.Millisecond})
+	res, err := Run(ctx, LoadConfig{Targets: []string{f.addr()}, Sessions: 2, PerConn: 10, Duration: 200 * time.Millisecond, Warmup: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,6 +269,13 @@ func TestClientTempfailIsNotSuccess(t *testing.T) {
 	}
 	if res.Tempfail == 0 {
 		t.Error("no tempfail counted")
+	}
+	if res.Tempfail > res.Conns {
+		t.Errorf("%d tempfails over %d connections, want at most one per connection", res.Tempfail, res.Conns)
+	}
+	// 2 sessions, a retry delay of 100 ms, about 200 ms of run.
+	if res.Conns > 10 {
+		t.Errorf("%d connections: the sessions did not pause after the 4xx", res.Conns)
 	}
 }
 

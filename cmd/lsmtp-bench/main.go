@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -71,6 +72,7 @@ func runLoad(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.Processes, "processes", 0, "generator processes (default: as few as the open file limit allows)")
 	profile := fs.String("profile", "", "capture the server's CPU and allocation profiles over the window into this directory (needs -admin)")
 	admin := fs.String("admin", "127.0.0.1:9025", "the server's admin address (lsmtp --admin-listen) for -profile")
+	genProfile := fs.String("gen-cpuprofile", "", "write the generator's own CPU profile to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -81,6 +83,16 @@ func runLoad(ctx context.Context, args []string) error {
 	cfg.Progress = func(p bench.Progress) {
 		fmt.Fprintf(os.Stderr, "\r%6.1fs %-7s ok=%d failed=%d errors=%d conns=%d   ",
 			p.Elapsed.Seconds(), p.Phase, p.OK, p.Failed, p.Errors, p.Connected)
+	}
+	if *genProfile != "" {
+		f, err := os.Create(*genProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	var waitProfiles func() (bench.Profiles, error)
 	if *profile != "" {
