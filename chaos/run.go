@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -60,7 +61,9 @@ type run struct {
 	proc   *process
 	ledger *ledger
 	phases phases
-	sum    *Summary
+
+	mu  sync.Mutex // guards sum's Faults and Problems, written by the schedule and read by progress
+	sum *Summary
 }
 
 func (r *run) logf(format string, args ...any) {
@@ -69,8 +72,16 @@ func (r *run) logf(format string, args ...any) {
 
 func (r *run) problem(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
 	r.sum.Problems = append(r.sum.Problems, msg)
+	r.mu.Unlock()
 	r.logf("PROBLEM: %s", msg)
+}
+
+func (r *run) faultCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sum.Faults)
 }
 
 // Run performs a chaos run (see the package comment). It returns an
@@ -219,7 +230,7 @@ loop:
 			t := r.ledger.totalLocked()
 			r.ledger.mu.Unlock()
 			r.logf("%4.0fs: %d attempts, %d acknowledged, %d tempfails, %d without reply, %d connection errors, %d faults",
-				time.Since(start).Seconds(), r.ledger.sent.Load(), acked, sum(t.Tempfails), t.NoReply, sum(t.ConnErrs), len(r.sum.Faults))
+				time.Since(start).Seconds(), r.ledger.sent.Load(), acked, sum(t.Tempfails), t.NoReply, sum(t.ConnErrs), r.faultCount())
 		}
 	}
 	cancelLoad()
@@ -246,7 +257,9 @@ func (r *run) schedule(ctx context.Context, start, deadline time.Time) bool {
 			return true
 		}
 		ev := r.inject(ctx, r.cfg.Faults[i%len(r.cfg.Faults)])
+		r.mu.Lock()
 		r.sum.Faults = append(r.sum.Faults, ev)
+		r.mu.Unlock()
 		if ev.Err != nil {
 			r.problem("%s fault at %s: %v", ev.Kind, ev.Start.Sub(start).Round(time.Millisecond), ev.Err)
 			if ev.Kind != FaultCut {
