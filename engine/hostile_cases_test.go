@@ -468,7 +468,7 @@ func hostileCases(clientHello string) []hostileCase {
 		serial: true,
 		// Never completes a command: the idle timeout runs from the last
 		// complete command, not from the last octet.
-		steps:  []hostileStep{{parts: hostilePerByte("NOOP " + strings.Repeat("x", 40)), pause: 50 * time.Millisecond, want: []string{"421 4.4.2"}, after: hostileTimeout}},
+		steps:  []hostileStep{{parts: hostilePerByte("NOOP " + strings.Repeat("x", 55)), pause: 50 * time.Millisecond, want: []string{"421 4.4.2"}, after: hostileTimeout}},
 		closed: true,
 	}, hostileCase{
 		name:   "slowloris after an overlong line",
@@ -476,7 +476,7 @@ func hostileCases(clientHello string) []hostileCase {
 		serial: true,
 		// The same, once the line is past 512 octets and being dropped.
 		steps: []hostileStep{{
-			parts: append([]string{"NOOP " + strings.Repeat("x", 600)}, hostilePerByte(strings.Repeat("x", 40))...),
+			parts: append([]string{"NOOP " + strings.Repeat("x", 600)}, hostilePerByte(strings.Repeat("x", 60))...),
 			pause: 50 * time.Millisecond, want: []string{"421 4.4.2"}, after: hostileTimeout,
 		}},
 		closed: true,

@@ -128,8 +128,9 @@ const (
 	hostileGreetDelay = 200 * time.Millisecond
 	// hostileLate is how much later than due a timeout reply may come:
 	// the ticker runs every 20 ms, the rest is scheduling on a shared
-	// 2-core machine. A session kept alive by the attack overshoots it.
-	hostileLate = 700 * time.Millisecond
+	// 2-core machine. A session kept alive by a slow writer overshoots
+	// it: the slow writers below go on for 3 s.
+	hostileLate = time.Second
 )
 
 func hostileConfig(p hostileProfile) Config {
