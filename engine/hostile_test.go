@@ -103,8 +103,8 @@ func TestHostile(t *testing.T) {
 // about 15 MB through the servers (1 MiB messages, a 2 MB line, 100,000-
 // and 200,000-command floods, 2.8 MB of replies nobody reads); none of it
 // may stay reachable once the connections are gone. Measured growth is
-// 1.1-1.3 MiB, none of it input: the testing package's bookkeeping for
-// some 150 subtests (about 0.5 MiB), the 64 KiB read buffers of stopped
+// 1.1-1.5 MiB, none of it input: the testing package's bookkeeping for
+// some 140 subtests (about 0.5 MiB), the 64 KiB read buffers of stopped
 // per-case servers' event loops that stay reachable (384 KiB, bounded by
 // the number of servers, not by what clients send) and span
 // fragmentation. Retaining the 2 MB line, the unread replies or two
@@ -219,10 +219,9 @@ type hostileRecord struct {
 }
 
 type hostileServer struct {
-	srv   *Server
-	addr  string
-	sink  *hostileSink
-	greet time.Duration // the greeting is held back this long
+	srv  *Server
+	addr string
+	sink *hostileSink
 }
 
 func (e *hostileEnv) start(t *testing.T, cfg Config) *hostileServer {
@@ -230,7 +229,7 @@ func (e *hostileEnv) start(t *testing.T, cfg Config) *hostileServer {
 	hk := newHostileSink()
 	cfg.Sink = hk
 	srv, addr := startServer(t, cfg)
-	h := &hostileServer{srv: srv, addr: addr, sink: hk, greet: cfg.GreetDelay}
+	h := &hostileServer{srv: srv, addr: addr, sink: hk}
 	e.mu.Lock()
 	e.all = append(e.all, hostileRecord{addr, srv.Stats(), hk})
 	e.mu.Unlock()
