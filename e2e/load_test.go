@@ -107,7 +107,13 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 	}
 	for ctx.Err() == nil && time.Now().Before(deadline) {
 		if c == nil {
-			conn, greet, err := dialSMTP(addr, ioTimeout)
+			// A short wait for the greeting: connections accepted while
+			// the server stops may get none (see
+			// TestNoConnectionLeftHangingAtStop).
+			conn, greet, err := dialSMTP(addr, 2*time.Second)
+			if err == nil {
+				conn.timeout = ioTimeout
+			}
 			if err == nil && greet.Code != 220 {
 				conn.Close()
 				err = fmt.Errorf("greeting %q", greet.String())
@@ -348,4 +354,92 @@ func TestShutdownDrains(t *testing.T) {
 	if errors.Is(ctx.Err(), context.Canceled) && s.srv.Stats().Open.Load() != 0 {
 		t.Errorf("%d connections still open after shutdown", s.srv.Stats().Open.Load())
 	}
+}
+
+// TestShutdownDeadline: when RabbitMQ does not confirm before the
+// shutdown deadline, the sessions still waiting are answered 421 4.3.2
+// (a 4xx: their clients send the messages again), not dropped, and the
+// broker's Close then fails what it still holds. No message is answered
+// 250 after the confirms stopped coming.
+func TestShutdownDeadline(t *testing.T) {
+	p := newProxy(t)
+	bc := brokerConfig(t, proxyURL(p))
+	bc.Logger = newLogger(t, 100) // the stalled broker makes expected noise
+	s := startStack(t, bc, true)
+
+	const clients = 8
+	tally := newTally()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); loadClient(ctx, s.addr, i, tally, time.Now().Add(20*time.Second)) }()
+	}
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		tally.mu.Lock()
+		n := len(tally.acked)
+		tally.mu.Unlock()
+		if n >= 50 {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("only %d messages acknowledged in 10 s", n)
+		}
+	}
+	p.Stall()
+	time.Sleep(200 * time.Millisecond)
+	stallStart := time.Now()
+	// Shut down as cmd/lsmtp does, with a deadline each for the engine
+	// and the broker that the held-back confirms make both miss.
+	s.stopOnce.Do(func() {
+		shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), time.Second)
+		defer cancelShutdown()
+		begin := time.Now()
+		if err := s.srv.Shutdown(shutdownCtx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Shutdown with confirms held back: %v, want the deadline error", err)
+		}
+		t.Logf("engine shutdown took %s", time.Since(begin).Round(time.Millisecond))
+		closeCtx, cancelClose := context.WithTimeout(context.Background(), time.Second)
+		defer cancelClose()
+		begin = time.Now()
+		if err := s.brk.Close(closeCtx); err == nil {
+			t.Error("broker Close succeeded although its confirms were held back")
+		}
+		t.Logf("broker close took %s", time.Since(begin).Round(time.Millisecond))
+		select {
+		case <-s.served:
+		case <-time.After(5 * time.Second):
+			t.Error("Serve did not return 5 s after Shutdown")
+		}
+	})
+	begin := time.Now()
+	cancel()
+	wg.Wait()
+	t.Logf("clients ended %s after the stack stopped", time.Since(begin).Round(time.Millisecond))
+	p.Resume()
+
+	tally.mu.Lock()
+	late := 0
+	for _, at := range tally.ackedAt {
+		if at.After(stallStart) {
+			late++
+		}
+	}
+	shutdownReplies := tally.tempfails["421 4.3.2 "+serverName+" Service shutting down, try again later"]
+	tally.mu.Unlock()
+	t.Logf("clients: %s", tally)
+	if late > 0 {
+		t.Errorf("%d messages answered 250 while no confirm could arrive", late)
+	}
+	if tally.unknown > 0 {
+		t.Errorf("%d messages sent in full got no reply before the connection closed", tally.unknown)
+	}
+	if shutdownReplies < clients {
+		t.Errorf("%d sessions answered 421 4.3.2 at the deadline, want all %d that were waiting", shutdownReplies, clients)
+	}
+	if len(tally.permfails) > 0 {
+		t.Errorf("5xx during shutdown: %v", tally.permfails)
+	}
+	checkStored(t, bc.Queue, tally)
 }

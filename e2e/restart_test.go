@@ -2,8 +2,12 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,5 +81,69 @@ func TestRestartOnSamePort(t *testing.T) {
 	defer c.Close()
 	if greet.Code != 220 {
 		t.Fatalf("greeting after restart: %q", greet.String())
+	}
+}
+
+// TestNoConnectionLeftHangingAtStop: a client that connects while the
+// server stops gets a greeting (421 while draining), or its connection
+// is closed or refused; none is accepted and then left without a byte.
+//
+// gnet closes its listeners only after its event loops exited
+// (engine_unix.go, engine.stop), so a connection accepted in those
+// ~500 ms is never served nor closed: the client waits for its own
+// timeout (RFC 5321 §4.5.3.2.1: 5 minutes for the greeting) or for the
+// process to exit, and an embedding program leaks the descriptor. It
+// runs only with LSMTP_E2E_KNOWN_BUGS=1 until the engine stops the
+// listening sockets itself before gnet's Stop (shutdown(2) with SHUT_RD
+// on a DupListener descriptor acts on the shared socket).
+func TestNoConnectionLeftHangingAtStop(t *testing.T) {
+	if os.Getenv("LSMTP_E2E_KNOWN_BUGS") != "1" {
+		t.Skip("known bug: connections accepted during gnet's Stop are never served nor closed; LSMTP_E2E_KNOWN_BUGS=1 runs this test")
+	}
+	s := startStack(t, brokerConfig(t, rabbitURL), true)
+	stopDialing := make(chan struct{})
+	var hung, greeted atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 10000; n++ {
+				select {
+				case <-stopDialing:
+					return
+				default:
+				}
+				c, err := net.DialTimeout("tcp", s.addr, time.Second)
+				if err != nil {
+					time.Sleep(5 * time.Millisecond)
+					continue
+				}
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				var b [1]byte
+				_, err = c.Read(b[:])
+				var ne net.Error
+				switch {
+				case err == nil:
+					greeted.Add(1)
+				case errors.As(err, &ne) && ne.Timeout():
+					hung.Add(1)
+				}
+				c.Close()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := s.stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // every hanging read times out
+	close(stopDialing)
+	wg.Wait()
+	if greeted.Load() == 0 {
+		t.Fatal("no client was greeted before the stop: the test proves nothing")
+	}
+	if n := hung.Load(); n > 0 {
+		t.Errorf("%d connections made while the server stopped got neither a byte nor a close within 2 s", n)
 	}
 }
