@@ -303,7 +303,8 @@ func (s *session) bdatCmd(now time.Time) {
 		s.chunkErr = replyNoRecipients
 	case s.txFailed != nil:
 		s.chunkErr = s.txFailed
-	case s.bodySize+cmd.ChunkSize > s.cfg.MaxMessageSize:
+	case cmd.ChunkSize > s.cfg.MaxMessageSize-s.bodySize:
+		// (Written so that it cannot overflow: 0 <= bodySize <= max.)
 		// The excess is read and dropped, never buffered; the transaction
 		// stays failed until BDAT LAST or RSET.
 		s.txFailed, s.txOutcome = replyTooBig, OutcomeTooBig

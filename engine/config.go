@@ -105,7 +105,7 @@ var Defaults = Config{
 	MaxInFlightBytes:   1 << 30,
 	IdleTimeout:        5 * time.Minute,
 	DataTimeout:        5 * time.Minute,
-	TickInterval:       time.Second,
+	TickInterval:       250 * time.Millisecond,
 }
 
 // withDefaults fills zero fields and validates the result.

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -321,10 +320,9 @@ func hostileCases(clientHello string) []hostileCase {
 		run:  hostileNoopFlood,
 	}, hostileCase{
 		name: "200,000 pipelined NOOPs never read",
-		cfg:  &Config{MaxMessageSize: hostileMaxSize}, // its own: BytesRecv counts this client only
+		// Its own server: BytesRecv counts this client only.
+		cfg: &Config{MaxMessageSize: hostileMaxSize, IdleTimeout: time.Second},
 		run:  hostileNeverReads,
-		skip: "engine bug: the 1 MiB bound on unread replies counts only gnet's outbound buffer; the kernel's autotuned " +
-			"send buffer (up to net.ipv4.tcp_wmem max, 4 MiB here) takes all 2.8 MB of replies and the connection stays open",
 	})
 
 	// Talking before the greeting (RFC 5321 §3.1; Config.GreetDelay).
@@ -381,8 +379,6 @@ func hostileCases(clientHello string) []hostileCase {
 		cfg:    &Config{MaxMessageSize: hostileMaxSize, IdleTimeout: hostileTimeout, DataTimeout: hostileTimeout},
 		serial: true,
 		run:    hostileBDATOverflow,
-		skip: "engine bug: bdatCmd's s.bodySize+cmd.ChunkSize overflows int64, so the chunk passes the size check, " +
-			"hold() overflows too (InFlightBytes goes negative) and the chunk's octets are buffered past MaxMessageSize",
 	}, hostileCase{
 		name: "BDAT chunk one octet over MaxMessageSize",
 		steps: []hostileStep{hostileEnvelope(),
@@ -478,8 +474,6 @@ func hostileCases(clientHello string) []hostileCase {
 		name:   "slowloris after an overlong line",
 		prof:   hostileShort,
 		serial: true,
-		skip: "engine bug: octets of an overlong line being dropped count as activity (used > 0 restarts the idle " +
-			"deadline), so one octet every 50 ms keeps the session open past IdleTimeout indefinitely",
 		// The same, once the line is past 512 octets and being dropped.
 		steps: []hostileStep{{
 			parts: append([]string{"NOOP " + strings.Repeat("x", 600)}, hostilePerByte(strings.Repeat("x", 60))...),
@@ -808,11 +802,11 @@ func hostileNoopFlood(t *testing.T, h *hostileServer, id string) {
 	}
 }
 
-// hostileNeverReads sends 200,000 NOOPs and reads nothing until the
-// server has taken all of them in or hung up: the server must not hold
-// the 2.8 MB of replies for it. Past MaxPipelineBacklog (1 MiB) of
-// unsent replies it closes the connection, so the client finds fewer
-// replies than commands, then the end.
+// hostileNeverReads sends 200,000 NOOPs (1.2 MB) and reads nothing. The
+// server must not hold 2.8 MB of replies for it: once outputHighMark of
+// replies waits unsent it takes no more commands (backpressure), so its
+// intake stops well short of the stream; with no progress, the idle
+// timeout then closes the connection.
 func hostileNeverReads(t *testing.T, h *hostileServer, _ string) {
 	const n = 200_000
 	// A small receive buffer, set before connecting, keeps the client's
@@ -831,40 +825,39 @@ func hostileNeverReads(t *testing.T, h *hostileServer, _ string) {
 		t.Fatalf("dial: %v", err)
 	}
 	defer conn.Close()
-	// The greeting is the last thing it reads for a while; it also
-	// proves the server has the connection before the counters are used.
 	r := bufio.NewReader(conn)
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if line, err := r.ReadString('\n'); err != nil || line != "220 mx.test ESMTP\r\n" {
 		t.Fatalf("greeting %q, %v", line, err)
 	}
 	stream := strings.Repeat("NOOP\r\n", n)
-	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_, werr := conn.Write([]byte(stream))
-	var ne net.Error
-	if errors.As(werr, &ne) && ne.Timeout() {
-		t.Fatalf("the server stopped reading without closing: %v", werr)
-	}
+	go func() {
+		// Blocks once the server stops reading; ends when it hangs up.
+		_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_, _ = conn.Write([]byte(stream))
+	}()
 	st := h.srv.Stats()
-	hostileWaitFor(t, "server took every command in or hung up", func() bool {
-		return st.BytesRecv.Load() >= int64(len(stream)) || st.Open.Load() == 0
-	})
-	// Only now read: some replies, then the close.
+	hostileWaitFor(t, "server hung up at the idle timeout", func() bool { return st.Open.Load() == 0 })
+	if got := st.BytesRecv.Load(); got >= int64(len(stream))/2 {
+		t.Fatalf("the server took %d of %d octets of commands from a client that reads no replies", got, len(stream))
+	}
+	// Now read: the replies it did send, then the timeout, then the end.
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	replies := 0
-	for replies < n {
-		if _, err := r.ReadString('\n'); err != nil {
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("connection still open after %d replies", replies)
-			}
+	replies, last := 0, ""
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
 			break
 		}
 		replies++
+		last = line
 	}
-	if replies == n {
-		t.Fatalf("got all %d replies (%d octets): they waited for the client instead of the connection being closed at MaxPipelineBacklog", n, 14*n)
+	// The 421 4.4.2 is queued behind replies the client never read, so
+	// the close may well cut it off; the end of the stream is what counts.
+	if replies >= n || !(strings.HasPrefix(last, "421 4.4.2") || last == "250 2.0.0 OK\r\n") {
+		t.Fatalf("%d replies, the last %q; want fewer than %d, then the end", replies, last, n)
 	}
-	t.Logf("closed after %d of %d replies (write: %v)", replies, n, werr)
+	t.Logf("took %d octets, answered %d commands, then closed", st.BytesRecv.Load(), replies-1)
 }
 
 // hostileBDATOverflow: after a first chunk, a chunk size near int64's

@@ -95,6 +95,10 @@ func (s *Server) Serve() error {
 		gnet.WithTicker(true),
 		gnet.WithReusePort(false),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		// SMTP replies are small; a fixed send buffer (no autotuning to
+		// 4 MiB) bounds what a client that does not read can pin in the
+		// kernel, next to outputHighMark in user space.
+		gnet.WithSocketSendBuffer(128 << 10),
 		gnet.WithLogger(gnetLogger{cfg.Logger}),
 	}
 	if cfg.EventLoops > 0 {
@@ -374,7 +378,7 @@ func (r *registry) each(f func(*session)) {
 
 func (r *registry) wakeExpired(now int64) {
 	r.each(func(s *session) {
-		if d := s.deadline.Load(); d != 0 && now >= d {
+		if d := s.deadline.Load(); (d != 0 && now >= d) || s.paused.Load() {
 			_ = s.conn.Wake(nil)
 		}
 	})

@@ -29,6 +29,11 @@ const (
 
 var sessionIDs atomic.Uint64
 
+// outputHighMark is how many octets of unsent replies a session may have
+// before it stops taking commands. A client that pipelines (RFC 2920) but
+// reads its replies never comes near it.
+const outputHighMark = 256 << 10
+
 // conn is what a session needs of its connection: the part of gnet.Conn
 // it uses, so that tests and the session fuzzer can drive a session
 // without sockets. All but Wake are called on the event loop only.
@@ -100,6 +105,10 @@ type session struct {
 	// it, 1 once the session closed (Complete releases), 2 once Complete
 	// ran (the loop releases).
 	handback atomic.Int32
+	// paused is set while the session takes no more commands because its
+	// replies are not being read (outputHighMark); the ticker wakes it to
+	// look again, since gnet says nothing when its output drains.
+	paused atomic.Bool
 	// deadline (Unix ns) is when the ticker should wake us; 0 for never.
 	// Written by the loop, read by the ticker goroutine.
 	deadline atomic.Int64
@@ -208,6 +217,9 @@ func (s *session) closed() {
 // budget would be exceeded.
 func (s *session) hold(n int64) bool {
 	st, budget := s.srv.stats, s.cfg.MaxInFlightBytes
+	if n < 0 || n > budget {
+		return false
+	}
 	if total := st.InFlightBytes.Add(n); budget > 0 && total > budget {
 		st.InFlightBytes.Add(-n)
 		return false
@@ -273,6 +285,8 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 
 	buf, _ := c.Peek(-1)
 	used := 0
+	progressed := false // a whole line, or body octets: what restarts the timeout
+	s.paused.Store(false)
 loop:
 	for !s.closeAfter {
 		switch s.state {
@@ -290,11 +304,21 @@ loop:
 				s.closeAfter = true
 				break loop
 			}
+			if c.OutboundBuffered()+len(s.out) > outputHighMark {
+				// The client does not read its replies as fast as it
+				// pipelines commands: take no more until they drain. Its
+				// input waits in gnet's buffer, bounded below.
+				s.paused.Store(true)
+				break loop
+			}
 			line, n, err := s.lines.Next(buf[used:])
 			if n == 0 {
 				break loop
 			}
 			used += n
+			if line != nil || err != nil {
+				progressed = true
+			}
 			if err != nil {
 				s.fail(asReply(err))
 				continue
@@ -313,6 +337,7 @@ loop:
 			}
 			n, done := s.data.Feed(s.msg.Data, buf[used:])
 			used += n
+			progressed = true
 			if s.msg.Data != nil && !s.hold(int64(len(s.msg.Data.B)-before)) {
 				// Out of budget: keep reading to the final dot, keep
 				// nothing, answer 451 4.3.1 there.
@@ -333,6 +358,7 @@ loop:
 			}
 			used += int(n)
 			s.chunkLeft -= n
+			progressed = true
 			if s.chunkLeft == 0 {
 				s.endChunk(now)
 			}
@@ -348,9 +374,13 @@ loop:
 	if used > 0 {
 		_, _ = c.Discard(used)
 		srv.stats.BytesRecv.Add(int64(used))
-		if s.state != stWaiting {
-			s.setDeadline(now)
-		}
+	}
+	if s.paused.Load() && c.InboundBuffered() > s.cfg.MaxPipelineBacklog {
+		s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" Too much pipelined input, closing")
+		s.closeAfter = true
+	}
+	if progressed && s.state != stWaiting {
+		s.setDeadline(now)
 	} else if d := s.deadline.Load(); d != 0 && now.UnixNano() >= d && !s.closeAfter {
 		// RFC 5321 §4.5.3.2: we may close a session that went quiet.
 		s.out = append(s.out, s.cfg.replies.timeout...)
