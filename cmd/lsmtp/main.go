@@ -19,9 +19,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"go.uber.org/automaxprocs/maxprocs"
 )
 
-// GOMAXPROCS follows the container's CPU quota by itself since Go 1.25.
 
 // Exit codes.
 const (
@@ -31,6 +32,10 @@ const (
 )
 
 func main() {
+	// GOMAXPROCS from the container's CPU quota (cgroups). Go 1.25 does
+	// this too; automaxprocs keeps it so for any toolchain the binary is
+	// built with, and says nothing (config print writes YAML to stdout).
+	_, _ = maxprocs.Set(maxprocs.Logger(func(string, ...any) {}))
 	os.Exit(mainExit(os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr))
 }
 
