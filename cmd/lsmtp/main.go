@@ -23,7 +23,6 @@ import (
 	"go.uber.org/automaxprocs/maxprocs"
 )
 
-
 // Exit codes.
 const (
 	exitOK       = 0
