@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lsmtp/lsmtp/internal/hist"
 	"github.com/lsmtp/lsmtp/sink"
 )
 
@@ -36,6 +37,9 @@ type Broker struct {
 
 	workers      []*worker
 	liveChannels atomic.Int32 // workers with an open channel
+
+	// confirmLatency is publish call to confirm (ack or nack), seconds.
+	confirmLatency *hist.Histogram
 
 	connMu      sync.Mutex
 	conn        *connection   // nil while disconnected
@@ -85,6 +89,8 @@ func New(cfg Config) (*Broker, error) {
 		stopWorkers: make(chan struct{}),
 		stopSup:     make(chan struct{}),
 		supDone:     make(chan struct{}),
+
+		confirmLatency: hist.New(hist.Exponential(0.0005, 2, 16)...), // 0.5 ms .. 16 s
 	}
 	for i := 0; i < cfg.Workers; i++ {
 		w := newWorker(b, i)
@@ -95,6 +101,10 @@ func New(cfg Config) (*Broker, error) {
 	go b.supervise()
 	return b, nil
 }
+
+// ConfirmLatency is the time from a publish call to RabbitMQ's confirm
+// (ack or nack), in seconds, one observation per publish.
+func (b *Broker) ConfirmLatency() *hist.Histogram { return b.confirmLatency }
 
 // now is a monotonic clock in nanoseconds since New.
 func (b *Broker) now() int64 { return int64(time.Since(b.epoch)) }

@@ -671,3 +671,16 @@ func TestRegisterFlags(t *testing.T) {
 		t.Errorf("default URL shown with its password: %q", fs.Lookup("amqp-url").DefValue)
 	}
 }
+
+func TestConfirmLatencyIsObserved(t *testing.T) {
+	b := startBroker(t, testConfig(t, DefaultURL))
+	waitReady(t, b, 10*time.Second)
+	rec := newRecorder()
+	for i := 0; i < 5; i++ {
+		b.Submit(newMessage(rec, fmt.Sprintf("latency-%d", i), "a@b.test", []string{"c@d.test"}, []byte("hi\r\n")))
+	}
+	rec.wait(t, 5, 10*time.Second)
+	if s := b.ConfirmLatency().Snapshot(); s.Count != 5 || s.Sum <= 0 {
+		t.Fatalf("confirm latency: %d observations, sum %v; want 5, > 0", s.Count, s.Sum)
+	}
+}

@@ -307,6 +307,8 @@ func (w *worker) confirm(conf amqp.Confirmation) {
 			w.settle(head, sink.ErrUnavailable)
 			continue
 		}
+		published := head.deadline - int64(w.b.cfg.ConfirmTimeout)
+		w.b.confirmLatency.Observe(float64(w.b.now()-published) / 1e9)
 		var err error
 		switch {
 		case !conf.Ack:
