@@ -316,3 +316,25 @@ func RabbitAlarms() string {
 	}
 	return strings.Join(strings.Fields(text), " ")
 }
+
+// MetricValue reads one unlabelled counter or gauge from a Prometheus text
+// endpoint (lsmtp's /metrics on the admin listener); ok is false when the
+// endpoint or the metric is missing.
+func MetricValue(admin, name string) (v float64, ok bool) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, found := strings.CutPrefix(line, name+" "); found {
+			f, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}

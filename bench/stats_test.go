@@ -138,3 +138,34 @@ func TestFifoKeepsOrderAcrossGrowth(t *testing.T) {
 		t.Fatalf("popped %d values, pushed %d", want, next)
 	}
 }
+
+func TestComponentShares(t *testing.T) {
+	top := `Showing nodes accounting for 1.14s, 79.17% of 1.44s total
+      flat  flat%   sum%        cum   cum%
+     0.63s 43.75% 43.75%      0.63s 43.75%  internal/runtime/syscall/linux.Syscall6
+     0.09s  6.25% 50.00%      0.09s  6.25%  runtime.memmove
+     0.03s  2.08% 52.08%      0.03s  2.08%  runtime.futex
+     0.02s  1.39% 53.47%      0.48s 33.33%  github.com/rabbitmq/amqp091-go.(*Channel).sendOpen
+     0.01s  0.69% 54.17%      0.34s 23.61%  github.com/lsmtp/lsmtp/engine.(*session).onTraffic
+     0.01s  0.69% 54.86%      0.34s 23.61%  github.com/lsmtp/lsmtp/engine.(*session).rcpt
+`
+	got := map[string]float64{}
+	for _, s := range componentShares(top) {
+		got[s.name] = s.pct
+	}
+	want := map[string]float64{
+		"system calls (TCP send/receive, epoll, accept, close: kernel time)": 43.75,
+		"copying (memmove)": 6.25,
+		"Go runtime: scheduler, channels, locks, timers": 2.08,
+		"amqp091-go (framing, confirms)":                 1.39,
+		"lsmtp engine (sessions)":                        1.38,
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if d := got[k] - v; d > 1e-9 || d < -1e-9 {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+}

@@ -29,6 +29,12 @@ type PaperRow struct {
 // Sessions is the paper's concurrent sessions.
 func (p PaperRow) Sessions() int { return p.Clients * p.Concurrency }
 
+// RoundTrips is the message cycle the paper's figures imply by Little's
+// law, in round trips: sessions ÷ (msg/s × RTT).
+func (p PaperRow) RoundTrips() float64 {
+	return float64(p.Sessions()) / (p.Throughput * PaperRTT.Seconds())
+}
+
 // PaperTable is Table I.
 var PaperTable = []PaperRow{
 	{100, 10, 14074, 505, 2.03},
@@ -244,14 +250,14 @@ func instancesFor(sessions int) int {
 
 // Suite runs the rows and writes the report.
 type Suite struct {
-	cfg     SuiteConfig
-	results []*RowResult
-	info    MachineInfo
-	servers map[string][]*Server // by kind
-	check   *QueueCheck
-	start   time.Time
-	profile *RowResult // the profiled re-run of the busiest loopback row
-	notes   []string
+	cfg      SuiteConfig
+	results  []*RowResult
+	info     MachineInfo
+	servers  map[string][]*Server // by kind
+	check    *QueueCheck
+	start    time.Time
+	profiled []*RowResult // profiled re-runs of the busiest loopback rows
+	notes    []string
 
 	genProfile string // while set, runRow profiles the generator itself into this file
 }
@@ -456,6 +462,18 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 	}
 
 	rabbit := FindProcess("beam.smp")
+	disconnects := func() (n float64) {
+		for _, srv := range servers {
+			if v, ok := MetricValue(srv.Admin, "lsmtp_broker_disconnects_total"); ok {
+				n += v
+			}
+		}
+		return n
+	}
+	var disc0 float64
+	if row.Kind == KindAMQP {
+		disc0 = disconnects()
+	}
 	var srv0, r0, b0 time.Duration
 	var t0 time.Time
 	var waitProfiles func() (Profiles, error)
@@ -488,8 +506,11 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 		}
 		secs := time.Since(t0).Seconds()
 		rr.ServerCPU = (serverCPU() - srv0).Seconds() / secs
-		rr.RabbitCPU = (ProcCPU(rabbit) - r0).Seconds() / secs
+		rr.RabbitCPU = max(ProcCPU(rabbit)-r0, 0).Seconds() / secs
 		rr.BusyCPU = (SystemCPU() - b0).Seconds() / secs
+		if row.Kind == KindAMQP && FindProcess("beam.smp") != rabbit {
+			s.notes = append(s.notes, fmt.Sprintf("%s: RabbitMQ was restarted during the row (its CPU figure is incomplete)", row.ID))
+		}
 	}
 	var last Progress
 	cfg.Progress = func(p Progress) {
@@ -523,6 +544,11 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 			delete(s.servers, row.Kind)
 		}
 	}
+	if row.Kind == KindAMQP {
+		if d := disconnects() - disc0; d > 0 {
+			s.notes = append(s.notes, fmt.Sprintf("%s: lsmtp lost its RabbitMQ connection %.0f time(s) during the row (RabbitMQ restarted or unreachable); the 4xx of that row come from it", row.ID, d))
+		}
+	}
 	if rr.Checked && res != nil {
 		// Messages with an unknown outcome (4xx, lost connections) may
 		// still be on their way: wait longer for the count to settle.
@@ -546,38 +572,41 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 	return rr
 }
 
-// profileBusiestLoopback re-runs the busiest loopback lsmtp row with the
-// server's CPU and allocation profiles captured, apart from the measured
-// runs so that profiling does not slow them.
+// profileBusiestLoopback re-runs the busiest loopback row of each lsmtp
+// sink with the server's CPU and allocation profiles and the generator's
+// CPU profile captured, apart from the measured runs so that profiling
+// does not slow them.
 func (s *Suite) profileBusiestLoopback(ctx context.Context) {
-	var best *RowResult
-	for _, rr := range s.results {
-		if rr.Group == "loopback" && rr.Res != nil && (rr.Kind == KindAMQP || rr.Kind == KindNull) && rr.Err == "" {
-			if best == nil || rr.Res.Rate > best.Res.Rate {
-				best = rr
+	for _, kind := range []string{KindAMQP, KindNull} {
+		var best *RowResult
+		for _, rr := range s.results {
+			if rr.Group == "loopback" && rr.Res != nil && rr.Kind == kind && rr.Err == "" {
+				if best == nil || rr.Res.Rate > best.Res.Rate {
+					best = rr
+				}
 			}
 		}
+		if best == nil || ctx.Err() != nil {
+			continue
+		}
+		dir := s.cfg.ProfileDir
+		if dir == "" {
+			dir = filepath.Join(s.cfg.LogDir, "profiles")
+		}
+		row := best.Row
+		row.ID = best.ID + "-profiled"
+		row.Label = best.Label + " (profiled)"
+		saved := s.cfg.ProfileDir
+		s.cfg.ProfileDir = dir
+		s.genProfile = filepath.Join(dir, row.ID+"-generator-cpu.pprof")
+		rr := s.runRow(ctx, 0, 1, row)
+		s.cfg.ProfileDir = saved
+		if rr.Res != nil && rr.Res.Processes == 1 {
+			rr.GenProfile = s.genProfile
+		}
+		s.genProfile = ""
+		s.profiled = append(s.profiled, rr)
 	}
-	if best == nil {
-		return
-	}
-	dir := s.cfg.ProfileDir
-	if dir == "" {
-		dir = filepath.Join(s.cfg.LogDir, "profiles")
-	}
-	row := best.Row
-	row.ID = best.ID + "-profiled"
-	row.Label = best.Label + " (profiled re-run)"
-	saved := s.cfg.ProfileDir
-	s.cfg.ProfileDir = dir
-	s.genProfile = filepath.Join(dir, row.ID+"-generator-cpu.pprof")
-	rr := s.runRow(ctx, 0, 1, row)
-	s.cfg.ProfileDir = saved
-	if rr.Res != nil && rr.Res.Processes == 1 {
-		rr.GenProfile = s.genProfile
-	}
-	s.genProfile = ""
-	s.profile = rr
 }
 
 func truncate(s string, n int) string {
