@@ -83,6 +83,7 @@ type RowResult struct {
 	// generator, and everything else on the machine.
 	ServerCPU, RabbitCPU, GenCPU, OtherCPU, BusyCPU float64
 	Load1                                           float64 // load average when the row started
+	OpenConns                                       int     // connections open at the lsmtp server(s) when the window closed
 
 	Profiles   *Profiles
 	GenProfile string // the generator's own CPU profile, if taken
@@ -172,8 +173,15 @@ func (sc *SuiteConfig) RowsToRun() []Row {
 		return rows
 	}
 	loop := func(id, label, kind string, perConn int, chunk bool) Row {
+		// The broker path needs more messages in flight than the null
+		// sink: RabbitMQ confirms (and its quorum queue writes) in
+		// batches, which grow with what is outstanding.
+		sessions := 200
+		if kind == KindAMQP {
+			sessions = 1000
+		}
 		return Row{ID: id, Group: "loopback", Label: label, Kind: kind, Instances: 1,
-			Load: LoadConfig{Sessions: 200, PerConn: perConn, Pipelining: true, Chunking: chunk, Duration: w, Warmup: 2 * time.Second}}
+			Load: LoadConfig{Sessions: sessions, PerConn: perConn, Pipelining: true, Chunking: chunk, Duration: w, Warmup: 2 * time.Second}}
 	}
 	scale := func(id, label string, sessions, perConn int, pipe, chunk bool) Row {
 		return Row{ID: id, Group: "scale", Label: label, Kind: KindAMQP, Instances: instancesFor(sessions),
@@ -508,6 +516,11 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 		rr.ServerCPU = (serverCPU() - srv0).Seconds() / secs
 		rr.RabbitCPU = max(ProcCPU(rabbit)-r0, 0).Seconds() / secs
 		rr.BusyCPU = (SystemCPU() - b0).Seconds() / secs
+		for _, srv := range servers {
+			if v, ok := MetricValue(srv.Admin, "lsmtp_connections_open"); ok {
+				rr.OpenConns += int(v)
+			}
+		}
 		if row.Kind == KindAMQP && FindProcess("beam.smp") != rabbit {
 			s.notes = append(s.notes, fmt.Sprintf("%s: RabbitMQ was restarted during the row (its CPU figure is incomplete)", row.ID))
 		}
