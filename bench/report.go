@@ -212,8 +212,8 @@ func (s *Suite) writeScale(w func(string, ...any)) {
 		return
 	}
 	w("## Many sessions\n\nlsmtp → RabbitMQ at %v RTT.\n\n", PaperRTT)
-	w("*open* is the connections lsmtp held (its `lsmtp_connections_open`) as the window closed. It is below the sessions "+
-		"because a session spends one and a half round trips of every connection before the server sees it (SYN, SYN-ACK, ACK) "+
+	w("*open* is the connections lsmtp held (its `lsmtp_connections_open`) as the window closed. It is below the sessions " +
+		"because a session spends one and a half round trips of every connection before the server sees it (SYN, SYN-ACK, ACK) " +
 		"and, when the machine is saturated, more in the listen backlog.\n\n")
 	w("| row | sessions | open | dialogue | lsmtp processes | generator processes | msg/s | bound | ratio | p50 s | p99 s | max s | p50 in RTT | RabbitMQ count = 2xx |\n")
 	w("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
