@@ -202,8 +202,9 @@ func TestDelayEachWay(t *testing.T) {
 		if d := r.at[i+1] - replied; d < half {
 			t.Errorf("pong %d reached the client after %v, want at least %v", i, time.Duration(d), rtt/2)
 		}
-		// Generous upper bound: scheduling on a busy machine.
-		if d := r.at[i+1] - sent; d > int64(rtt)+int64(200*time.Millisecond) {
+		// Only a sanity bound above: a busy machine adds delay, never
+		// removes it.
+		if d := r.at[i+1] - sent; d > int64(rtt)+int64(time.Second) {
 			t.Errorf("round trip %d took %v, want about %v", i, time.Duration(d), rtt)
 		}
 	}

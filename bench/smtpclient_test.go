@@ -23,6 +23,7 @@ type fakeSMTP struct {
 
 	mu          sync.Mutex
 	transcripts [][]byte
+	clients     map[string]int // connections per client IP
 	messages    int
 	wg          sync.WaitGroup
 }
@@ -79,6 +80,12 @@ func (f *fakeSMTP) serve(c net.Conn) {
 	f.mu.Lock()
 	idx := len(f.transcripts)
 	f.transcripts = append(f.transcripts, nil)
+	if f.clients == nil {
+		f.clients = map[string]int{}
+	}
+	if host, _, err := net.SplitHostPort(c.RemoteAddr().String()); err == nil {
+		f.clients[host]++
+	}
 	f.mu.Unlock()
 	r := bufio.NewReader(&teeReader{r: c, f: f, idx: idx})
 	w := bufio.NewWriter(c)
@@ -332,6 +339,36 @@ func TestClientRoundTrips(t *testing.T) {
 				t.Errorf("latency p50 %v, want at least %v", res.Latency.P50, lo)
 			}
 		})
+	}
+}
+
+// Past PerSource sessions per client address, sessions bind to
+// 127.0.0.2, 127.0.0.3, ...: each address has its own ephemeral ports
+// towards the server.
+func TestClientSpreadsSourceAddresses(t *testing.T) {
+	f := newFakeSMTP(t, nil)
+	runClient(t, LoadConfig{Targets: []string{f.addr()}, Sessions: 5, PerSource: 2, Count: 5})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ip := range []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"} {
+		if f.clients[ip] == 0 {
+			t.Errorf("no connection from %s; clients %v", ip, f.clients)
+		}
+	}
+	if len(f.clients) != 3 {
+		t.Errorf("clients %v, want 127.0.0.1, .2 and .3 only", f.clients)
+	}
+}
+
+func TestLoopbackSources(t *testing.T) {
+	got := loopbackSources(30000, 16000)
+	// The kernel's choice, then 127.0.0.2, plus a spare.
+	if len(got) != 3 || got[0].IsValid() || got[1].String() != "127.0.0.2" || got[2].String() != "127.0.0.3" {
+		t.Errorf("loopbackSources(30000, 16000) = %v", got)
+	}
+	many := loopbackSources(255, 1)
+	if last := many[len(many)-1].String(); len(many) != 256 || last != "127.0.1.0" {
+		t.Errorf("source %d is %s, want 127.0.1.0 (addresses carry into the third octet)", len(many)-1, last)
 	}
 }
 
