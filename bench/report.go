@@ -657,11 +657,11 @@ func trimPprofHeader(s string) string {
 
 func (s *Suite) writeCommands(w func(string, ...any)) {
 	w("## Commands\n\n")
-	w("The whole suite: `make bench` (about %s here), or the subset `make bench-quick` (under 2 minutes). Both build "+
-		"`bin/lsmtp` and `bin/lsmtp-bench`, start RabbitMQ if it is installed and stopped, and run `%s`.\n\n",
-		time.Since(s.start).Round(time.Minute), s.cfg.Command)
+	w("The whole suite: `make bench` (%.1f minutes for this run), or the subset `make bench-quick` (under 2 minutes). Both build "+
+		"`bin/lsmtp` and `bin/lsmtp-bench`, start RabbitMQ if it is installed and stopped, and run `lsmtp-bench suite` "+
+		"(this run: `%s`).\n\n", time.Since(s.start).Minutes(), s.cfg.Command)
 	w("Servers as the suite started them:\n\n```\n")
-	for _, c := range s.serverCommands() {
+	for _, c := range s.started {
 		w("%s\n", c)
 	}
 	w("```\n\nEach row by hand against a running server (same flags; `-target` takes a comma-separated list):\n\n")
@@ -672,24 +672,4 @@ func (s *Suite) writeCommands(w func(string, ...any)) {
 		}
 	}
 	w("```\n</details>\n\n")
-}
-
-// serverCommands reconstructs the server command lines the suite uses.
-func (s *Suite) serverCommands() []string {
-	var out []string
-	for i := range s.cfg.Listen {
-		for _, sink := range []string{"null", "amqp"} {
-			kind := "lsmtp-" + sink
-			args := []string{s.cfg.Lsmtp, "--listen", addrFor(kind, s.cfg.Listen[i]), "--hostname", "bench.lsmtp.test", "--sink", sink,
-				"--max-conns", "0", "--max-conns-per-ip", strconv.Itoa(s.cfg.MaxConnsPerIP), "--admin-listen", addrFor(kind, s.cfg.Admin[i]), "--log-level", "warn"}
-			if sink == "amqp" {
-				args = append(args, "--amqp-url", s.cfg.AMQPURL, "--exchange", s.cfg.Exchange, "--queue", s.cfg.Queue, "--routing-key", s.cfg.RoutingKey)
-			}
-			out = append(out, strings.Join(args, " "))
-		}
-	}
-	if s.cfg.SmtpSink != "" && s.cfg.SmtpSink != "none" {
-		out = append(out, s.cfg.SmtpSink+" -m 40000 -u postfix "+s.cfg.SinkListen+" 4096")
-	}
-	return out
 }

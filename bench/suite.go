@@ -267,7 +267,8 @@ type Suite struct {
 	profiled []*RowResult // profiled re-runs of the busiest loopback rows
 	notes    []string
 
-	genProfile string // while set, runRow profiles the generator itself into this file
+	genProfile string   // while set, runRow profiles the generator itself into this file
+	started    []string // command lines of the servers started
 }
 
 // RunSuite runs the suite and writes the report and plots. A broker count
@@ -366,6 +367,7 @@ func (s *Suite) serversFor(ctx context.Context, row Row) ([]*Server, error) {
 		if err != nil {
 			return nil, err
 		}
+		s.started = append(s.started, strings.Join(srv.Args, " "))
 		have = append(have, srv)
 		s.servers[row.Kind] = have
 	}
