@@ -151,7 +151,8 @@ func PlotLatency(results []*RowResult, file string) error {
 		p.Add(bars)
 		p.Legend.Add(s.name, bars)
 	}
-	p.Legend.Top = true
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.XOffs = vg.Points(40)
 	p.NominalX(labels...)
 	p.X.Tick.Label.Rotation = math.Pi / 2
 	p.X.Tick.Label.XAlign = draw.XRight
