@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := ./...
 FUZZTIME ?= 30s
 
-.PHONY: run test test-short bench bench-quick fuzz lint build chaos
+.PHONY: stress run test test-short bench bench-quick fuzz lint build chaos
 
 build:
 	$(GO) build -o bin/lsmtp ./cmd/lsmtp
@@ -58,3 +58,8 @@ chaos:
 	@tools/rabbitmq-up
 	LSMTP_CHAOS_RABBIT_RESTART=1 $(GO) test -count=1 -run '^TestChaosShort$$' -v ./chaos
 	$(GO) run ./cmd/lsmtp-chaos $(CHAOSFLAGS)
+
+# The in-flight budget under 500 simultaneous 25 MiB messages and a flood of
+# idle connections, on the real binary (the small versions run in make test).
+stress:
+	LSMTP_STRESS=1 $(GO) test -count=1 -v -timeout 15m ./stress

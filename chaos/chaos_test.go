@@ -46,10 +46,9 @@ func TestChaosShort(t *testing.T) {
 	cfg.FaultInterval = 4 * time.Second
 	cfg.CutOutage = 500 * time.Millisecond
 	cfg.Faults = []Fault{FaultCut, FaultLSMTPRestart}
-	// Restarts take a fresh port: on the same port lsmtp cannot bind
-	// while its old connections are in TIME_WAIT (no SO_REUSEADDR; see
-	// e2e.TestRestartOnSamePort). `make chaos` restarts on the same port.
-	cfg.SamePort = false
+	// Restarts bind the same port while the old connections are in
+	// TIME_WAIT, as a real restart does (e2e.TestRestartOnSamePort).
+	cfg.SamePort = true
 	cfg.Name = fmt.Sprintf("lsmtp-chaos-test.%08x", rand.Uint32())
 	cfg.Log = testLog{t: t, done: done}
 	rabbitRestart := os.Getenv(envRabbitRestart) == "1"

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,14 +19,8 @@ import (
 // a SIGTERM-and-start does. The server closes a connection first (after
 // 221 to QUIT), which leaves the server's side of it in TIME_WAIT for a
 // minute; a listener without SO_REUSEADDR cannot bind the port then.
-//
-// It fails as long as engine.Serve does not ask gnet for SO_REUSEADDR
-// (gnet.WithReuseAddr(true)), so it runs only with
-// LSMTP_E2E_KNOWN_BUGS=1 until that is fixed.
+// engine.Serve asks gnet for SO_REUSEADDR for this.
 func TestRestartOnSamePort(t *testing.T) {
-	if os.Getenv("LSMTP_E2E_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: engine listeners lack SO_REUSEADDR, a restart cannot bind while connections are in TIME_WAIT; LSMTP_E2E_KNOWN_BUGS=1 runs this test")
-	}
 	serve := func(listen string) (*engine.Server, chan error) {
 		srv, err := engine.New(engine.Config{
 			Listen: []string{listen}, Hostname: serverName, EventLoops: 1,
@@ -92,14 +85,11 @@ func TestRestartOnSamePort(t *testing.T) {
 // (engine_unix.go, engine.stop), so a connection accepted in those
 // ~500 ms is never served nor closed: the client waits for its own
 // timeout (RFC 5321 §4.5.3.2.1: 5 minutes for the greeting) or for the
-// process to exit, and an embedding program leaks the descriptor. It
-// runs only with LSMTP_E2E_KNOWN_BUGS=1 until the engine stops the
-// listening sockets itself before gnet's Stop (shutdown(2) with SHUT_RD
-// on a DupListener descriptor acts on the shared socket).
+// process to exit, and an embedding program leaks the descriptor. The
+// engine therefore stops the listening sockets itself before gnet's Stop
+// (shutdown(2) with SHUT_RD on a DupListener descriptor acts on the
+// shared socket).
 func TestNoConnectionLeftHangingAtStop(t *testing.T) {
-	if os.Getenv("LSMTP_E2E_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: connections accepted during gnet's Stop are never served nor closed; LSMTP_E2E_KNOWN_BUGS=1 runs this test")
-	}
 	s := startStack(t, brokerConfig(t, rabbitURL), true)
 	stopDialing := make(chan struct{})
 	var hung, greeted atomic.Int64

@@ -94,6 +94,9 @@ func (s *Server) Serve() error {
 		gnet.WithMulticore(true),
 		gnet.WithTicker(true),
 		gnet.WithReusePort(false),
+		// A restarted server must bind its port while the old process's
+		// connections sit in TIME_WAIT.
+		gnet.WithReuseAddr(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		// SMTP replies are small; a fixed send buffer (no autotuning to
 		// 4 MiB) bounds what a client that does not read can pin in the
@@ -155,6 +158,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) stop() error {
+	// gnet closes its listeners only after the event loops exited; a
+	// connection accepted in between would get neither a greeting nor a
+	// close. Shutting the (shared) listening socket for reading makes the
+	// kernel refuse new connections from here on.
+	for _, a := range s.settings().Listen {
+		if fd, err := s.eng.DupListener("tcp", a); err == nil {
+			_ = unix.Shutdown(fd, unix.SHUT_RD)
+			_ = unix.Close(fd)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.eng.Stop(ctx); err != nil {

@@ -119,11 +119,18 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// RaiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit.
+// RaiseFileLimit lifts RLIMIT_NOFILE: the hard limit too, to 1<<17, where
+// the process may (root), else the soft one to the hard one. The server
+// started afterwards inherits it.
 func RaiseFileLimit() (uint64, error) {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
 		return 0, err
+	}
+	if l.Max < 1<<17 {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: 1 << 17, Max: 1 << 17}); err == nil {
+			return 1 << 17, nil
+		}
 	}
 	l.Cur = l.Max
 	return l.Cur, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)

@@ -127,8 +127,12 @@ func TestIdleFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if limit < uint64(idle)+1000 {
-		t.Skipf("open file limit %d is too low for %d connections", limit, idle)
+	if limit < uint64(idle)+500 {
+		// Client and server each need a descriptor per connection plus a
+		// few hundred of their own; without CAP_SYS_RESOURCE the hard
+		// limit cannot be raised, so the flood is as large as it allows.
+		t.Logf("open file limit %d: %d idle connections instead of %d", limit, limit-500, idle)
+		idle = int(limit - 500)
 	}
 	bin := buildServer(t)
 	srv, err := Start(bin, filepath.Join(t.TempDir(), "lsmtp.log"), "--sink", "null",
