@@ -114,33 +114,15 @@ func (c Config) withDefaults() (Config, error) {
 	if len(c.Listen) == 0 {
 		c.Listen = d.Listen
 	}
-	if c.Hostname == "" {
-		c.Hostname = d.Hostname
-	}
-	if c.MaxMessageSize == 0 {
-		c.MaxMessageSize = d.MaxMessageSize
-	}
-	if c.MaxRecipients == 0 {
-		c.MaxRecipients = d.MaxRecipients
-	}
-	if c.MaxLineLength == 0 {
-		c.MaxLineLength = d.MaxLineLength
-	}
-	if c.MaxErrors == 0 {
-		c.MaxErrors = d.MaxErrors
-	}
-	if c.MaxInFlightBytes == 0 {
-		c.MaxInFlightBytes = d.MaxInFlightBytes
-	}
-	if c.MaxPipelineBacklog == 0 {
-		c.MaxPipelineBacklog = d.MaxPipelineBacklog
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = d.IdleTimeout
-	}
-	if c.DataTimeout == 0 {
-		c.DataTimeout = d.DataTimeout
-	}
+	orDefault(&c.Hostname, d.Hostname)
+	orDefault(&c.MaxMessageSize, d.MaxMessageSize)
+	orDefault(&c.MaxRecipients, d.MaxRecipients)
+	orDefault(&c.MaxLineLength, d.MaxLineLength)
+	orDefault(&c.MaxErrors, d.MaxErrors)
+	orDefault(&c.MaxInFlightBytes, d.MaxInFlightBytes)
+	orDefault(&c.MaxPipelineBacklog, d.MaxPipelineBacklog)
+	orDefault(&c.IdleTimeout, d.IdleTimeout)
+	orDefault(&c.DataTimeout, d.DataTimeout)
 	if c.TickInterval == 0 {
 		c.TickInterval = d.TickInterval
 		if c.GreetDelay > 0 && c.GreetDelay/4 < c.TickInterval {
@@ -167,4 +149,12 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger.Warn("max recipients below the 100 RFC 5321 §4.5.3.1.8 asks servers to accept", "max_recipients", c.MaxRecipients)
 	}
 	return c, errors.Join(errs...)
+}
+
+// orDefault sets *v to d when *v is the zero value.
+func orDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }

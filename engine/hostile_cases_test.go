@@ -322,7 +322,7 @@ func hostileCases(clientHello string) []hostileCase {
 		name: "200,000 pipelined NOOPs never read",
 		// Its own server: BytesRecv counts this client only.
 		cfg: &Config{MaxMessageSize: hostileMaxSize, IdleTimeout: time.Second},
-		run:  hostileNeverReads,
+		run: hostileNeverReads,
 	})
 
 	// Talking before the greeting (RFC 5321 §3.1; Config.GreetDelay).
