@@ -255,24 +255,52 @@ func ProcCPU(pid int) time.Duration {
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
 const clockTicks = 100
 
-// FindProcess returns the pid of the first process whose command name is
-// comm (e.g. "beam.smp" for RabbitMQ), 0 if none.
+// FindProcess returns the pid of the longest-running process whose
+// command name is comm (e.g. "beam.smp" for RabbitMQ, whose command-line
+// tools run short-lived beam.smp processes too), 0 if none.
 func FindProcess(comm string) int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0
 	}
+	best, bestStart := 0, int64(-1)
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		if err == nil && strings.TrimSpace(string(b)) == comm {
-			return pid
+		if err != nil || strings.TrimSpace(string(b)) != comm {
+			continue
+		}
+		start := procStart(pid)
+		if bestStart < 0 || start < bestStart {
+			best, bestStart = pid, start
 		}
 	}
-	return 0
+	return best
+}
+
+// procStart is a process's start time in clock ticks since boot (field 22
+// of /proc/<pid>/stat).
+func procStart(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 1 << 62
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 1 << 62
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 1 << 62
+	}
+	v, err := strconv.ParseInt(f[19], 10, 64)
+	if err != nil {
+		return 1 << 62
+	}
+	return v
 }
 
 // SystemCPU is the busy (non-idle, non-iowait) CPU time of the whole

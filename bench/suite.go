@@ -313,6 +313,7 @@ func RunSuite(ctx context.Context, cfg SuiteConfig) error {
 			failure = ctx.Err()
 			break
 		}
+		s.waitQuiet(ctx, row)
 		rr := s.runRow(ctx, i, len(rows), row)
 		s.results = append(s.results, rr)
 		if rr.Checked && !rr.CheckPassed {
@@ -339,6 +340,39 @@ func RunSuite(ctx context.Context, cfg SuiteConfig) error {
 func (s *Suite) progressf(format string, args ...any) {
 	if s.cfg.Progress != nil {
 		fmt.Fprintf(s.cfg.Progress, format, args...)
+	}
+}
+
+// quietCores is how busy the machine may be between rows (RabbitMQ idles
+// at around 0.15 cores) for the next row to start at once.
+const quietCores = 0.5
+
+// waitQuiet waits, up to a minute, until the machine is quiet between
+// rows: other programs on a shared machine would take the cores the row
+// is measuring. A row that starts anyway shows their share in the CPU
+// table's "other" column.
+func (s *Suite) waitQuiet(ctx context.Context, row Row) {
+	deadline := time.Now().Add(time.Minute)
+	for waited := false; ; waited = true {
+		b0, t0 := SystemCPU(), time.Now()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		busy := (SystemCPU() - b0).Seconds() / time.Since(t0).Seconds()
+		if busy < quietCores {
+			if waited {
+				s.progressf("\n")
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			s.progressf("\n")
+			s.notes = append(s.notes, fmt.Sprintf("%s: started on a busy machine (%.1f cores busy before it, after a minute's wait)", row.ID, busy))
+			return
+		}
+		s.progressf("\r       waiting for the machine to quiet down before %s: %.1f cores busy   ", row.ID, busy)
 	}
 }
 
@@ -614,6 +648,7 @@ func (s *Suite) profileBusiestLoopback(ctx context.Context) {
 		saved := s.cfg.ProfileDir
 		s.cfg.ProfileDir = dir
 		s.genProfile = filepath.Join(dir, row.ID+"-generator-cpu.pprof")
+		s.waitQuiet(ctx, row)
 		rr := s.runRow(ctx, 0, 1, row)
 		s.cfg.ProfileDir = saved
 		if rr.Res != nil && rr.Res.Processes == 1 {
