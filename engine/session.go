@@ -432,6 +432,13 @@ func (s *session) fail(r *codec.Reply) {
 		return
 	}
 	s.errors++
+	if log := s.cfg.Logger; log.Enabled(context.Background(), slog.LevelDebug) {
+		// Protocol detail, for debugging a client; never at info: a
+		// broken or hostile client must not be able to flood the log.
+		log.LogAttrs(context.Background(), slog.LevelDebug, "protocol error",
+			slog.String("client", s.ipText), slog.Int("code", r.Code),
+			slog.String("enhanced", r.Enhanced), slog.String("text", r.Text), slog.Int("errors", s.errors))
+	}
 	if s.errors >= s.cfg.MaxErrors {
 		s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" Too many errors, closing")
 		s.closeAfter = true
