@@ -62,6 +62,7 @@ type session struct {
 	state      state
 	greetAt    time.Time
 	commands   int  // commands seen, for the first-command checks
+	spoke      bool // the client sent command bytes (a TLS record can only be first)
 	errors     int  // protocol errors, see Config.MaxErrors
 	closeAfter bool // close once out is written
 	out        []byte
@@ -296,7 +297,7 @@ loop:
 				s.closeAfter = true
 				break loop
 			}
-			if s.commands == 0 && used < len(buf) && buf[used] == 0x16 {
+			if !s.spoke && used < len(buf) && buf[used] == 0x16 {
 				// A TLS ClientHello (record type 22) on a port that does
 				// not speak TLS: no line ending will come, so do not wait
 				// for one.
@@ -316,6 +317,7 @@ loop:
 				break loop
 			}
 			used += n
+			s.spoke = true
 			if line != nil || err != nil {
 				progressed = true
 			}
