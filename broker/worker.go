@@ -46,6 +46,7 @@ func (w *worker) run() {
 	defer w.b.workersDone.Done()
 	retry := w.b.cfg.ReconnectMin
 	var failed *connection // connection on which our channel failed last
+	var retryAt time.Time  // when to reopen a channel on failed; wake-ups must not push it back
 	for {
 		c, changed := w.b.currentConn()
 		if c != nil && c != failed {
@@ -69,6 +70,7 @@ func (w *worker) run() {
 				}
 			}
 			failed = c
+			retryAt = time.Now().Add(retry)
 			retry = min(retry*2, w.b.cfg.ReconnectMax)
 		}
 		// No channel here. If no other worker has one either, whatever
@@ -84,7 +86,7 @@ func (w *worker) run() {
 		var retryC <-chan time.Time
 		var t *time.Timer
 		if c != nil && c == failed {
-			t = time.NewTimer(retry)
+			t = time.NewTimer(time.Until(retryAt))
 			retryC = t.C
 		}
 		select {
@@ -93,6 +95,11 @@ func (w *worker) run() {
 		case <-retryC:
 			failed = nil
 		case <-wake:
+			if w.b.liveChannels.Load() > 0 && w.b.ring.len() > 0 {
+				// Another worker opened a channel meanwhile: the wake-up
+				// was meant for it, so pass it on rather than swallow it.
+				w.b.notify()
+			}
 		case <-w.b.stopWorkers:
 			return
 		}

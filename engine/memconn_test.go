@@ -127,10 +127,12 @@ func newMemHarness(tb testing.TB, cfg Config, discard bool) *memHarness {
 		tb.Fatalf("New: %v", err)
 	}
 	h := &memHarness{tb: tb, srv: srv, conn: &memConn{}, now: memNow, discard: discard}
-	if _, ok := srv.admit(memRemote.Addr()); !ok {
+	viaProxy := trusted(srv.settings().TrustedProxies, memRemote.Addr())
+	if _, ok := srv.admit(memRemote.Addr(), !viaProxy); !ok {
 		tb.Fatalf("the harness connection was refused")
 	}
 	h.sess = newSession(srv, h.conn, memRemote)
+	h.sess.countedIP = !viaProxy
 	switch {
 	case trusted(srv.settings().TrustedProxies, memRemote.Addr()):
 		h.sess.state = stProxy
@@ -175,7 +177,7 @@ func (h *memHarness) close() {
 	}
 	h.closed = true
 	h.conn.in, h.conn.r = h.conn.in[:0], 0
-	h.srv.release(h.sess.remote.Addr())
+	h.srv.release(h.sess.remote.Addr(), h.sess.countedIP)
 	h.sess.closed()
 }
 

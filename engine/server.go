@@ -178,10 +178,13 @@ func (s *Server) stop() error {
 
 // admit counts a new connection from ip against the global and per-IP
 // limits. When a limit is reached it counts nothing and says which.
-func (s *Server) admit(ip netip.Addr) (RefuseReason, bool) {
+func (s *Server) admit(ip netip.Addr, perIP bool) (RefuseReason, bool) {
 	if n := s.stats.Open.Add(1); s.settings().MaxConns > 0 && n > int64(s.settings().MaxConns) {
 		s.stats.Open.Add(-1)
 		return RefusedMaxConns, false
+	}
+	if !perIP {
+		return 0, true // a load balancer: its client is counted once known
 	}
 	// Counted even without a limit, so that a reload may set one.
 	limit := s.settings().MaxConnsPerIP
@@ -199,8 +202,11 @@ func (s *Server) admit(ip netip.Addr) (RefuseReason, bool) {
 	return 0, true
 }
 
-func (s *Server) release(ip netip.Addr) {
+func (s *Server) release(ip netip.Addr, perIP bool) {
 	s.stats.Open.Add(-1)
+	if !perIP {
+		return
+	}
 	s.perIPMu.Lock()
 	if n := s.perIP[ip]; n <= 1 {
 		delete(s.perIP, ip)
@@ -258,16 +264,18 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		s.stats.Refused[RefusedDraining].Add(1)
 		return cfg.replies.shutdown, gnet.Close
 	}
-	if reason, ok := s.admit(ip); !ok {
+	viaProxy := trusted(cfg.TrustedProxies, ip)
+	if reason, ok := s.admit(ip, !viaProxy); !ok {
 		s.stats.Refused[reason].Add(1)
 		return cfg.replies.tooMany, gnet.Close
 	}
 	s.stats.Accepted.Add(1)
 	sess := newSession(s, c, ap)
+	sess.countedIP = !viaProxy
 	c.SetContext(sess) // from here on, OnClose releases what admit counted
 	s.sessions.add(sess)
 	now := time.Now()
-	if trusted(cfg.TrustedProxies, ip) {
+	if viaProxy {
 		// The load balancer speaks first: the PROXY header, then the
 		// client. We greet once we know who the client is.
 		sess.state = stProxy
@@ -290,22 +298,17 @@ func trusted(proxies []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// rebind moves a session's per-IP count from the proxy's address to the
-// client's, checking the client's limit. On refusal nothing changes.
-func (s *Server) rebind(from, to netip.Addr) bool {
+// bindIP counts a proxied session against its client's per-IP limit,
+// once the PROXY header named the client. On refusal nothing changes.
+func (s *Server) bindIP(ip netip.Addr) bool {
 	limit := s.settings().MaxConnsPerIP
 	s.perIPMu.Lock()
 	defer s.perIPMu.Unlock()
-	n := s.perIP[to]
+	n := s.perIP[ip]
 	if limit > 0 && n >= limit {
 		return false
 	}
-	s.perIP[to] = n + 1
-	if m := s.perIP[from]; m <= 1 {
-		delete(s.perIP, from)
-	} else {
-		s.perIP[from] = m - 1
-	}
+	s.perIP[ip] = n + 1
 	return true
 }
 
@@ -315,7 +318,7 @@ func (h *handler) OnClose(c gnet.Conn, _ error) gnet.Action {
 		return gnet.None // refused in OnOpen: nothing was counted
 	}
 	h.srv.sessions.remove(sess)
-	h.srv.release(sess.remote.Addr())
+	h.srv.release(sess.remote.Addr(), sess.countedIP)
 	sess.closed()
 	return gnet.None
 }

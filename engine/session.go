@@ -58,6 +58,9 @@ type session struct {
 	id     uint64
 	remote netip.AddrPort
 	ipText string // remote IP as text, made once per connection
+	// countedIP: remote counts against MaxConnsPerIP (false for a load
+	// balancer's connection until its PROXY header names the client).
+	countedIP bool
 
 	state      state
 	greetAt    time.Time
@@ -161,7 +164,7 @@ func (s *session) readProxyHeader(c conn, now time.Time) gnet.Action {
 		return s.flush(c)
 	}
 	if n == 0 {
-		if d := s.deadline.Load(); s.srv.force.Load() || (d != 0 && now.UnixNano() >= d) {
+		if d := s.deadline.Load(); s.srv.draining.Load() || (d != 0 && now.UnixNano() >= d) {
 			s.closeAfter = true
 		}
 		return s.flush(c)
@@ -169,12 +172,13 @@ func (s *session) readProxyHeader(c conn, now time.Time) gnet.Action {
 	_, _ = c.Discard(n)
 	if !hdr.Local && hdr.Source.IsValid() {
 		client := netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
-		if !s.srv.rebind(s.remote.Addr(), client.Addr()) {
+		if !s.srv.bindIP(client.Addr()) {
 			s.srv.stats.Refused[RefusedPerIP].Add(1)
 			s.out = append(s.out, s.cfg.replies.tooMany...)
 			s.closeAfter = true
 			return s.flush(c)
 		}
+		s.countedIP = true
 		s.remote = client
 		s.ipText = client.Addr().String()
 	}
@@ -244,6 +248,7 @@ func (s *session) releaseHeld() {
 func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 	srv := s.srv
 	s.cfg = srv.settings()
+	s.lines.MaxLine = s.cfg.MaxLineLength // Reload may have changed it
 	if s.state == stWaiting {
 		if !s.completed.Load() {
 			switch {
