@@ -183,20 +183,7 @@ type recorded struct {
 }
 
 func (s *recordingSink) Submit(m *sink.Message) {
-	r := recorded{
-		QueueID:  m.QueueID,
-		Sender:   string(m.Sender),
-		ClientIP: m.ClientIP,
-		Helo:     string(m.Helo),
-		Size:     m.Size,
-		Body:     m.Body,
-		SMTPUTF8: m.SMTPUTF8,
-		Data:     string(m.Data.B),
-	}
-	for _, rc := range m.Recipients {
-		r.Recipients = append(r.Recipients, string(rc))
-	}
-	m.ReleaseData()
+	r := record(m)
 	s.mu.Lock()
 	result, async, delay, held := s.result, s.async, s.delay, s.held
 	if result == nil {
@@ -217,6 +204,26 @@ func (s *recordingSink) Submit(m *sink.Message) {
 }
 
 func (s *recordingSink) Close(context.Context) error { return nil }
+
+// record copies what a sink was handed (the engine reuses it after
+// Complete) and releases the body buffer, as a real sink does.
+func record(m *sink.Message) recorded {
+	r := recorded{
+		QueueID:  m.QueueID,
+		Sender:   string(m.Sender),
+		ClientIP: m.ClientIP,
+		Helo:     string(m.Helo),
+		Size:     m.Size,
+		Body:     m.Body,
+		SMTPUTF8: m.SMTPUTF8,
+		Data:     string(m.Data.B),
+	}
+	for _, rc := range m.Recipients {
+		r.Recipients = append(r.Recipients, string(rc))
+	}
+	m.ReleaseData()
+	return r
+}
 
 func (s *recordingSink) messages() []recorded {
 	s.mu.Lock()

@@ -312,20 +312,7 @@ func newHostileSink() *hostileSink {
 }
 
 func (s *hostileSink) Submit(m *sink.Message) {
-	r := recorded{
-		QueueID:  m.QueueID,
-		Sender:   string(m.Sender),
-		ClientIP: m.ClientIP,
-		Helo:     string(m.Helo),
-		Size:     m.Size,
-		Body:     m.Body,
-		SMTPUTF8: m.SMTPUTF8,
-		Data:     string(m.Data.B),
-	}
-	for _, rc := range m.Recipients {
-		r.Recipients = append(r.Recipients, string(rc))
-	}
-	m.ReleaseData()
+	r := record(m)
 	s.mu.Lock()
 	s.byHelo[r.Helo] = append(s.byHelo[r.Helo], r)
 	gate := s.gates[r.Helo]

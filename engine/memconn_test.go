@@ -244,20 +244,7 @@ type sunk struct {
 }
 
 func (s *stepSink) Submit(m *sink.Message) {
-	r := recorded{
-		QueueID:  m.QueueID,
-		Sender:   string(m.Sender),
-		ClientIP: m.ClientIP,
-		Helo:     string(m.Helo),
-		Size:     m.Size,
-		Body:     m.Body,
-		SMTPUTF8: m.SMTPUTF8,
-		Data:     string(m.Data.B),
-	}
-	for _, rc := range m.Recipients {
-		r.Recipients = append(r.Recipients, string(rc))
-	}
-	m.ReleaseData()
+	r := record(m)
 	var err error
 	if s.failEvery > 0 && (len(s.msgs)+1)%s.failEvery == 0 {
 		err = s.failWith
