@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	gerrors "github.com/panjf2000/gnet/v2/pkg/errors"
 	"golang.org/x/sys/unix"
 
 	"github.com/lsmtp/lsmtp/queueid"
@@ -37,9 +38,10 @@ type Server struct {
 	cur atomic.Pointer[settings]
 
 	// Written once in OnBoot, read after ready is closed.
-	eng   gnet.Engine
-	addrs []net.Addr
-	ready chan struct{}
+	eng    gnet.Engine
+	addrs  []net.Addr
+	ready  chan struct{}
+	served chan struct{} // closed when Serve returns
 
 	perIPMu  sync.Mutex
 	perIP    map[netip.Addr]int // guarded by perIPMu
@@ -64,10 +66,11 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("engine: hostname %q cannot stand in a greeting", cfg.Hostname)
 	}
 	srv := &Server{
-		stats: newStats(),
-		ids:   queueid.NewGenerator(),
-		perIP: make(map[netip.Addr]int),
-		ready: make(chan struct{}),
+		stats:  newStats(),
+		ids:    queueid.NewGenerator(),
+		perIP:  make(map[netip.Addr]int),
+		ready:  make(chan struct{}),
+		served: make(chan struct{}),
 	}
 	srv.cur.Store(newSettings(cfg))
 	return srv, nil
@@ -113,6 +116,12 @@ func (s *Server) Serve() error {
 	default:
 		close(s.ready) // boot failed: release Addrs waiters
 	}
+	if s.draining.Load() {
+		// Shutdown asked for this. gnet reports the listening socket we
+		// shut under it (accept: EINVAL) as an error; it is not one here.
+		err = nil
+	}
+	close(s.served)
 	return err
 }
 
@@ -170,7 +179,18 @@ func (s *Server) stop() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := s.eng.Stop(ctx); err != nil {
+	err := s.eng.Stop(ctx)
+	if errors.Is(err, gerrors.ErrEngineInShutdown) {
+		// The shut listener already made gnet stop on its own (its
+		// reactor treats the failing accept as fatal): wait for the end.
+		select {
+		case <-s.served:
+			return nil
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("engine: stopping event loops: %w", err)
 	}
 	return nil

@@ -537,3 +537,28 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Shutdown shuts the listening socket before gnet's Stop, which gnet's
+// accept loop may notice first and stop on its own; either way Shutdown
+// and Serve must report a clean stop.
+func TestShutdownIsCleanEveryTime(t *testing.T) {
+	for i := 0; i < 10; i++ {
+		srv, err := New(Config{Listen: []string{"127.0.0.1:0"}, Hostname: "mx.test", Sink: &recordingSink{}, EventLoops: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve() }()
+		addr := srv.Addrs()[0].String()
+		c := dial(t, addr)
+		c.do("QUIT", "221 ")
+		ctx, cancel := contextWithTimeout(5 * time.Second)
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatalf("round %d: Shutdown: %v", i, err)
+		}
+		cancel()
+		if err := <-served; err != nil {
+			t.Fatalf("round %d: Serve: %v", i, err)
+		}
+	}
+}
