@@ -65,6 +65,7 @@ func New(cfg Config) (*Server, error) {
 	if !hostnameOK(cfg.Hostname) {
 		return nil, fmt.Errorf("engine: hostname %q cannot stand in a greeting", cfg.Hostname)
 	}
+	cfg.MaxConns = capConnsToFileLimit(cfg.MaxConns, cfg.Logger)
 	srv := &Server{
 		stats:  newStats(),
 		ids:    queueid.NewGenerator(),
@@ -459,6 +460,7 @@ func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
 	if !hostnameOK(cfg.Hostname) {
 		return nil, fmt.Errorf("engine: hostname %q cannot stand in a greeting", cfg.Hostname)
 	}
+	cfg.MaxConns = capConnsToFileLimit(cfg.MaxConns, cfg.Logger)
 	if !slices.Equal(cfg.Listen, cur.Listen) {
 		restartNeeded = append(restartNeeded, "listen")
 		cfg.Listen = cur.Listen
@@ -474,4 +476,28 @@ func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
 	cfg.Logger = cur.Logger
 	s.cur.Store(newSettings(cfg))
 	return restartNeeded, nil
+}
+
+// capConnsToFileLimit keeps the connection limit under RLIMIT_NOFILE. A
+// connection past the limit is refused only after accept(2) gave it a
+// descriptor; if accept itself fails with EMFILE, gnet's accept loop stops
+// the whole server. So "no limit" (0) and any limit above what the
+// process may open become the file limit minus a reserve for listeners,
+// epoll, AMQP connections, the admin listener and logs.
+func capConnsToFileLimit(maxConns int, log *slog.Logger) int {
+	var l unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &l); err != nil || l.Cur > 1<<31 {
+		return maxConns
+	}
+	reserve := max(int(l.Cur)/50, 64)
+	ceiling := int(l.Cur) - reserve
+	if ceiling < 1 {
+		ceiling = 1
+	}
+	if maxConns == 0 || maxConns > ceiling {
+		log.Warn("connection limit lowered to fit the open file limit", "max_conns", ceiling,
+			"asked", maxConns, "nofile", l.Cur, "reserve", reserve)
+		return ceiling
+	}
+	return maxConns
 }

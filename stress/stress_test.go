@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -220,5 +221,88 @@ func TestIdleFlood(t *testing.T) {
 	}
 	if after > 2*timeout+30*time.Second {
 		t.Fatalf("idle connections closed %v after opening, timeout %v", after, timeout)
+	}
+}
+
+// TestFileLimitDoesNotStopServer: more clients than the process may open
+// descriptors for. Past the connection limit (capped under RLIMIT_NOFILE)
+// they get 421 4.7.0; the server never runs out of descriptors in
+// accept(2), which would stop it, and serves again once clients leave.
+func TestFileLimitDoesNotStopServer(t *testing.T) {
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Skip("prlimit (util-linux) not installed")
+	}
+	dir := t.TempDir()
+	bin := buildServer(t)
+	// A wrapper that starts lsmtp with 300 descriptors at most.
+	wrapper := filepath.Join(dir, "lsmtp-300")
+	script := "#!/bin/sh\nexec " + prlimit + " --nofile=300:300 " + bin + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Start(wrapper, filepath.Join(dir, "lsmtp.log"), "--sink", "null", "--max-conns", "0", "--max-conns-per-ip", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	greeted, refused := 0, 0
+	d := &Dialer{}
+	for i := 0; i < 400; i++ {
+		c, err := d.Dial(context.Background(), srv.Addr)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		switch {
+		case strings.HasPrefix(line, "220 "):
+			greeted++
+			held = append(held, c)
+		case strings.HasPrefix(line, "421 4.7.0"):
+			refused++
+			c.Close()
+		default:
+			t.Fatalf("connection %d: %q, %v (server log: %s)", i, line, err, dir)
+		}
+	}
+	t.Logf("of 400 clients with 300 descriptors: %d greeted, %d refused with 421 4.7.0", greeted, refused)
+	if refused == 0 || greeted == 0 {
+		t.Fatalf("greeted %d, refused %d: want both", greeted, refused)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	// Still serving.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", srv.Addr, time.Second)
+		if err != nil {
+			t.Fatalf("server gone after the flood: %v", err)
+		}
+		r := bufio.NewReader(c)
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, _ := r.ReadString('\n')
+		if strings.HasPrefix(line, "220 ") {
+			reply, err := Transaction(c, r, Body(1024))
+			c.Close()
+			if err != nil || !strings.HasPrefix(reply, "250 ") {
+				t.Fatalf("transaction after the flood: %q, %v", reply, err)
+			}
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("no greeting after the flood: %q", line)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

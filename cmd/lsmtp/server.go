@@ -169,6 +169,9 @@ func (n *node) wait(sig chan os.Signal) error {
 		select {
 		case err := <-n.served:
 			n.stop(time.Second)
+			if err == nil {
+				return errors.New("server stopped unexpectedly")
+			}
 			return fmt.Errorf("server stopped: %w", err)
 		case s := <-sig:
 			if s == syscall.SIGHUP {
