@@ -106,7 +106,7 @@ func (s *Server) Serve() error {
 		// 4 MiB) bounds what a client that does not read can pin in the
 		// kernel, next to outputHighMark in user space.
 		gnet.WithSocketSendBuffer(128 << 10),
-		gnet.WithLogger(gnetLogger{cfg.Logger}),
+		gnet.WithLogger(gnetLogger{log: cfg.Logger, draining: &s.draining}),
 	}
 	if cfg.EventLoops > 0 {
 		opts = append(opts, gnet.WithNumEventLoop(cfg.EventLoops))
@@ -431,14 +431,25 @@ func hostnameOK(h string) bool {
 }
 
 // gnetLogger sends gnet's own messages to our slog logger; its start-up
-// chatter goes to debug.
-type gnetLogger struct{ log *slog.Logger }
+// chatter goes to debug, and so do its errors while we shut down: the
+// listener we shut under it makes its accept loop report one.
+type gnetLogger struct {
+	log      *slog.Logger
+	draining *atomic.Bool
+}
 
 func (l gnetLogger) Debugf(format string, args ...any) { l.log.Debug(fmt.Sprintf(format, args...)) }
 func (l gnetLogger) Infof(format string, args ...any)  { l.log.Debug(fmt.Sprintf(format, args...)) }
 func (l gnetLogger) Warnf(format string, args ...any)  { l.log.Warn(fmt.Sprintf(format, args...)) }
-func (l gnetLogger) Errorf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }
 func (l gnetLogger) Fatalf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }
+
+func (l gnetLogger) Errorf(format string, args ...any) {
+	if l.draining.Load() {
+		l.log.Debug(fmt.Sprintf(format, args...))
+		return
+	}
+	l.log.Error(fmt.Sprintf(format, args...))
+}
 
 // Reload puts a new configuration in force without dropping connections:
 // limits, timeouts and the hostname apply to every session from its next
