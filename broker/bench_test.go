@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/valyala/bytebufferpool"
 
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/sink"
 )
 
@@ -19,14 +20,14 @@ const benchSize = 2048
 // benchConfig is the default configuration (quorum queue, 2 workers,
 // window 256) on the benchmark's own exchange and queue.
 func benchConfig(b *testing.B) Config {
-	cfg := testConfig(b, rabbitURL)
+	cfg := testConfig(b, rabbittest.URL)
 	cfg.Logger = slog.New(slog.DiscardHandler) // keeps the benchmark output parsable
 	return cfg
 }
 
 // purge empties the queue between rounds so that RabbitMQ's memory stays flat.
 func purge(b *testing.B, queue string) {
-	if _, err := adminChannel(b).QueuePurge(queue, false); err != nil {
+	if _, err := rabbittest.AdminChannel(b).QueuePurge(queue, false); err != nil {
 		b.Fatalf("purge %s: %v", queue, err)
 	}
 }
@@ -38,7 +39,7 @@ func purge(b *testing.B, queue string) {
 // against it.
 func BenchmarkPublishCeiling(b *testing.B) {
 	cfg := benchConfig(b)
-	conn, err := amqp.Dial(rabbitURL)
+	conn, err := amqp.Dial(rabbittest.URL)
 	if err != nil {
 		b.Fatal(err)
 	}

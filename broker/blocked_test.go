@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/sink"
 )
 
@@ -18,7 +19,7 @@ func TestConnectionBlocked(t *testing.T) {
 	if os.Getenv("LSMTP_TEST_BLOCKED") == "" {
 		t.Skip("blocks every publisher of the shared RabbitMQ node; run with LSMTP_TEST_BLOCKED=1")
 	}
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	cfg.ConfirmTimeout = time.Second
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)

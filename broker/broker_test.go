@@ -17,6 +17,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/sink"
 )
 
@@ -66,7 +67,7 @@ func wantDelivery(t *testing.T, d amqp.Delivery, m *sink.Message, body []byte, r
 // TestContractRoundTrip publishes messages of every shape through Submit,
 // consumes them back and compares body and properties byte for byte.
 func TestContractRoundTrip(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 
@@ -137,12 +138,12 @@ func TestContractRoundTrip(t *testing.T) {
 // TestDomainRouting publishes one copy per recipient domain, each with
 // only that domain's recipients, routed by the lower-cased domain.
 func TestDomainRouting(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	cfg.RoutingKey = "in.{domain}"
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 	// A second queue bound to one domain only proves the key really is per domain.
-	admin := adminChannel(t)
+	admin := rabbittest.AdminChannel(t)
 	only := cfg.Queue + ".only-b"
 	if _, err := admin.QueueDeclare(only, false, true, false, false, nil); err != nil {
 		t.Fatal(err)
@@ -177,9 +178,9 @@ func TestDomainRouting(t *testing.T) {
 // TestUnroutable: the exchange exists but nothing is bound (topology
 // managed elsewhere, Declare off): basic.return makes it a 451, never a 250.
 func TestUnroutable(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	cfg.Declare = false
-	admin := adminChannel(t)
+	admin := rabbittest.AdminChannel(t)
 	if err := admin.ExchangeDeclare(cfg.Exchange, "topic", false, true, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +207,7 @@ func TestUnroutable(t *testing.T) {
 // the channel (404) and the messages are answered 451; the worker reopens
 // its channel and the next message works once the exchange exists.
 func TestMissingExchange(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	cfg.Declare = false
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
@@ -216,7 +217,7 @@ func TestMissingExchange(t *testing.T) {
 	if err := rec.result(t, "QMISS"); err != sink.ErrUnavailable {
 		t.Fatalf("completed with %v, want %v", err, sink.ErrUnavailable)
 	}
-	admin := adminChannel(t)
+	admin := rabbittest.AdminChannel(t)
 	if err := admin.ExchangeDeclare(cfg.Exchange, "topic", true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +247,7 @@ func TestMissingExchange(t *testing.T) {
 // TestNack: a classic queue with x-max-length 1 and reject-publish NACKs
 // the second message: 451, never 250.
 func TestNack(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	cfg.QueueType = QueueClassic
 	cfg.MaxLength = 1
 	cfg.Overflow = "reject-publish"
@@ -397,7 +398,7 @@ func TestRingFull(t *testing.T) {
 // TestCloseDrains: Close returns only when every taken message has its
 // confirm; Submit after Close answers 421.
 func TestCloseDrains(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -554,7 +555,7 @@ var _ sink.Sink = (*Broker)(nil)
 // TestIdleDoesNotSpin: a connected broker with nothing to do uses
 // (almost) no CPU: idle workers sleep on the wake-up channel.
 func TestIdleDoesNotSpin(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	cfg.Workers = 4
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
@@ -578,7 +579,7 @@ func cpuTime(t *testing.T) time.Duration {
 // TestCloseWhileSubmitting: producers keep submitting while Close runs;
 // every message is completed exactly once, those after Close with 421.
 func TestCloseWhileSubmitting(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -640,7 +641,7 @@ func TestCloseWhileSubmitting(t *testing.T) {
 
 // TestMeasureCeiling runs the raw publisher briefly.
 func TestMeasureCeiling(t *testing.T) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	rate, err := MeasureCeiling(context.Background(), cfg, 2048, 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)

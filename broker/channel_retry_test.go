@@ -6,6 +6,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // TestChannelReopensUnderSteadyLoad: every worker's channel failed on a live
@@ -21,7 +23,7 @@ func TestChannelReopensUnderSteadyLoad(t *testing.T) {
 }
 
 func checkChannelRetry(t *testing.T, workers int, gap time.Duration) {
-	cfg := testConfig(t, rabbitURL)
+	cfg := testConfig(t, rabbittest.URL)
 	cfg.Declare = false
 	cfg.ReconnectMin = 100 * time.Millisecond
 	cfg.ReconnectMax = 2 * time.Second
@@ -46,7 +48,7 @@ func checkChannelRetry(t *testing.T, workers int, gap time.Duration) {
 		rec.wait(t, n+1, 10*time.Second)
 		time.Sleep(gap)
 	}
-	admin := adminChannel(t)
+	admin := rabbittest.AdminChannel(t)
 	if err := admin.ExchangeDeclare(cfg.Exchange, "topic", true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,7 @@ package broker
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -14,13 +12,8 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/lsmtp/lsmtp/internal/faultproxy"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/sink"
-)
-
-// rabbitAddr is the RabbitMQ every broker test talks to.
-const (
-	rabbitAddr = "127.0.0.1:5672"
-	rabbitURL  = "amqp://guest:guest@" + rabbitAddr + "/"
 )
 
 // tlog is a slog handler writing to the test log, so that the broker's
@@ -57,33 +50,11 @@ func (l *tlog) WithGroup(g string) slog.Handler {
 	return &c
 }
 
-// uniqueName names a test's exchange and queue.
-func uniqueName(t testing.TB) string {
-	n := strings.NewReplacer("/", ".", " ", "_").Replace(t.Name())
-	return fmt.Sprintf("lsmtp-test.%s.%08x", n, rand.Uint32())
-}
-
-// adminChannel is a plain amqp091-go channel for setting up, inspecting
-// and deleting what a test uses.
-func adminChannel(t testing.TB) *amqp.Channel {
-	t.Helper()
-	conn, err := amqp.Dial(rabbitURL)
-	if err != nil {
-		t.Fatalf("RabbitMQ at %s is needed for this test: %v", rabbitAddr, err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ch
-}
-
 // testConfig is DefaultConfig with the test's own exchange and queue,
 // deleted when the test ends, and quick reconnects.
 func testConfig(t testing.TB, url string) Config {
 	cfg := DefaultConfig()
-	name := uniqueName(t)
+	name := rabbittest.UniqueName(t, "lsmtp-test")
 	cfg.URLs = []string{url}
 	cfg.Exchange = name
 	cfg.Queue = name
@@ -94,10 +65,10 @@ func testConfig(t testing.TB, url string) Config {
 	cfg.Node = "test-node"
 	cfg.Logger = newTestLogger(t)
 	t.Cleanup(func() {
-		ch := adminChannel(t)
+		ch := rabbittest.AdminChannel(t)
 		if _, err := ch.QueueDelete(name, false, false, false); err != nil {
 			t.Logf("delete queue %s: %v", name, err)
-			ch = adminChannel(t)
+			ch = rabbittest.AdminChannel(t)
 		}
 		if err := ch.ExchangeDelete(name, false, false); err != nil {
 			t.Logf("delete exchange %s: %v", name, err)
@@ -218,7 +189,7 @@ func newMessage(done sink.Completion, id, sender string, rcpts []string, body []
 // passed without another one, or within passed.
 func consume(t testing.TB, queue string, want int, idle, within time.Duration) []amqp.Delivery {
 	t.Helper()
-	ch := adminChannel(t)
+	ch := rabbittest.AdminChannel(t)
 	if err := ch.Qos(1000, 0, false); err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +227,7 @@ func proxyURL(p *faultproxy.Proxy) string { return "amqp://guest:guest@" + p.Add
 
 func newProxy(t testing.TB) *faultproxy.Proxy {
 	t.Helper()
-	p, err := faultproxy.New(rabbitAddr)
+	p, err := faultproxy.New(rabbittest.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/lsmtp/lsmtp/broker"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // transaction is one SMTP message as a test sends it, with what the
@@ -241,7 +242,7 @@ var binaryChunk = []byte("Content-Type: application/octet-stream\r\n\r\n\x00\x01
 // header followed by exactly the octets the client meant, the properties,
 // and every smtp-* header.
 func TestMessagesRoundTrip(t *testing.T) {
-	bc := brokerConfig(t, rabbitURL)
+	bc := brokerConfig(t, rabbittest.URL)
 	s := startStack(t, bc, true)
 
 	dotWire := []byte("Subject: dots\r\n\r\n..\r\n...two\r\n.x\r\nmid.dle\r\n\r\n..\r\n.\r\n")

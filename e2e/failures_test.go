@@ -7,6 +7,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/lsmtp/lsmtp/broker"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // The replies the message contract promises for the broker's trouble.
@@ -112,9 +113,9 @@ func TestBrokerDownThenUp(t *testing.T) {
 // publish) and the client gets 451 4.3.5; once a queue is bound, the
 // same session gets 250.
 func TestUnroutable(t *testing.T) {
-	bc := brokerConfig(t, rabbitURL)
+	bc := brokerConfig(t, rabbittest.URL)
 	bc.Declare = false
-	ch := adminChannel(t)
+	ch := rabbittest.AdminChannel(t)
 	if err := ch.ExchangeDeclare(bc.Exchange, "topic", true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -143,14 +144,14 @@ func TestUnroutable(t *testing.T) {
 // closes the channel (404) and the client gets 451, never 5xx; once the
 // exchange and a binding exist, mail flows again.
 func TestMissingExchange(t *testing.T) {
-	bc := brokerConfig(t, rabbitURL)
+	bc := brokerConfig(t, rabbittest.URL)
 	bc.Declare = false
 	bc.Logger = newLogger(t, 100) // channel failures are expected here
 	s := startStack(t, bc, true)
 	c := s.session(t, "client.example", true)
 	expectFinal(t, c, replyUnavailable)
 
-	ch := adminChannel(t)
+	ch := rabbittest.AdminChannel(t)
 	if err := ch.ExchangeDeclare(bc.Exchange, "topic", true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +174,7 @@ func TestMissingExchange(t *testing.T) {
 // which the client gets as 451 4.3.0. After the queue is drained, the
 // same session gets 250 again.
 func TestQueueFullNack(t *testing.T) {
-	bc := brokerConfig(t, rabbitURL)
+	bc := brokerConfig(t, rabbittest.URL)
 	bc.QueueType = broker.QueueClassic
 	bc.MaxLength = 1
 	bc.Overflow = "reject-publish"

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/engine"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/sink"
 )
 
@@ -90,7 +91,7 @@ func TestRestartOnSamePort(t *testing.T) {
 // (shutdown(2) with SHUT_RD on a DupListener descriptor acts on the
 // shared socket).
 func TestNoConnectionLeftHangingAtStop(t *testing.T) {
-	s := startStack(t, brokerConfig(t, rabbitURL), true)
+	s := startStack(t, brokerConfig(t, rabbittest.URL), true)
 	stopDialing := make(chan struct{})
 	var hung, greeted atomic.Int64
 	var wg sync.WaitGroup

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // TestDomainRouting: with routing key inbound.{domain}, one SMTP message
@@ -15,7 +17,7 @@ import (
 // that domain's recipients. A queue bound to one domain's key gets only
 // that domain's copy.
 func TestDomainRouting(t *testing.T) {
-	bc := brokerConfig(t, rabbitURL)
+	bc := brokerConfig(t, rabbittest.URL)
 	bc.RoutingKey = "inbound.{domain}"
 	s := startStack(t, bc, true)
 
@@ -23,7 +25,7 @@ func TestDomainRouting(t *testing.T) {
 	// exchange.
 	betaQueue := bc.Queue + ".beta"
 	deleteAtEnd(t, []string{betaQueue}, nil)
-	ch := adminChannel(t)
+	ch := rabbittest.AdminChannel(t)
 	if _, err := ch.QueueDeclare(betaQueue, false, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -87,12 +89,12 @@ func keys(ds []amqp.Delivery) []string {
 // stored; the client's retry stores that copy again (the contract's
 // duplicates), and gets 250 once every copy is routable.
 func TestDomainRoutingOneCopyFails(t *testing.T) {
-	bc := brokerConfig(t, rabbitURL)
+	bc := brokerConfig(t, rabbittest.URL)
 	bc.RoutingKey = "inbound.{domain}"
 	bc.Declare = false
 	alpha, beta := bc.Queue+".alpha", bc.Queue+".beta"
 	deleteAtEnd(t, []string{alpha, beta}, nil)
-	ch := adminChannel(t)
+	ch := rabbittest.AdminChannel(t)
 	if err := ch.ExchangeDeclare(bc.Exchange, "topic", true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}

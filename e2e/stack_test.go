@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -18,12 +17,11 @@ import (
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/faultproxy"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // The RabbitMQ every test talks to, and what the tests configure.
 const (
-	rabbitAddr     = "127.0.0.1:5672"
-	rabbitURL      = "amqp://guest:guest@" + rabbitAddr + "/"
 	serverName     = "mx.e2e.test" // engine.Config.Hostname
 	nodeName       = "e2e-node"    // broker.Config.Node
 	maxMessageSize = 1 << 20       // small enough to test at the bound quickly
@@ -52,33 +50,11 @@ func newLogger(t testing.TB, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
-// uniqueName names a test's exchange and queue.
-func uniqueName(t testing.TB) string {
-	n := strings.NewReplacer("/", ".", " ", "_").Replace(t.Name())
-	return fmt.Sprintf("lsmtp-e2e.%s.%08x", n, rand.Uint32())
-}
-
-// adminChannel is a plain AMQP channel for setting up and inspecting what
-// a test uses; the connection is closed when the test ends.
-func adminChannel(t testing.TB) *amqp.Channel {
-	t.Helper()
-	conn, err := amqp.Dial(rabbitURL)
-	if err != nil {
-		t.Fatalf("RabbitMQ at %s is needed for this test: %v", rabbitAddr, err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ch
-}
-
 // deleteAtEnd deletes queues and exchanges when the test ends (a fresh
 // channel each: a failed delete closes its channel).
 func deleteAtEnd(t testing.TB, queues, exchanges []string) {
 	t.Cleanup(func() {
-		conn, err := amqp.Dial(rabbitURL)
+		conn, err := amqp.Dial(rabbittest.URL)
 		if err != nil {
 			t.Errorf("cleanup: %v", err)
 			return
@@ -108,7 +84,7 @@ func deleteAtEnd(t testing.TB, queues, exchanges []string) {
 // timeout.
 func brokerConfig(t testing.TB, url string) broker.Config {
 	cfg := broker.DefaultConfig()
-	name := uniqueName(t)
+	name := rabbittest.UniqueName(t, "lsmtp-e2e")
 	cfg.URLs = []string{url}
 	cfg.Exchange = name
 	cfg.Queue = name
@@ -260,7 +236,7 @@ func (s *stack) session(t testing.TB, helo string, ehlo bool) *smtpConn {
 // newProxy starts a fault proxy in front of RabbitMQ, closed at the end.
 func newProxy(t testing.TB) *faultproxy.Proxy {
 	t.Helper()
-	p, err := faultproxy.New(rabbitAddr)
+	p, err := faultproxy.New(rabbittest.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,9 +265,9 @@ func closedPort(t testing.TB) string {
 // stays in the queue.
 func consume(t testing.TB, queue string, want int, idle, within time.Duration) []amqp.Delivery {
 	t.Helper()
-	conn, err := amqp.Dial(rabbitURL)
+	conn, err := amqp.Dial(rabbittest.URL)
 	if err != nil {
-		t.Fatalf("RabbitMQ at %s is needed for this test: %v", rabbitAddr, err)
+		t.Fatalf("RabbitMQ at %s is needed for this test: %v", rabbittest.Addr, err)
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()

@@ -12,15 +12,15 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-)
 
-const rabbitURL = "amqp://guest:guest@127.0.0.1:5672/"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
+)
 
 // testQueue declares a queue holding two messages shaped like lsmtp's,
 // deleted when the test ends.
 func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
 	t.Helper()
-	conn, err := amqp.Dial(rabbitURL)
+	conn, err := amqp.Dial(rabbittest.URL)
 	if err != nil {
 		t.Fatalf("RabbitMQ is needed for this test: %v", err)
 	}
@@ -61,7 +61,7 @@ func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
 
 func consumeAll(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	o, err := parseFlags(append([]string{"--amqp-url", rabbitURL, "--count", "2"}, args...), func(string) string { return "" })
+	o, err := parseFlags(append([]string{"--amqp-url", rabbittest.URL, "--count", "2"}, args...), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func consumeAll(t *testing.T, args ...string) (int, string) {
 // queueLen reports how many messages wait in queue (none may: every one
 // was acknowledged after its write).
 func queueLen(t *testing.T, queue string) int {
-	conn, err := amqp.Dial(rabbitURL)
+	conn, err := amqp.Dial(rabbittest.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestWriteFailureRequeues(t *testing.T) {
 	if err := os.WriteFile(dir, nil, 0o600); err != nil { // a file where the directory should be
 		t.Fatal(err)
 	}
-	o, err := parseFlags([]string{"--amqp-url", rabbitURL, "--queue", queue, "--mode", "eml", "--dir", dir + "/sub"}, func(string) string { return "" })
+	o, err := parseFlags([]string{"--amqp-url", rabbittest.URL, "--queue", queue, "--mode", "eml", "--dir", dir + "/sub"}, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
