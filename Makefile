@@ -48,7 +48,7 @@ bench-quick: build
 	./bin/lsmtp-bench suite -quick -lsmtp bin/lsmtp -out bench/quick/BENCHMARKS.md -plots bench/quick $(BENCHFLAGS)
 
 # Chaos (about 3.5 minutes): the short variant with every fault (go test
-# ./chaos), then lsmtp-chaos with its defaults: lsmtp under load while its
+# ./internal/chaos), then lsmtp-chaos with its defaults: lsmtp under load while its
 # broker connection is cut, RabbitMQ's application is stopped and started
 # (rabbitmqctl; always started again), and lsmtp is restarted with SIGTERM.
 # Fails if a message answered 250 is not in the queue. Other users of the
@@ -56,10 +56,10 @@ bench-quick: build
 # e.g. CHAOSFLAGS='--duration 2m --sessions 40'.
 chaos:
 	@tools/rabbitmq-up
-	LSMTP_CHAOS_RABBIT_RESTART=1 $(GO) test -count=1 -run '^TestChaosShort$$' -v ./chaos
+	LSMTP_CHAOS_RABBIT_RESTART=1 $(GO) test -count=1 -run '^TestChaosShort$$' -v ./internal/chaos
 	$(GO) run ./cmd/lsmtp-chaos $(CHAOSFLAGS)
 
 # The in-flight budget under 500 simultaneous 25 MiB messages and a flood of
 # idle connections, on the real binary (the small versions run in make test).
 stress:
-	LSMTP_STRESS=1 $(GO) test -count=1 -v -timeout 15m ./stress
+	LSMTP_STRESS=1 $(GO) test -count=1 -v -timeout 15m ./internal/stress

@@ -11,7 +11,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // benchSize is the message size of the publish benchmarks.

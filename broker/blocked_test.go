@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // TestConnectionBlocked raises RabbitMQ's memory alarm so that it sends

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/internal/hist"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // Errors the broker answers with besides sink.ErrUnavailable, sink.ErrBusy

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // limitedCompletion records into a recorder and frees a slot of the

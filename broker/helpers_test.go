@@ -13,7 +13,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // tlog is a slog handler writing to the test log, so that the broker's

@@ -3,7 +3,7 @@ package broker
 import (
 	"sync/atomic"
 
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // ring is the bounded hand-off between the event loops (producers, in

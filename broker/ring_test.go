@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 func TestRingFIFOAndBounds(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // Benchmarks of the engine alone: the sink stores nothing (sink.Null).

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // Real clients deliver mail, and the sink gets exactly the octets they

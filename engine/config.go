@@ -7,7 +7,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // Config holds the engine's settings. Zero fields take the defaults below

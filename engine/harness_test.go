@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // startServer runs a server on 127.0.0.1:0 for one test. Zero fields of

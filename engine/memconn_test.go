@@ -11,7 +11,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // memConn is a connection without a socket: the session reads from in and

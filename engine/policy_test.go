@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lsmtp/lsmtp/policy"
+	"github.com/lsmtp/lsmtp/internal/policy"
 )
 
 // countingPolicy allows a fixed number of connections and messages and one

@@ -26,7 +26,7 @@ import (
 	gerrors "github.com/panjf2000/gnet/v2/pkg/errors"
 	"golang.org/x/sys/unix"
 
-	"github.com/lsmtp/lsmtp/queueid"
+	"github.com/lsmtp/lsmtp/internal/queueid"
 )
 
 // Server is an SMTP server. Create it with New, run it with Serve, stop it

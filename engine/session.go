@@ -11,8 +11,8 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/lsmtp/lsmtp/codec"
-	"github.com/lsmtp/lsmtp/proxyproto"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/proxyproto"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // state is what the session is reading.

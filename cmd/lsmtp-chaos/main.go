@@ -21,7 +21,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/lsmtp/lsmtp/chaos"
+	"github.com/lsmtp/lsmtp/internal/chaos"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -7,7 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/lsmtp/lsmtp/metrics"
+	"github.com/lsmtp/lsmtp/internal/metrics"
 )
 
 // adminHandler serves the operator's endpoints:

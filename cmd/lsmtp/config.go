@@ -20,7 +20,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // source says where an option's value came from. Higher wins.

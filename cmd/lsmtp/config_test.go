@@ -266,7 +266,7 @@ func render(t *testing.T, c *config) string {
 // exactly what `lsmtp config sample` prints (go test -update rewrites
 // it), it lists every key, and loading it changes nothing.
 func TestSampleFile(t *testing.T) {
-	const path = "../../lsmtp.example.yaml"
+	const path = "../../deploy/lsmtp.example.yaml"
 	var out, errb bytes.Buffer
 	if code := mainExit([]string{"config", "sample"}, noEnv, &out, &errb); code != 0 {
 		t.Fatalf("config sample: exit %d: %s", code, errb.String())

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/engine"
-	"github.com/lsmtp/lsmtp/policy"
+	"github.com/lsmtp/lsmtp/internal/policy"
 )
 
 // Every option is defined once, here, as a flag. The configuration file's

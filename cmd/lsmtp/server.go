@@ -19,8 +19,8 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
-	"github.com/lsmtp/lsmtp/metrics"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/metrics"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // node is a running lsmtp: the SMTP server, its sink, the admin listener.

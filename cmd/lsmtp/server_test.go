@@ -22,7 +22,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/faultproxy"
-	"github.com/lsmtp/lsmtp/metrics/metricstest"
+	"github.com/lsmtp/lsmtp/internal/metrics/metricstest"
 )
 
 // syncBuffer collects the log of a node under test.

@@ -20,9 +20,9 @@ import (
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/hist"
-	"github.com/lsmtp/lsmtp/metrics"
-	"github.com/lsmtp/lsmtp/metrics/metricstest"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/metrics"
+	"github.com/lsmtp/lsmtp/internal/metrics/metricstest"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // countingConn counts the octets a client writes.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
-	"github.com/lsmtp/lsmtp/sink"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // TestRestartOnSamePort: a server that stopped after serving clients can

@@ -3,7 +3,7 @@ package proxyproto_test
 import (
 	"fmt"
 
-	"github.com/lsmtp/lsmtp/proxyproto"
+	"github.com/lsmtp/lsmtp/internal/proxyproto"
 )
 
 // A connection from the load balancer arrives in pieces; the caller parses

@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/lsmtp/lsmtp/policy"
+	"github.com/lsmtp/lsmtp/internal/policy"
 )
 
 // The server keeps the current Policy in an atomic.Pointer and replaces it
