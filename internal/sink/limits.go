@@ -1,0 +1,32 @@
+package sink
+
+// Limits is what a sink can carry in one message beyond what SMTP itself
+// bounds. The engine enforces them at RCPT, where the client can still be
+// told (RFC 5321 §4.5.3.1.10: a 452 makes it send the other recipients in
+// a later transaction), so that no envelope reaches the sink that the sink
+// could not encode. A zero field means no limit.
+type Limits struct {
+	// MaxDomain is the longest recipient domain, in octets after
+	// lower-casing, that the sink can route on (a routing key or subject
+	// built from it). Longer domains get 501 5.1.3: that address can never
+	// be routed, so retrying it is pointless.
+	MaxDomain int
+	// MaxDomains is the most distinct recipient domains in one message
+	// (each may be a copy in the broker). Past it: 452 4.5.3.
+	MaxDomains int
+	// MaxEnvelope is the most octets of sender and recipients together,
+	// each recipient counted with RecipientOverhead more, that the sink
+	// can carry with one message. Past it: 452 4.5.3.
+	MaxEnvelope       int
+	RecipientOverhead int
+	// CopyPerDomain says the sink stores one copy of the body per
+	// distinct recipient domain; the engine then counts size × copies
+	// against the in-flight budget.
+	CopyPerDomain bool
+}
+
+// Limiter is implemented by sinks that have Limits. The engine asks once
+// per configuration (at start and on reload).
+type Limiter interface {
+	Limits() Limits
+}
