@@ -498,6 +498,12 @@ func TestConfigValidate(t *testing.T) {
 		{"ring", func(c *Config) { c.RingSize = 1 }},
 		{"timeout", func(c *Config) { c.ConfirmTimeout = 0 }},
 		{"domain on default exchange", func(c *Config) { c.Exchange = ""; c.RoutingKey = "{domain}" }},
+		{"routing key over a short string", func(c *Config) { c.RoutingKey = strings.Repeat("k", 256) }},
+		{"no room for a domain", func(c *Config) { c.RoutingKey = strings.Repeat("k", 255) + "{domain}" }},
+		{"exchange over a short string", func(c *Config) { c.Exchange = strings.Repeat("x", 256) }},
+		{"binding key over a short string", func(c *Config) { c.BindingKey = strings.Repeat("b", 256) }},
+		{"no domains", func(c *Config) { c.RoutingKey = "in.{domain}"; c.MaxDomains = 0 }},
+		{"too many domains", func(c *Config) { c.RoutingKey = "in.{domain}"; c.MaxDomains = maxCopies + 1 }},
 	} {
 		cfg := DefaultConfig()
 		c.edit(&cfg)
@@ -508,6 +514,17 @@ func TestConfigValidate(t *testing.T) {
 	cfg := DefaultConfig()
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("default config: %v", err)
+	}
+	// The longest keys that fit; MaxDomains matters only with {domain}.
+	cfg.RoutingKey = strings.Repeat("k", 254) + "{domain}"
+	cfg.Exchange = strings.Repeat("x", 255)
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("255-octet names: %v", err)
+	}
+	cfg = DefaultConfig()
+	cfg.MaxDomains = 0
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("static key, max domains 0: %v", err)
 	}
 }
 

@@ -51,6 +51,12 @@ type Config struct {
 	// BindingKey binds Queue to Exchange. Empty means RoutingKey, with
 	// {domain} replaced by "#" so that every domain's copy reaches the queue.
 	BindingKey string
+	// MaxDomains, with a {domain} routing key, bounds the distinct
+	// recipient domains of one message, each of which is a copy of the
+	// body in RabbitMQ; the engine answers the RCPT past it 452 (RFC 5321
+	// §4.5.3.1.10: the client sends those recipients in a later
+	// transaction). Ignored with a static routing key (one copy).
+	MaxDomains int
 
 	// Declare makes the broker declare the durable exchange, the durable
 	// queue and the binding on every connect. Turn it off when the topology
@@ -108,6 +114,7 @@ func DefaultConfig() Config {
 		ExchangeType:   "topic",
 		Queue:          "lsmtp.inbound",
 		RoutingKey:     "inbound",
+		MaxDomains:     50,
 		Declare:        true,
 		QueueType:      QueueQuorum,
 		Workers:        2,
@@ -147,6 +154,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Exchange == "" && strings.Contains(c.RoutingKey, DomainPlaceholder) {
 		return errors.New("broker: a {domain} routing key needs a named exchange")
+	}
+	// AMQP short strings (0-9-1 §4.2.5.3): amqp091-go closes the
+	// connection on one it cannot encode.
+	if fixed, n := routingKeyParts(c.RoutingKey); fixed+n > shortstrMax || len(c.Exchange) > shortstrMax ||
+		len(c.Queue) > shortstrMax || len(c.bindingKey()) > shortstrMax {
+		return fmt.Errorf("broker: exchange, queue, binding key and routing key (with a domain) are limited to %d octets", shortstrMax)
+	}
+	if containsDomain(c.RoutingKey) && (c.MaxDomains < 1 || c.MaxDomains > maxCopies) {
+		return fmt.Errorf("broker: max domains %d: want 1..%d", c.MaxDomains, maxCopies)
 	}
 	if c.Declare && c.Exchange != "" && c.ExchangeType == "" {
 		return errors.New("broker: exchange type is empty")

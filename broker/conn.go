@@ -102,6 +102,7 @@ func (b *Broker) dial(url string) (*connection, error) {
 	)
 	cfg := amqp.Config{
 		Heartbeat: b.cfg.Heartbeat,
+		FrameSize: frameSize, // what Limits are computed from
 		Locale:    "en_US",
 		Properties: amqp.Table{
 			"product":         "lsmtp",
@@ -131,6 +132,10 @@ func (b *Broker) dial(url string) (*connection, error) {
 	conn, err := amqp.DialConfig(url, cfg)
 	if err != nil {
 		return nil, err
+	}
+	if fs := conn.Config.FrameSize; fs > 0 && fs < frameSize {
+		b.log.Warn("RabbitMQ's frame_max is below the size the envelope limits assume: larger envelopes will be answered 451",
+			"url", RedactURL(url), "frame_max", fs, "assumed", frameSize)
 	}
 	mu.Lock()
 	c := &connection{amqp: conn, sock: sock, closed: make(chan struct{}), url: RedactURL(url)}

@@ -206,7 +206,10 @@ func consume(t testing.TB, queue string, want int, idle, within time.Duration) [
 			wait = idle
 		}
 		select {
-		case d := <-dc:
+		case d, ok := <-dc:
+			if !ok {
+				t.Fatalf("consuming %s: channel closed after %d messages", queue, len(got))
+			}
 			got = append(got, d)
 		case <-time.After(wait):
 			if len(got) < want {

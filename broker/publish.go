@@ -52,6 +52,12 @@ type publishBuilder struct {
 	groups  []domainGroup // per-domain recipients, for a {domain} routing key
 	ngroups int
 	pub     amqp.Publishing
+
+	// From the routing key template, for check: its octets outside the
+	// {domain} placeholders and how many there are.
+	keyFixed, keyDomains int
+	// maxCopies is the most copies one message may have.
+	maxCopies int
 }
 
 type domainGroup struct {
@@ -62,6 +68,11 @@ type domainGroup struct {
 func (p *publishBuilder) init(b *Broker) {
 	p.b = b
 	p.headers = make(amqp.Table, 10)
+	p.keyFixed, p.keyDomains = routingKeyParts(b.cfg.RoutingKey)
+	p.maxCopies = 1
+	if b.templated {
+		p.maxCopies = b.cfg.MaxDomains
+	}
 }
 
 // prepare fills the parts common to all copies of m and returns the number

@@ -31,6 +31,9 @@ type worker struct {
 	fifo    fifo
 	nextTag uint64 // delivery tag of the next publish on the current channel
 	msgErr  error  // first failure among the settled copies of the message at the head
+	// frameMax is the frame_max negotiated on the current connection (0:
+	// unlimited), against which check measures each content header.
+	frameMax int
 
 	pub publishBuilder
 }
@@ -143,6 +146,7 @@ func (w *worker) session(c *connection) (err error) {
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	w.nextTag = 1
 	w.msgErr = nil
+	w.frameMax = c.amqp.Config.FrameSize
 	w.b.liveChannels.Add(1)
 	defer func() {
 		if w.b.liveChannels.Add(-1) == 0 {
@@ -259,11 +263,16 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, queued int64) error 
 		return nil
 	}
 	copies := w.pub.prepare(m)
-	if copies > maxCopies {
+	if pr := w.pub.check(copies, w.frameMax); pr.what != "" {
+		// Publishing it would close the connection (or, past the
+		// domains cap, store too many copies): this message alone is
+		// answered 451. Its envelope is not logged; the queue ID finds
+		// the session in the engine's log.
 		w.b.stats.failed.Add(1)
 		if w.b.limits.publish.allow(now) {
-			w.b.log.Warn("message has more recipient domains than copies allowed, answering 451",
-				"domains", copies, "max", maxCopies, "suppressed", w.b.limits.publish.suppressedSince())
+			w.b.log.Warn("message exceeds what AMQP can carry, answering 451",
+				"worker", w.id, "queue_id", m.QueueID, "too_large", pr.what, "size", pr.size, "limit", pr.limit,
+				"suppressed", w.b.limits.publish.suppressedSince())
 		}
 		w.b.finish(m, sink.ErrUnavailable)
 		return nil
