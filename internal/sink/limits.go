@@ -9,14 +9,21 @@ type Limits struct {
 	// MaxDomain is the longest recipient domain, in octets after
 	// lower-casing, that the sink can route on (a routing key or subject
 	// built from it). Longer domains get 501 5.1.3: that address can never
-	// be routed, so retrying it is pointless.
+	// be routed, so retrying it is pointless. Lower-casing is
+	// strings.ToLower's: it can lengthen a domain (U+023A, two octets,
+	// becomes U+2C65, three) and turns each invalid UTF-8 octet into
+	// U+FFFD (three octets), so count the lower-cased form, not the input.
 	MaxDomain int
-	// MaxDomains is the most distinct recipient domains in one message
-	// (each may be a copy in the broker). Past it: 452 4.5.3.
+	// MaxDomains is the most distinct recipient domains in one message,
+	// compared after lower-casing (each may be a copy in the broker).
+	// Past it: 452 4.5.3.
 	MaxDomains int
 	// MaxEnvelope is the most octets of sender and recipients together,
 	// each recipient counted with RecipientOverhead more, that the sink
-	// can carry with one message. Past it: 452 4.5.3.
+	// can carry with one message. Past it: 452 4.5.3. It assumes the
+	// other per-message fields stay within what SMTP bounds (a HELO
+	// argument of at most 512 octets, RFC 5321 §4.5.3.1.4); the sink
+	// still refuses, 451, a message that does not fit.
 	MaxEnvelope       int
 	RecipientOverhead int
 	// CopyPerDomain says the sink stores one copy of the body per
