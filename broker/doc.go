@@ -32,6 +32,12 @@
 //     call hanging in a socket write longer than that (the connection is
 //     then dropped), a message that waited in the ring longer than that:
 //     451 4.3.0;
+//   - a message AMQP cannot carry (a routing key over 255 octets, a
+//     content header larger than the negotiated frame, more distinct
+//     domains than Config.MaxDomains): 451 4.3.0 for that message alone,
+//     checked for every copy before the first is published; amqp091-go
+//     or RabbitMQ would otherwise close the connection. Limits tells the
+//     engine the bounds, so that it refuses such envelopes at RCPT;
 //   - basic.return (no queue bound for the routing key): ErrUnroutable,
 //     451 4.3.5;
 //   - after Close: sink.ErrShuttingDown (421 4.3.2).
