@@ -502,6 +502,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no room for a domain", func(c *Config) { c.RoutingKey = strings.Repeat("k", 255) + "{domain}" }},
 		{"exchange over a short string", func(c *Config) { c.Exchange = strings.Repeat("x", 256) }},
 		{"binding key over a short string", func(c *Config) { c.BindingKey = strings.Repeat("b", 256) }},
+		{"node over a short string", func(c *Config) { c.Node = strings.Repeat("n", 256) }},
 		{"no domains", func(c *Config) { c.RoutingKey = "in.{domain}"; c.MaxDomains = 0 }},
 		{"too many domains", func(c *Config) { c.RoutingKey = "in.{domain}"; c.MaxDomains = maxCopies + 1 }},
 	} {

@@ -156,10 +156,11 @@ func (c *Config) Validate() error {
 		return errors.New("broker: a {domain} routing key needs a named exchange")
 	}
 	// AMQP short strings (0-9-1 §4.2.5.3): amqp091-go closes the
-	// connection on one it cannot encode.
+	// connection on one it cannot encode. Node is not one, but a header
+	// of every message: a hostname's bound keeps it from eating the frame.
 	if fixed, n := routingKeyParts(c.RoutingKey); fixed+n > shortstrMax || len(c.Exchange) > shortstrMax ||
-		len(c.Queue) > shortstrMax || len(c.bindingKey()) > shortstrMax {
-		return fmt.Errorf("broker: exchange, queue, binding key and routing key (with a domain) are limited to %d octets", shortstrMax)
+		len(c.Queue) > shortstrMax || len(c.bindingKey()) > shortstrMax || len(c.Node) > shortstrMax {
+		return fmt.Errorf("broker: exchange, queue, binding key, node and routing key (with a domain) are limited to %d octets", shortstrMax)
 	}
 	if containsDomain(c.RoutingKey) && (c.MaxDomains < 1 || c.MaxDomains > maxCopies) {
 		return fmt.Errorf("broker: max domains %d: want 1..%d", c.MaxDomains, maxCopies)

@@ -85,7 +85,7 @@ func (b *Broker) Limits() sink.Limits {
 	if bad != "" {
 		return l // cannot happen: every field is a short string we bound
 	}
-	l.MaxEnvelope = max(frameSize-frameOverhead-base-recipientsFieldSize, 0)
+	l.MaxEnvelope = frameSize - frameOverhead - base - recipientsFieldSize // > 128 KiB: Validate bounds Node
 	l.RecipientOverhead = RecipientOverhead
 	return l
 }
@@ -101,7 +101,7 @@ func routingKeyParts(tmpl string) (fixed, domains int) {
 
 // recipientsFieldSize is the smtp-recipients entry of the header table
 // without its elements: key (short string), type 'A' and array length.
-var recipientsFieldSize = 1 + len(HeaderRecipients) + 1 + 4
+const recipientsFieldSize = 1 + len(HeaderRecipients) + 1 + 4
 
 // problem says why a message cannot be published: what is too large, how
 // large it is and what the limit is. The zero value means none.
@@ -110,8 +110,8 @@ type problem struct {
 	size, limit int
 }
 
-// check reports why the copies of the message last prepared (copies of
-// them) cannot be encoded within AMQP's limits on a connection whose
+// check reports why the copies (copies of them) of the message last
+// prepared cannot be encoded within AMQP's limits on a connection whose
 // negotiated frame_max is frameMax (0: unlimited). It runs before the
 // first copy is published, so that a message either goes out whole or
 // not at all, and it does not allocate.
