@@ -112,3 +112,37 @@ func BenchmarkDataReader(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCommandReaderPartialLine: a line of size octets that arrives in
+// 16-octet reads, Next called after each with everything buffered, as the
+// engine does. Each octet is looked at once, so the throughput (MB/s) must
+// not fall as the line grows; rescanning the partial line on every read
+// made the cost quadratic in its length.
+func BenchmarkCommandReaderPartialLine(b *testing.B) {
+	const read = 16
+	for _, size := range []int{1 << 10, 8 << 10, 64<<10 - 2} {
+		b.Run(fmt.Sprintf("%dB", size+2), func(b *testing.B) {
+			buf := append(bytes.Repeat([]byte("x"), size), "\r\n"...)
+			r := CommandReader{MaxLine: size + 2}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(buf)))
+			for b.Loop() {
+				got := 0
+				for k := read; ; k += read {
+					k = min(k, len(buf))
+					line, n, err := r.Next(buf[:k])
+					if n > 0 {
+						if err != nil || n != len(buf) {
+							b.Fatalf("n %d err %v", n, err)
+						}
+						got = len(line)
+						break
+					}
+				}
+				if got != size {
+					b.Fatalf("line of %d, want %d", got, size)
+				}
+			}
+		})
+	}
+}

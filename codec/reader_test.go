@@ -216,3 +216,99 @@ func TestCommandReaderReset(t *testing.T) {
 		t.Fatalf("after Reset: got %q, %d, %v", line, n, err)
 	}
 }
+
+// MaxLine above MaxLineLimit is MaxLineLimit: a line of MaxLineLimit
+// octets is a command, one octet more is too long, and a partial line
+// stops being held once it reaches the limit.
+func TestCommandReaderMaxLineLimit(t *testing.T) {
+	fits := strings.Repeat("a", MaxLineLimit-2)
+	for _, tc := range []struct {
+		name string
+		in   string
+		want []lineEvent
+	}{
+		{"limit", fits + "\r\nNOOP\r\n", []lineEvent{ok(fits), ok("NOOP")}},
+		{"limit+1", fits + "a\r\nNOOP\r\n", []lineEvent{tooLong, ok("NOOP")}},
+	} {
+		for _, chunks := range [][][]byte{{[]byte(tc.in)}, chunked([]byte(tc.in), 1000)} {
+			if events, _ := readLines(t, 1<<30, chunks); !reflect.DeepEqual(events, tc.want) {
+				t.Errorf("%s in %d chunks: got %v, want %v", tc.name, len(chunks), events, tc.want)
+			}
+		}
+	}
+	r := CommandReader{MaxLine: 1 << 30}
+	partial := []byte(strings.Repeat("x", MaxLineLimit))
+	if line, n, err := r.Next(partial[:MaxLineLimit-1]); line != nil || n != 0 || err != nil {
+		t.Fatalf("one octet short of the limit: got %q, %d, %v; want to wait", line, n, err)
+	}
+	if line, n, err := r.Next(partial); line != nil || n != MaxLineLimit || err != nil {
+		t.Fatalf("at the limit without LF: got %q, %d, %v; want all %d octets dropped", line, n, err, MaxLineLimit)
+	}
+}
+
+func chunked(in []byte, size int) [][]byte {
+	var out [][]byte
+	for len(in) > size {
+		out = append(out, in[:size])
+		in = in[size:]
+	}
+	return append(out, in)
+}
+
+// After n == 0 the caller passes the same octets again with more
+// appended, and Next goes on where it stopped: the octets it has seen are
+// not looked at again. The test shows it by changing them behind its back,
+// which a caller must not do.
+func TestCommandReaderScansOnce(t *testing.T) {
+	var r CommandReader
+	buf := []byte("NOOP xx")
+	if _, n, _ := r.Next(buf); n != 0 {
+		t.Fatalf("partial line: n = %d", n)
+	}
+	buf = append(buf, " yy\r\nQUIT\r\n"...)
+	buf[2] = '\n' // already scanned: not seen
+	line, n, err := r.Next(buf)
+	if string(line) != "NO\nP xx yy" || n != 12 || err != nil {
+		t.Fatalf("got %q, %d, %v; want the line ending at the new LF", line, n, err)
+	}
+	// A line was returned: the next buffer is scanned from its start.
+	line, n, err = r.Next(buf[n:])
+	if string(line) != "QUIT" || n != 6 || err != nil {
+		t.Fatalf("next line: got %q, %d, %v", line, n, err)
+	}
+
+	// Reset, or a buffer shorter than what was scanned, starts over.
+	if _, n, _ := r.Next([]byte("NOOP xx")); n != 0 {
+		t.Fatalf("partial line: n = %d", n)
+	}
+	r.Reset()
+	if line, n, _ := r.Next([]byte("A\r\nNOOP xx")); string(line) != "A" || n != 3 {
+		t.Fatalf("after Reset: got %q, %d", line, n)
+	}
+	if _, n, _ := r.Next([]byte("NOOP xx")); n != 0 {
+		t.Fatalf("partial line: n = %d", n)
+	}
+	if line, n, _ := r.Next([]byte("B\r\n")); string(line) != "B" || n != 3 {
+		t.Fatalf("shorter buffer: got %q, %d", line, n)
+	}
+}
+
+// A reload may lower MaxLine while a partial line waits; the octets
+// scanned already can then lie past the new limit. The line is too long,
+// answered once at its LF, and the next command is read.
+func TestCommandReaderMaxLineShrinks(t *testing.T) {
+	r := CommandReader{MaxLine: 64}
+	buf := []byte(strings.Repeat("x", 30))
+	if _, n, _ := r.Next(buf); n != 0 {
+		t.Fatalf("partial line: n = %d", n)
+	}
+	r.MaxLine = 16
+	buf = append(buf, "\r\nNOOP\r\n"...)
+	line, n, err := r.Next(buf)
+	if line != nil || n != 32 || err != ErrLineTooLong {
+		t.Fatalf("got %q, %d, %v; want ErrLineTooLong consuming 32", line, n, err)
+	}
+	if line, n, err := r.Next(buf[n:]); string(line) != "NOOP" || n != 6 || err != nil {
+		t.Fatalf("next line: got %q, %d, %v", line, n, err)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/lsmtp/lsmtp/codec"
+	"github.com/lsmtp/lsmtp/internal/policy"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
@@ -24,12 +26,21 @@ type Config struct {
 	// MaxRecipients per transaction; the next RCPT gets 452 4.5.3
 	// (RFC 5321 §4.5.3.1.8 requires at least 100 to be accepted).
 	MaxRecipients int
-	// MaxLineLength of a command line including CRLF (RFC 5321 §4.5.3.1.4).
+	// MaxLineLength of a command line including CRLF (RFC 5321 §4.5.3.1.4),
+	// 512 up to codec.MaxLineLimit.
 	MaxLineLength int
 	// MaxConns open at once over all listeners; 0 means no limit.
 	MaxConns int
 	// MaxConnsPerIP open at once from one client address; 0 means no limit.
 	MaxConnsPerIP int
+	// IPv6Prefix is how many leading bits of an IPv6 client address name
+	// one client for MaxConnsPerIP (32 to 128, default 64): a site is
+	// given a /64 or more (RFC 6177), so counting each address would let
+	// one client open 2^64 times the limit. IPv4 clients, also as
+	// IPv4-mapped IPv6 addresses, are counted by their whole address. A
+	// *policy.Policy keys its rate buckets by its own Config.IPv6Prefix:
+	// give both the same value. Reload cannot change it.
+	IPv6Prefix int
 	// MaxErrors is how many protocol errors a session may make before we
 	// answer 421 and close.
 	MaxErrors int
@@ -100,6 +111,7 @@ var Defaults = Config{
 	MaxLineLength:      512,
 	MaxConns:           10000,
 	MaxConnsPerIP:      50,
+	IPv6Prefix:         64,
 	MaxErrors:          10,
 	MaxPipelineBacklog: 1 << 20,
 	MaxInFlightBytes:   1 << 30,
@@ -118,6 +130,7 @@ func (c Config) withDefaults() (Config, error) {
 	orDefault(&c.MaxMessageSize, d.MaxMessageSize)
 	orDefault(&c.MaxRecipients, d.MaxRecipients)
 	orDefault(&c.MaxLineLength, d.MaxLineLength)
+	orDefault(&c.IPv6Prefix, d.IPv6Prefix)
 	orDefault(&c.MaxErrors, d.MaxErrors)
 	orDefault(&c.MaxInFlightBytes, d.MaxInFlightBytes)
 	orDefault(&c.MaxPipelineBacklog, d.MaxPipelineBacklog)
@@ -144,6 +157,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxLineLength < 512 {
 		// RFC 5321 §4.5.3.1.4: a command line is at least 512 octets.
 		errs = append(errs, fmt.Errorf("engine: max line length %d is below the 512 octets RFC 5321 §4.5.3.1.4 requires", c.MaxLineLength))
+	} else if c.MaxLineLength > codec.MaxLineLimit {
+		errs = append(errs, fmt.Errorf("engine: max line length %d is above the %d octets a line may hold in the input buffer", c.MaxLineLength, codec.MaxLineLimit))
+	}
+	if c.IPv6Prefix < policy.MinIPv6Prefix || c.IPv6Prefix > 128 {
+		errs = append(errs, fmt.Errorf("engine: IPv6 prefix /%d is not between /%d and /128", c.IPv6Prefix, policy.MinIPv6Prefix))
 	}
 	if c.MaxRecipients < 100 {
 		c.Logger.Warn("max recipients below the 100 RFC 5321 §4.5.3.1.8 asks servers to accept", "max_recipients", c.MaxRecipients)

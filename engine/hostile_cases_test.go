@@ -760,6 +760,9 @@ func hostileCases(clientHello string) []hostileCase {
 		msgs:  1,
 		check: hostileOne("a\r\nb\r\n"),
 	})
+
+	// Per-client limits over IPv6: one client owns a whole /64.
+	add(hostileIPv6Cases()...)
 	return cases
 }
 

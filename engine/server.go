@@ -26,6 +26,7 @@ import (
 	gerrors "github.com/panjf2000/gnet/v2/pkg/errors"
 	"golang.org/x/sys/unix"
 
+	"github.com/lsmtp/lsmtp/internal/policy"
 	"github.com/lsmtp/lsmtp/internal/queueid"
 )
 
@@ -44,7 +45,7 @@ type Server struct {
 	served chan struct{} // closed when Serve returns
 
 	perIPMu  sync.Mutex
-	perIP    map[netip.Addr]int // guarded by perIPMu
+	perIP    map[netip.Addr]int // by clientKey, guarded by perIPMu
 	sessions registry
 
 	// draining is set by Shutdown: new connections are refused, idle
@@ -208,12 +209,12 @@ func (s *Server) admit(ip netip.Addr, perIP bool) (RefuseReason, bool) {
 		return 0, true // a load balancer: its client is counted once known
 	}
 	// Counted even without a limit, so that a reload may set one.
-	limit := s.settings().MaxConnsPerIP
+	limit, key := s.settings().MaxConnsPerIP, s.clientKey(ip)
 	s.perIPMu.Lock()
-	n := s.perIP[ip]
+	n := s.perIP[key]
 	ok := limit == 0 || n < limit
 	if ok {
-		s.perIP[ip] = n + 1
+		s.perIP[key] = n + 1
 	}
 	s.perIPMu.Unlock()
 	if !ok {
@@ -228,11 +229,12 @@ func (s *Server) release(ip netip.Addr, perIP bool) {
 	if !perIP {
 		return
 	}
+	key := s.clientKey(ip)
 	s.perIPMu.Lock()
-	if n := s.perIP[ip]; n <= 1 {
-		delete(s.perIP, ip)
+	if n := s.perIP[key]; n <= 1 {
+		delete(s.perIP, key)
 	} else {
-		s.perIP[ip] = n - 1
+		s.perIP[key] = n - 1
 	}
 	s.perIPMu.Unlock()
 }
@@ -322,15 +324,22 @@ func trusted(proxies []netip.Prefix, ip netip.Addr) bool {
 // bindIP counts a proxied session against its client's per-IP limit,
 // once the PROXY header named the client. On refusal nothing changes.
 func (s *Server) bindIP(ip netip.Addr) bool {
-	limit := s.settings().MaxConnsPerIP
+	limit, key := s.settings().MaxConnsPerIP, s.clientKey(ip)
 	s.perIPMu.Lock()
 	defer s.perIPMu.Unlock()
-	n := s.perIP[ip]
+	n := s.perIP[key]
 	if limit > 0 && n >= limit {
 		return false
 	}
-	s.perIP[ip] = n + 1
+	s.perIP[key] = n + 1
 	return true
+}
+
+// clientKey names ip's client in perIP: an IPv6 address by its
+// Config.IPv6Prefix, which Reload does not change, so that release finds
+// what admit and bindIP counted.
+func (s *Server) clientKey(ip netip.Addr) netip.Addr {
+	return policy.ClientKey(ip, s.settings().IPv6Prefix)
 }
 
 func (h *handler) OnClose(c gnet.Conn, _ error) gnet.Action {
@@ -475,6 +484,10 @@ func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
 	if !slices.Equal(cfg.Listen, cur.Listen) {
 		restartNeeded = append(restartNeeded, "listen")
 		cfg.Listen = cur.Listen
+	}
+	if cfg.IPv6Prefix != cur.IPv6Prefix {
+		restartNeeded = append(restartNeeded, "ipv6-prefix")
+		cfg.IPv6Prefix = cur.IPv6Prefix
 	}
 	if cfg.EventLoops != cur.EventLoops {
 		restartNeeded = append(restartNeeded, "event-loops")

@@ -76,6 +76,13 @@ type Config struct {
 	// ([192.0.2.1]) never match.
 	RecipientDomains []string
 
+	// IPv6Prefix is how many leading bits of an IPv6 address name one
+	// client for ConnRate and MsgRate (MinIPv6Prefix to 128; 0 means
+	// DefaultIPv6Prefix): all the addresses of one prefix share
+	// their buckets. IPv4 clients are keyed by the whole address. See ClientKey.
+	// Allow and Deny always match the whole address.
+	IPv6Prefix int
+
 	// MaxTracked bounds the number of client addresses that have limiter
 	// state (default DefaultMaxTracked). When it is reached, the address
 	// seen least recently is forgotten; if it comes back it starts again
@@ -93,6 +100,7 @@ type Policy struct {
 	limiter      *limiter // nil when neither rate is limited
 	epoch        time.Time
 	acceptAnyDom bool
+	v6bits       int // Config.IPv6Prefix
 }
 
 // New checks cfg and builds a Policy. Errors name the offending field.
@@ -117,6 +125,12 @@ func New(cfg Config) (*Policy, error) {
 		errs = append(errs, err)
 	}
 	p.acceptAnyDom = len(cfg.RecipientDomains) == 0
+	switch p.v6bits = cfg.IPv6Prefix; {
+	case p.v6bits == 0:
+		p.v6bits = DefaultIPv6Prefix
+	case p.v6bits < MinIPv6Prefix || p.v6bits > 128:
+		errs = append(errs, fmt.Errorf("policy: IPv6Prefix: /%d is not between /%d and /128", p.v6bits, MinIPv6Prefix))
+	}
 	maxTracked := cfg.MaxTracked
 	switch {
 	case maxTracked < 0:
@@ -152,24 +166,25 @@ func (p *Policy) ClientAllowed(ip netip.Addr) bool {
 	return p.allowAll || p.allow.contains(k)
 }
 
-// TakeConnection takes one token from ip's connection bucket and reports
-// whether there was one. Call it when a connection is accepted (after
+// TakeConnection takes one token from the connection bucket of ip's client
+// (ClientKey: an IPv6 address shares it with its whole IPv6Prefix) and
+// reports whether there was one. Call it when a connection is accepted (after
 // ClientAllowed, so that refused clients do not take up limiter state);
 // now is the current time (tests inject it).
 func (p *Policy) TakeConnection(ip netip.Addr, now time.Time) bool {
 	if p == nil || !p.conn.limited() {
 		return true
 	}
-	return p.limiter.take(keyOf(ip), bucketConn, &p.conn, int64(now.Sub(p.epoch)))
+	return p.limiter.take(keyOf(ClientKey(ip, p.v6bits)), bucketConn, &p.conn, int64(now.Sub(p.epoch)))
 }
 
-// TakeMessage takes one token from ip's message bucket and reports whether
-// there was one.
+// TakeMessage takes one token from the message bucket of ip's client
+// (ClientKey, as for TakeConnection) and reports whether there was one.
 func (p *Policy) TakeMessage(ip netip.Addr, now time.Time) bool {
 	if p == nil || !p.msg.limited() {
 		return true
 	}
-	return p.limiter.take(keyOf(ip), bucketMsg, &p.msg, int64(now.Sub(p.epoch)))
+	return p.limiter.take(keyOf(ClientKey(ip, p.v6bits)), bucketMsg, &p.msg, int64(now.Sub(p.epoch)))
 }
 
 // RecipientAllowed reports whether we accept mail for the mailbox addr

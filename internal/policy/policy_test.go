@@ -46,6 +46,9 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"burst without rate", Config{MsgBurst: 5}, "MsgBurst"},
 		{"window too long", Config{MsgRate: 1e-9, MsgBurst: 10}, "MsgBurst/MsgRate"},
 		{"negative max tracked", Config{MaxTracked: -1}, "MaxTracked"},
+		{"IPv6 prefix too short", Config{IPv6Prefix: 31}, "IPv6Prefix: /31"},
+		{"IPv6 prefix too long", Config{IPv6Prefix: 129}, "IPv6Prefix: /129"},
+		{"negative IPv6 prefix", Config{IPv6Prefix: -64}, "IPv6Prefix"},
 		{"empty domain", Config{RecipientDomains: []string{"example.com", ""}}, "RecipientDomains[1]"},
 		{"star syntax", Config{RecipientDomains: []string{"*.example.com"}}, `".example.com"`},
 		{"trailing dot", Config{RecipientDomains: []string{"example.com."}}, "RecipientDomains[0]"},
@@ -487,11 +490,15 @@ func TestAllocs(t *testing.T) {
 		RecipientDomains: []string{"example.com", ".example.org"},
 	})
 	a := ip("192.0.2.1")
+	a6 := ip("2001:db8:1:1::1%eth0")
 	p.TakeConnection(a, t0)
+	p.TakeConnection(a6, t0)
 	now := t0
 	rcpt := []byte("Someone@Deep.Sub.Example.ORG")
 	for name, f := range map[string]func(){
 		"TakeConnection":   func() { now = now.Add(time.Second); p.TakeConnection(a, now) },
+		"TakeConnection6":  func() { now = now.Add(time.Second); p.TakeConnection(a6, now) },
+		"ClientKey":        func() { _ = ClientKey(a6, 64) },
 		"TakeMessage":      func() { now = now.Add(time.Second); p.TakeMessage(a, now) },
 		"RecipientAllowed": func() { p.RecipientAllowed(rcpt) },
 		"ClientAllowed":    func() { p.ClientAllowed(a) },
