@@ -70,6 +70,16 @@ func newConfig(stderr io.Writer) *config {
 	for i := range c.opts {
 		c.fs.Var(&c.opts[i], c.opts[i].name, c.opts[i].help)
 	}
+	c.fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: lsmtp [flags]; lsmtp config check|print|sample [flags]")
+		for _, o := range c.opts {
+			kind := strings.NewReplacer("time.", "", "netip.Prefix", "cidr").Replace(reflect.TypeOf(o.ptr).Elem().String())
+			if o.size {
+				kind = "size"
+			}
+			fmt.Fprintf(stderr, "  --%s %s  ($%s, default %s)\n    \t%s\n", o.name, kind, envName(o.name), o.render(renderEffective), o.help)
+		}
+	}
 	return c
 }
 
