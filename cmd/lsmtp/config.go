@@ -119,7 +119,7 @@ func loadConfig(args []string, env lookupEnv, stderr io.Writer) (*config, error)
 	for i := range c.opts {
 		opt := &c.opts[i]
 		v, ok := env(envName(opt.name))
-		if !ok || c.from[canonical(opt)] == fromFlag {
+		if !ok {
 			continue
 		}
 		items := []string{v}
@@ -130,11 +130,9 @@ func loadConfig(args []string, env lookupEnv, stderr io.Writer) (*config, error)
 			}
 			items = slices.DeleteFunc(items, func(s string) bool { return s == "" })
 		}
-		if err := c.apply(i, items, true); err != nil {
+		if err := c.layer(opt, items, fromEnv, 0); err != nil {
 			errs = append(errs, fmt.Sprintf("$%s: %v", envName(opt.name), err))
-			continue
 		}
-		c.from[canonical(opt)] = fromEnv
 	}
 	if c.o.configFile != "" {
 		data, err := os.ReadFile(c.o.configFile)
@@ -153,13 +151,14 @@ func loadConfig(args []string, env lookupEnv, stderr io.Writer) (*config, error)
 	return c, nil
 }
 
-// apply sets option i from its items, all or nothing: they are tried on a
-// scratch copy first. With write false they are only checked.
-func (c *config) apply(i int, items []string, write bool) error {
-	scratch := newOptions().table()
-	targets := []*option{&scratch[i]}
-	if write {
-		targets = append(targets, &c.opts[i])
+// layer sets opt from the file or a variable unless a higher source set
+// it; then the items are only checked, so that every mistake shows. The
+// items are tried on a scratch copy first: a bad one changes nothing.
+func (c *config) layer(opt *option, items []string, src source, line int) error {
+	key := canonical(opt)
+	targets := []*option{&newOptions().table()[c.index(opt.name)]}
+	if c.from[key] <= src {
+		targets = append(targets, opt)
 	}
 	for _, t := range targets {
 		t.flagged = false // the first item replaces a list
@@ -168,6 +167,9 @@ func (c *config) apply(i int, items []string, write bool) error {
 				return err
 			}
 		}
+	}
+	if len(targets) == 2 {
+		c.from[key], c.line[key] = src, line
 	}
 	return nil
 }
@@ -213,13 +215,10 @@ func (c *config) applyFile(path string, data []byte) problems {
 			c.fileSecrets = append(c.fileSecrets, opt.name)
 		}
 		if err == nil {
-			// Overridden by a flag or a variable: only checked.
-			err = c.apply(c.index(opt.name), items, c.from[key] <= fromFile)
+			err = c.layer(opt, items, fromFile, k.Line)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v", at, err))
-		} else if c.from[key] <= fromFile {
-			c.from[key], c.line[key] = fromFile, k.Line
 		}
 	}
 	return errs
@@ -452,24 +451,9 @@ func (o *option) render(mode renderMode) string {
 	return "[" + strings.Join(items, ", ") + "]"
 }
 
-// sections are the options of the file (no alias, no --config) by
-// section, in table order.
-func (c *config) sections() (titles []string, opts [][]*option) {
-	for i := range c.opts {
-		o := &c.opts[i]
-		if o.section == "" {
-			continue
-		}
-		if len(titles) == 0 || titles[len(titles)-1] != o.section {
-			titles, opts = append(titles, o.section), append(opts, nil)
-		}
-		opts[len(opts)-1] = append(opts[len(opts)-1], o)
-	}
-	return titles, opts
-}
-
 // writeYAML writes the options as a configuration file that loads back
 // to the same options (in renderEffective, except for masked secrets).
+// The options of the file are those with a section, in table order.
 func (c *config) writeYAML(w io.Writer, mode renderMode) error {
 	var b strings.Builder
 	if mode == renderSample {
@@ -480,34 +464,41 @@ func (c *config) writeYAML(w io.Writer, mode renderMode) error {
 			fmt.Fprintf(&b, "# config file: %s\n", c.o.configFile)
 		}
 	}
-	titles, groups := c.sections()
-	for i, title := range titles {
-		fmt.Fprintf(&b, "\n## %s\n", title)
-		allRestart := !slices.ContainsFunc(groups[i], func(o *option) bool { return !o.restart })
-		if mode == renderSample && allRestart {
-			b.WriteString("# SIGHUP cannot change these: they need a restart.\n")
+	reloadable := map[string]bool{} // sections with an option SIGHUP can change
+	for _, o := range c.opts {
+		reloadable[o.section] = reloadable[o.section] || !o.restart
+	}
+	section := ""
+	for _, o := range c.opts {
+		if o.section == "" {
+			continue
 		}
-		for _, o := range groups[i] {
-			if mode == renderEffective {
-				from := c.from[o.name].String()
-				if c.from[o.name] == fromEnv {
-					from += " $" + envName(o.name)
-				}
-				fmt.Fprintf(&b, "%s: %s   # %s\n", o.name, o.render(mode), from)
-				continue
+		if o.section != section {
+			section = o.section
+			fmt.Fprintf(&b, "\n## %s\n", section)
+			if mode == renderSample && !reloadable[section] {
+				b.WriteString("# SIGHUP cannot change these: they need a restart.\n")
 			}
-			b.WriteString("\n")
-			for _, line := range wrap(o.help, 76) {
-				fmt.Fprintf(&b, "# %s\n", line)
+		}
+		if mode == renderEffective {
+			from := c.from[o.name].String()
+			if c.from[o.name] == fromEnv {
+				from += " $" + envName(o.name)
 			}
-			if o.restart && !allRestart {
-				b.WriteString("# (SIGHUP cannot change it: restart)\n")
-			}
-			if o.machine {
-				fmt.Fprintf(&b, "# %s: %s   (default: this machine's hostname)\n", o.name, "mx1.example.com")
-			} else {
-				fmt.Fprintf(&b, "%s: %s\n", o.name, o.render(mode))
-			}
+			fmt.Fprintf(&b, "%s: %s   # %s\n", o.name, o.render(mode), from)
+			continue
+		}
+		b.WriteString("\n")
+		for _, line := range wrap(o.help, 76) {
+			fmt.Fprintf(&b, "# %s\n", line)
+		}
+		if o.restart && reloadable[section] {
+			b.WriteString("# (SIGHUP cannot change it: restart)\n")
+		}
+		if o.machine {
+			fmt.Fprintf(&b, "# %s: %s   (default: this machine's hostname)\n", o.name, "mx1.example.com")
+		} else {
+			fmt.Fprintf(&b, "%s: %s\n", o.name, o.render(mode))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
@@ -561,12 +552,9 @@ func wrap(text string, width int) []string {
 // restart, only those SIGHUP cannot change, else only the others.
 func changedKeys(a, b *config, restart bool) []string {
 	var keys []string
-	_, groups := b.sections()
-	for _, g := range groups {
-		for _, o := range g {
-			if o.restart == restart && o.render(renderSample) != a.find(o.name).render(renderSample) {
-				keys = append(keys, o.name)
-			}
+	for i, o := range b.opts {
+		if o.section != "" && o.restart == restart && o.render(renderSample) != a.opts[i].render(renderSample) {
+			keys = append(keys, o.name)
 		}
 	}
 	return keys

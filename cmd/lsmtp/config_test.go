@@ -255,9 +255,8 @@ func TestEmptyFileIsDefaults(t *testing.T) {
 func render(t *testing.T, c *config) string {
 	t.Helper()
 	var b strings.Builder
-	_, groups := c.sections()
-	for _, g := range groups {
-		for _, o := range g {
+	for _, o := range c.opts {
+		if o.section != "" {
 			b.WriteString(o.name + ": " + o.render(renderSample) + "\n")
 		}
 	}

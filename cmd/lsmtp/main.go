@@ -7,7 +7,7 @@
 //	lsmtp config sample              print a configuration file of every key with its default
 //
 // Options come from flags, LSMTP_* variables and the file named by
-// --config, in that order of precedence (see config.go).
+// --config, in that order of precedence; options.go has the table of them.
 package main
 
 import (
