@@ -72,7 +72,7 @@ func newConfig(stderr io.Writer) *config {
 	}
 	c.fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: lsmtp [flags]; lsmtp config check|print|sample [flags]")
-		for _, o := range c.opts {
+		for _, o := range newOptions().table() { // the defaults, not what was parsed so far
 			kind := strings.NewReplacer("time.", "", "netip.Prefix", "cidr").Replace(reflect.TypeOf(o.ptr).Elem().String())
 			if o.size {
 				kind = "size"
