@@ -420,3 +420,32 @@ func TestSizes(t *testing.T) {
 		}
 	}
 }
+
+// TestPackageProblemsNameTheOption: the engine, the broker and the client
+// controls check their own bounds; each problem comes back named after
+// the option that set the field, fields in the text spelt as options too.
+func TestPackageProblemsNameTheOption(t *testing.T) {
+	env := envMap(map[string]string{"LSMTP_MAX_CONNS": "many"})
+	_, err := loadConfig([]string{"--max-conns", "5", "--conn-rate", "-1", "--msg-burst", "5", "--hostname", "mx (main)",
+		"--exchange", "", "--routing-key", "in.{domain}", "--amqp-reconnect-max", "1ms", "--trusted-proxy", "10.0.0.0/8"}, env, io.Discard)
+	var p problems
+	if !errors.As(err, &p) {
+		t.Fatalf("err = %v, want problems", err)
+	}
+	want := []string{
+		`$LSMTP_MAX_CONNS: "many" is not a whole number`, // checked though the flag wins
+		`--hostname: "mx (main)" cannot stand in a greeting`,
+		"--conn-rate: -1 is not a finite number >= 0",
+		"--msg-burst: 5 is set but msg-rate is 0 (unlimited)",
+		"--routing-key: a {domain} routing key needs a named exchange",
+		"--amqp-reconnect-max: 1ms is less than amqp-reconnect-min (100ms)",
+	}
+	if len(p) != len(want) {
+		t.Fatalf("%d problems, want %d:\n%v", len(p), len(want), err)
+	}
+	for i, w := range want {
+		if !strings.Contains(p[i], w) {
+			t.Errorf("problem %d = %q, want it to contain %q", i, p[i], w)
+		}
+	}
+}
