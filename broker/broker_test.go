@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"reflect"
 	"sort"
@@ -541,15 +540,6 @@ func TestRedactURL(t *testing.T) {
 	}
 }
 
-func TestApplyEnv(t *testing.T) {
-	env := map[string]string{EnvURL: "amqp://a/, amqp://b/", EnvUsername: "u", EnvPassword: "p"}
-	cfg := DefaultConfig()
-	cfg.ApplyEnv(func(k string) string { return env[k] })
-	if !reflect.DeepEqual(cfg.URLs, []string{"amqp://a/", "amqp://b/"}) || cfg.Username != "u" || cfg.Password != "p" {
-		t.Errorf("got %v %q %q", cfg.URLs, cfg.Username, cfg.Password)
-	}
-}
-
 func TestDomainOf(t *testing.T) {
 	for in, want := range map[string]string{
 		"a@Example.COM":        "example.com",
@@ -670,24 +660,11 @@ func TestMeasureCeiling(t *testing.T) {
 	t.Logf("ceiling: %.0f msgs/s", rate)
 }
 
-func TestRegisterFlags(t *testing.T) {
+func TestBindingKey(t *testing.T) {
 	cfg := DefaultConfig()
-	fs := flag.NewFlagSet("x", flag.ContinueOnError)
-	cfg.RegisterFlags(fs)
-	err := fs.Parse([]string{"--amqp-url", "amqp://a/", "--amqp-url", "amqp://b/", "--declare=false",
-		"--queue-type", "classic", "--max-length", "10", "--routing-key", "in.{domain}", "--amqp-workers", "3"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(cfg.URLs, []string{"amqp://a/", "amqp://b/"}) || cfg.Declare || cfg.QueueType != "classic" ||
-		cfg.MaxLength != 10 || cfg.Workers != 3 || cfg.bindingKey() != "in.#" {
-		t.Errorf("got %+v", cfg)
-	}
-	if err := fs.Parse([]string{"--declare", "--no-declare"}); err != nil || cfg.Declare {
-		t.Errorf("--no-declare after --declare: Declare=%v, %v", cfg.Declare, err)
-	}
-	if !strings.Contains(fs.Lookup("amqp-url").DefValue, "xxxxx") {
-		t.Errorf("default URL shown with its password: %q", fs.Lookup("amqp-url").DefValue)
+	cfg.RoutingKey = "in.{domain}"
+	if got := cfg.bindingKey(); got != "in.#" {
+		t.Errorf("binding key of %q: %q, want in.#", cfg.RoutingKey, got)
 	}
 }
 

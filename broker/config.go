@@ -2,27 +2,18 @@ package broker
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // DefaultURL is the broker tried when no URL is configured.
 const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
-
-// Environment variables read by Config.ApplyEnv. Credentials given here win
-// over the ones in the URLs, so that the URLs (which end up in process
-// listings and logs) need carry none.
-const (
-	EnvURL      = "LSMTP_AMQP_URL"      // comma-separated list, used when no --amqp-url is given
-	EnvUsername = "LSMTP_AMQP_USERNAME" // overrides the user of every URL
-	EnvPassword = "LSMTP_AMQP_PASSWORD" // overrides the password of every URL
-)
 
 // Queue types accepted in Config.QueueType (RabbitMQ's x-queue-type).
 const (
@@ -40,7 +31,8 @@ type Config struct {
 	// URLs are the nodes of a cluster, tried in turn on every (re)connect.
 	URLs []string
 	// Username and Password, when Username is not empty, replace the
-	// credentials of every URL (see ApplyEnv). They are never logged.
+	// credentials of every URL, so that the URLs (which end up in process
+	// listings and logs) need carry none. They are never logged.
 	Username string
 	Password string
 
@@ -134,56 +126,107 @@ func DefaultConfig() Config {
 // confirms, so that its reader goroutine never waits for a worker.
 const maxCopies = 1024
 
-// Validate reports the first unusable setting.
+// Validate reports every unusable setting, each as "broker: Field: what
+// is wrong", Field naming the field of Config, joined. Its messages never
+// repeat a URL's password.
 func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("broker: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
 	if len(c.URLs) == 0 {
-		return errors.New("broker: no AMQP URL")
+		bad("URLs", "no AMQP URL")
 	}
 	for _, u := range c.URLs {
-		if _, err := url.Parse(u); err != nil {
-			return fmt.Errorf("broker: bad AMQP URL %s", RedactURL(u))
-		}
-		if !strings.HasPrefix(u, "amqp://") && !strings.HasPrefix(u, "amqps://") {
-			return fmt.Errorf("broker: AMQP URL %s: scheme must be amqp or amqps", RedactURL(u))
+		if err := checkURL(u); err != nil {
+			bad("URLs", "%s: %v", RedactURL(u), err)
 		}
 	}
-	switch c.QueueType {
-	case QueueQuorum, QueueClassic:
-	default:
-		return fmt.Errorf("broker: queue type %q: want %q or %q", c.QueueType, QueueQuorum, QueueClassic)
+	if c.Password != "" && c.Username == "" {
+		bad("Password", "set without Username: it would be ignored")
+	}
+	if c.QueueType != QueueQuorum && c.QueueType != QueueClassic {
+		bad("QueueType", "%q: want %s or %s", c.QueueType, QueueQuorum, QueueClassic)
 	}
 	if c.Exchange == "" && strings.Contains(c.RoutingKey, DomainPlaceholder) {
-		return errors.New("broker: a {domain} routing key needs a named exchange")
+		bad("RoutingKey", "a %s routing key needs a named Exchange", DomainPlaceholder)
 	}
 	// AMQP short strings (0-9-1 §4.2.5.3): amqp091-go closes the
 	// connection on one it cannot encode. Node is not one, but a header
 	// of every message: a hostname's bound keeps it from eating the frame.
-	if fixed, n := routingKeyParts(c.RoutingKey); fixed+n > shortstrMax || len(c.Exchange) > shortstrMax ||
-		len(c.Queue) > shortstrMax || len(c.bindingKey()) > shortstrMax || len(c.Node) > shortstrMax {
-		return fmt.Errorf("broker: exchange, queue, binding key, node and routing key (with a domain) are limited to %d octets", shortstrMax)
+	for _, f := range []struct {
+		field string
+		n     int
+	}{{"Exchange", len(c.Exchange)}, {"Queue", len(c.Queue)}, {"BindingKey", len(c.bindingKey())}, {"Node", len(c.Node)}} {
+		if f.n > shortstrMax {
+			bad(f.field, "%d octets: AMQP short strings hold at most %d", f.n, shortstrMax)
+		}
+	}
+	if fixed, n := routingKeyParts(c.RoutingKey); fixed+n > shortstrMax {
+		bad("RoutingKey", "%d octets without its domains: AMQP short strings hold at most %d, and a domain needs room", fixed, shortstrMax)
 	}
 	if containsDomain(c.RoutingKey) && (c.MaxDomains < 1 || c.MaxDomains > maxCopies) {
-		return fmt.Errorf("broker: max domains %d: want 1..%d", c.MaxDomains, maxCopies)
+		bad("MaxDomains", "%d: want 1..%d", c.MaxDomains, maxCopies)
 	}
 	if c.Declare && c.Exchange != "" && c.ExchangeType == "" {
-		return errors.New("broker: exchange type is empty")
+		bad("ExchangeType", "empty: the exchange cannot be declared")
 	}
-	if c.Workers < 1 || c.Workers > 64 {
-		return fmt.Errorf("broker: workers %d: want 1..64", c.Workers)
+	for _, r := range []struct {
+		field    string
+		v        int
+		min, max int
+	}{{"Workers", c.Workers, 1, 64}, {"Window", c.Window, 1, 65535}, {"RingSize", c.RingSize, 2, 1 << 24}} {
+		if r.v < r.min || r.v > r.max {
+			bad(r.field, "%d: want %d..%d", r.v, r.min, r.max)
+		}
 	}
-	if c.Window < 1 || c.Window > 65535 {
-		return fmt.Errorf("broker: window %d: want 1..65535", c.Window)
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"ConfirmTimeout", c.ConfirmTimeout}, {"DialTimeout", c.DialTimeout}, {"ReconnectMin", c.ReconnectMin}} {
+		if d.v <= 0 {
+			bad(d.field, "must be more than 0")
+		}
 	}
-	if c.RingSize < 2 || c.RingSize > 1<<24 {
-		return fmt.Errorf("broker: ring size %d: want 2..%d", c.RingSize, 1<<24)
+	if c.Heartbeat < 0 {
+		bad("Heartbeat", "must not be negative")
 	}
-	if c.ConfirmTimeout <= 0 || c.DialTimeout <= 0 {
-		return errors.New("broker: confirm and dial timeouts must be positive")
+	if c.ReconnectMin > 0 && c.ReconnectMax < c.ReconnectMin {
+		bad("ReconnectMax", "%s is less than ReconnectMin (%s)", c.ReconnectMax, c.ReconnectMin)
 	}
-	if c.ReconnectMin <= 0 || c.ReconnectMax < c.ReconnectMin {
-		return errors.New("broker: reconnect backoff must satisfy 0 < min <= max")
+	if c.MaxLength < 0 {
+		bad("MaxLength", "must not be negative")
 	}
-	return nil
+	if c.MaxLengthBytes < 0 {
+		bad("MaxLengthBytes", "must not be negative")
+	}
+	switch c.Overflow {
+	case "", "drop-head", "reject-publish", "reject-publish-dlx":
+	default:
+		bad("Overflow", "%q: want drop-head, reject-publish or reject-publish-dlx", c.Overflow)
+	}
+	return errors.Join(errs...)
+}
+
+// checkURL parses u as the AMQP client will. Its errors never repeat the
+// URL, which may hold a password.
+func checkURL(u string) error {
+	p, err := url.Parse(u)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("not a URL: %v", err)
+	}
+	if p.Scheme != "amqp" && p.Scheme != "amqps" {
+		return fmt.Errorf("scheme %q: want amqp or amqps", p.Scheme)
+	}
+	if p.Host == "" {
+		return errors.New("no host")
+	}
+	_, err = amqp.ParseURI(u)
+	return err
 }
 
 // bindingKey is the key the queue is bound with.
@@ -215,24 +258,6 @@ func (c *Config) queueArgs() map[string]any {
 	return args
 }
 
-// ApplyEnv reads the EnvURL, EnvUsername and EnvPassword variables through
-// getenv (os.Getenv in production). EnvURL replaces URLs only when they are
-// still the single default.
-func (c *Config) ApplyEnv(getenv func(string) string) {
-	if v := getenv(EnvURL); v != "" && len(c.URLs) == 1 && c.URLs[0] == DefaultURL {
-		c.URLs = nil
-		for _, u := range strings.Split(v, ",") {
-			if u = strings.TrimSpace(u); u != "" {
-				c.URLs = append(c.URLs, u)
-			}
-		}
-	}
-	if v := getenv(EnvUsername); v != "" {
-		c.Username = v
-		c.Password = getenv(EnvPassword)
-	}
-}
-
 // RedactURL returns u with its password replaced by "xxxxx", fit for logs.
 // An unparsable URL is replaced as a whole, since it may hold a password.
 func RedactURL(u string) string {
@@ -242,77 +267,3 @@ func RedactURL(u string) string {
 	}
 	return p.Redacted()
 }
-
-// RegisterFlags adds the broker's flags to fs, writing into c. Call it on a
-// Config from DefaultConfig; the defaults shown are c's values.
-func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.Var(&urlList{urls: &c.URLs}, "amqp-url", "AMQP URL of a RabbitMQ node; repeat for the nodes of a cluster, tried in turn (credentials also from $"+EnvUsername+"/$"+EnvPassword+")")
-	fs.StringVar(&c.Exchange, "exchange", c.Exchange, "exchange messages are published to")
-	fs.StringVar(&c.ExchangeType, "exchange-type", c.ExchangeType, "type of the declared exchange")
-	fs.StringVar(&c.Queue, "queue", c.Queue, "queue declared and bound to the exchange")
-	fs.StringVar(&c.RoutingKey, "routing-key", c.RoutingKey, "routing key; with "+DomainPlaceholder+" one copy is published per recipient domain")
-	fs.StringVar(&c.BindingKey, "binding-key", c.BindingKey, "binding key of the queue (default: the routing key, "+DomainPlaceholder+" replaced by #)")
-	fs.BoolVar(&c.Declare, "declare", c.Declare, "declare exchange, queue and binding on connect; false when the topology is managed elsewhere")
-	fs.Var(negBool{&c.Declare}, "no-declare", "same as --declare=false")
-	fs.StringVar(&c.QueueType, "queue-type", c.QueueType, "quorum or classic")
-	fs.StringVar(&c.DeadLetterExchange, "dead-letter-exchange", c.DeadLetterExchange, "x-dead-letter-exchange of the queue")
-	fs.Int64Var(&c.MaxLength, "max-length", c.MaxLength, "x-max-length of the queue (0: none)")
-	fs.Int64Var(&c.MaxLengthBytes, "max-length-bytes", c.MaxLengthBytes, "x-max-length-bytes of the queue (0: none)")
-	fs.StringVar(&c.Overflow, "overflow", c.Overflow, "x-overflow of the queue: drop-head, reject-publish, reject-publish-dlx")
-	fs.IntVar(&c.Workers, "amqp-workers", c.Workers, "publisher workers, each with its own channel")
-	fs.IntVar(&c.Window, "amqp-window", c.Window, "unconfirmed publishes per worker")
-	fs.IntVar(&c.RingSize, "amqp-ring", c.RingSize, "messages waiting for a worker before Submit answers busy")
-	fs.DurationVar(&c.ConfirmTimeout, "confirm-timeout", c.ConfirmTimeout, "how long to wait for the broker's confirm before answering 451")
-	fs.DurationVar(&c.DialTimeout, "amqp-dial-timeout", c.DialTimeout, "bound on TCP connect plus the AMQP handshake")
-	fs.DurationVar(&c.Heartbeat, "amqp-heartbeat", c.Heartbeat, "AMQP heartbeat interval")
-	fs.DurationVar(&c.ReconnectMin, "amqp-reconnect-min", c.ReconnectMin, "first wait before reconnecting to RabbitMQ (doubles, with jitter)")
-	fs.DurationVar(&c.ReconnectMax, "amqp-reconnect-max", c.ReconnectMax, "longest wait between reconnect attempts")
-	fs.StringVar(&c.Node, "node", c.Node, "node name in the smtp-node header")
-}
-
-// urlList is a repeatable flag: the first use replaces the default list.
-type urlList struct {
-	urls *[]string
-	set  bool
-}
-
-func (l *urlList) String() string {
-	if l == nil || l.urls == nil {
-		return ""
-	}
-	red := make([]string, len(*l.urls))
-	for i, u := range *l.urls {
-		red[i] = RedactURL(u)
-	}
-	return strings.Join(red, ",")
-}
-
-func (l *urlList) Set(v string) error {
-	if !l.set {
-		*l.urls = nil
-		l.set = true
-	}
-	*l.urls = append(*l.urls, v)
-	return nil
-}
-
-// negBool is a boolean flag that clears *b when given.
-type negBool struct{ b *bool }
-
-func (n negBool) String() string {
-	if n.b == nil {
-		return "false"
-	}
-	return strconv.FormatBool(!*n.b)
-}
-
-func (n negBool) Set(v string) error {
-	on, err := strconv.ParseBool(v)
-	if err != nil {
-		return err
-	}
-	*n.b = !on
-	return nil
-}
-
-func (n negBool) IsBoolFlag() bool { return true }

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/lsmtp/lsmtp/codec"
@@ -13,7 +16,7 @@ import (
 )
 
 // Config holds the engine's settings. Zero fields take the defaults below
-// (see Defaults); negative limits are invalid.
+// (see Defaults); Validate names every setting out of bounds.
 type Config struct {
 	// Listen addresses, host:port.
 	Listen []string
@@ -102,7 +105,10 @@ type ClientPolicy interface {
 	RecipientAllowed(addr []byte) bool
 }
 
-// Defaults are the values zero fields take.
+// Defaults are the settings lsmtp starts with, and what New puts in a
+// zero field, except where zero has a meaning of its own: MaxConns and
+// MaxConnsPerIP 0 are no limit, GreetDelay 0 greets at once, EventLoops 0
+// is one per CPU.
 var Defaults = Config{
 	Listen:             []string{"127.0.0.1:2525"},
 	Hostname:           "localhost",
@@ -117,10 +123,14 @@ var Defaults = Config{
 	MaxInFlightBytes:   1 << 30,
 	IdleTimeout:        5 * time.Minute,
 	DataTimeout:        5 * time.Minute,
-	TickInterval:       250 * time.Millisecond,
 }
 
-// withDefaults fills zero fields and validates the result.
+// defaultTick is the TickInterval when none is set and the greeting is
+// not delayed by less than four of them.
+const defaultTick = 250 * time.Millisecond
+
+// withDefaults fills zero fields and validates the result; warnings are
+// logged.
 func (c Config) withDefaults() (Config, error) {
 	d := Defaults
 	if len(c.Listen) == 0 {
@@ -137,7 +147,7 @@ func (c Config) withDefaults() (Config, error) {
 	orDefault(&c.IdleTimeout, d.IdleTimeout)
 	orDefault(&c.DataTimeout, d.DataTimeout)
 	if c.TickInterval == 0 {
-		c.TickInterval = d.TickInterval
+		c.TickInterval = defaultTick
 		if c.GreetDelay > 0 && c.GreetDelay/4 < c.TickInterval {
 			c.TickInterval = max(c.GreetDelay/4, 10*time.Millisecond)
 		}
@@ -145,28 +155,122 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	var errs []error
+	warnings, err := c.Validate()
+	for _, w := range warnings {
+		c.Logger.Warn("configuration", "problem", w)
+	}
 	if c.Sink == nil {
-		errs = append(errs, errors.New("engine: no sink"))
+		err = errors.Join(err, errors.New("engine: no sink"))
 	}
-	if c.MaxMessageSize < 0 || c.MaxRecipients < 0 || c.MaxConns < 0 || c.MaxConnsPerIP < 0 ||
-		c.MaxErrors < 0 || c.MaxPipelineBacklog < 0 || c.MaxInFlightBytes < 0 || c.IdleTimeout < 0 || c.DataTimeout < 0 ||
-		c.GreetDelay < 0 || c.TickInterval < 0 || c.EventLoops < 0 {
-		errs = append(errs, errors.New("engine: limits and timeouts must not be negative"))
+	return c, err
+}
+
+// Validate checks every bound of c as it stands (New first puts the
+// defaults in zero fields). Each problem reads "engine: Field: what is
+// wrong", Field naming the field of Config, so that a caller can say
+// where the value came from; err joins those that make c unusable,
+// warnings are those that work but deserve a look.
+func (c *Config) Validate() (warnings []string, err error) {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("engine: %s: %s", field, fmt.Sprintf(format, args...)))
 	}
-	if c.MaxLineLength < 512 {
+	warn := func(field, format string, args ...any) {
+		warnings = append(warnings, fmt.Sprintf("engine: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if len(c.Listen) == 0 {
+		bad("Listen", "no address to listen on")
+	}
+	for _, a := range c.Listen {
+		if err := checkHostPort(a); err != nil {
+			bad("Listen", "%v", err)
+		}
+	}
+	if !hostnameValid(c.Hostname) {
+		bad("Hostname", "%q cannot stand in a greeting (a domain name, no spaces)", c.Hostname)
+	}
+	for _, p := range []struct {
+		field string
+		v     int64
+	}{
+		{"MaxMessageSize", c.MaxMessageSize}, {"MaxInFlightBytes", c.MaxInFlightBytes},
+		{"MaxRecipients", int64(c.MaxRecipients)}, {"MaxLineLength", int64(c.MaxLineLength)},
+		{"MaxPipelineBacklog", int64(c.MaxPipelineBacklog)}, {"MaxErrors", int64(c.MaxErrors)},
+		{"IdleTimeout", int64(c.IdleTimeout)}, {"DataTimeout", int64(c.DataTimeout)},
+	} {
+		if p.v <= 0 {
+			bad(p.field, "must be more than 0")
+		}
+	}
+	for _, p := range []struct {
+		field string
+		v     int64
+	}{
+		{"MaxConns", int64(c.MaxConns)}, {"MaxConnsPerIP", int64(c.MaxConnsPerIP)}, {"GreetDelay", int64(c.GreetDelay)},
+		{"EventLoops", int64(c.EventLoops)}, {"TickInterval", int64(c.TickInterval)},
+	} {
+		if p.v < 0 {
+			bad(p.field, "must not be negative")
+		}
+	}
+	if c.MaxLineLength > 0 && c.MaxLineLength < 512 {
 		// RFC 5321 §4.5.3.1.4: a command line is at least 512 octets.
-		errs = append(errs, fmt.Errorf("engine: max line length %d is below the 512 octets RFC 5321 §4.5.3.1.4 requires", c.MaxLineLength))
+		bad("MaxLineLength", "%d is below the 512 octets RFC 5321 §4.5.3.1.4 requires", c.MaxLineLength)
 	} else if c.MaxLineLength > codec.MaxLineLimit {
-		errs = append(errs, fmt.Errorf("engine: max line length %d is above the %d octets a line may hold in the input buffer", c.MaxLineLength, codec.MaxLineLimit))
+		bad("MaxLineLength", "%d is above the %d octets a line may hold in the input buffer", c.MaxLineLength, codec.MaxLineLimit)
 	}
 	if c.IPv6Prefix < policy.MinIPv6Prefix || c.IPv6Prefix > 128 {
-		errs = append(errs, fmt.Errorf("engine: IPv6 prefix /%d is not between /%d and /128", c.IPv6Prefix, policy.MinIPv6Prefix))
+		bad("IPv6Prefix", "/%d is not between /%d and /128", c.IPv6Prefix, policy.MinIPv6Prefix)
 	}
-	if c.MaxRecipients < 100 {
-		c.Logger.Warn("max recipients below the 100 RFC 5321 §4.5.3.1.8 asks servers to accept", "max_recipients", c.MaxRecipients)
+	if c.MaxPipelineBacklog > 1<<30 {
+		bad("MaxPipelineBacklog", "%s: at most 1G", FormatSize(int64(c.MaxPipelineBacklog)))
 	}
-	return c, errors.Join(errs...)
+	if c.MaxRecipients > 0 && c.MaxRecipients < 100 {
+		warn("MaxRecipients", "%d is below the 100 RFC 5321 §4.5.3.1.8 asks servers to accept", c.MaxRecipients)
+	}
+	if c.IdleTimeout > 0 && c.IdleTimeout < 5*time.Minute {
+		warn("IdleTimeout", "%s is below the 5 minutes of RFC 5321 §4.5.3.2.7", c.IdleTimeout)
+	}
+	if c.MaxConns > 0 && c.MaxConnsPerIP > c.MaxConns {
+		warn("MaxConnsPerIP", "%d is more than MaxConns (%d)", c.MaxConnsPerIP, c.MaxConns)
+	}
+	return warnings, errors.Join(errs...)
+}
+
+// hostnameValid: our name stands in the greeting and in Received:
+// headers (RFC 5321 §4.1.3 domain), so it may hold no space, no control
+// and nothing a header comment would choke on.
+func hostnameValid(h string) bool {
+	return h != "" && len(h) <= 255 && !strings.ContainsFunc(h, func(r rune) bool {
+		return r <= ' ' || r >= 0x7f || strings.ContainsRune("()<>", r)
+	})
+}
+
+// checkHostPort accepts host:port with a numeric port; an empty host is
+// every address.
+func checkHostPort(a string) error {
+	_, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number 0..65535", a, port)
+	}
+	return nil
+}
+
+// FormatSize writes octets as the configuration takes them, with the
+// largest of the suffixes K, M, G (powers of 1024) that divides n.
+func FormatSize(n int64) string {
+	switch {
+	case n != 0 && n%(1<<30) == 0:
+		return strconv.FormatInt(n>>30, 10) + "G"
+	case n != 0 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + "M"
+	case n != 0 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + "K"
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // orDefault sets *v to d when *v is the zero value.

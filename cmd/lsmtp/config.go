@@ -6,21 +6,21 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
+	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
-	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/policy"
 )
 
 // source says where an option's value came from. Higher wins.
@@ -33,9 +33,7 @@ const (
 	fromFlag
 )
 
-func (s source) String() string {
-	return [...]string{"default", "file", "env", "flag"}[s]
-}
+func (s source) String() string { return [...]string{"default", "file", "env", "flag"}[s] }
 
 // lookupEnv is os.LookupEnv, or a map in tests.
 type lookupEnv func(string) (string, bool)
@@ -43,23 +41,19 @@ type lookupEnv func(string) (string, bool)
 // config is a set of options with where each came from.
 type config struct {
 	o    *options
+	opts []option // o.table()
 	fs   *flag.FlagSet
-	from map[string]source // by canonical key; absent: default
+	from map[string]source // by option name (an alias counts for its option); absent: default
 	line map[string]int    // line in the file, for keys from the file
 	args []string          // what follows the flags: a subcommand
 
-	warnings   []string // settings that work but deserve a look
-	warnedKeys []string // the key of each warning
+	warnings    []warning // settings that work but deserve a look
+	fileSecrets []string  // secret options the file gives a value that mask hides
 }
 
-// logWarnings logs the warnings a running server should show; the engine
-// warns about max-recipients itself.
-func (c *config) logWarnings(log *slog.Logger) {
-	for i, w := range c.warnings {
-		if c.warnedKeys[i] != "max-recipients" {
-			log.Warn("configuration", "problem", w)
-		}
-	}
+type warning struct {
+	text   string
+	engine bool // the engine logs it itself when it starts
 }
 
 // problems is every error found in a configuration, one per line.
@@ -67,12 +61,46 @@ type problems []string
 
 func (p problems) Error() string { return strings.Join(p, "\n") }
 
-// canonical maps an alias to the key it stands for.
-func canonical(key string) string {
-	if c, ok := aliases[key]; ok {
-		return c
+// newConfig is the defaults, with a flag for every option.
+func newConfig(stderr io.Writer) *config {
+	o := newOptions()
+	c := &config{o: o, opts: o.table(), fs: flag.NewFlagSet("lsmtp", flag.ContinueOnError),
+		from: map[string]source{}, line: map[string]int{}}
+	c.fs.SetOutput(stderr)
+	for i := range c.opts {
+		c.fs.Var(&c.opts[i], c.opts[i].name, c.opts[i].help)
 	}
-	return key
+	c.fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: lsmtp [flags]; lsmtp config check|print|sample [flags]")
+		for _, o := range newOptions().table() { // the defaults, not what was parsed so far
+			kind := strings.NewReplacer("time.", "", "netip.Prefix", "cidr").Replace(reflect.TypeOf(o.ptr).Elem().String())
+			if o.size {
+				kind = "size"
+			}
+			fmt.Fprintf(stderr, "  --%s %s  ($%s, default %s)\n    \t%s\n", o.name, kind, envName(o.name), o.render(renderEffective), o.help)
+		}
+	}
+	return c
+}
+
+// find is the option named name, or nil.
+func (c *config) find(name string) *option {
+	if i := c.index(name); i >= 0 {
+		return &c.opts[i]
+	}
+	return nil
+}
+
+func (c *config) index(name string) int {
+	return slices.IndexFunc(c.opts, func(o option) bool { return o.name == name })
+}
+
+// canonical is the option an older spelling stands for.
+func canonical(o *option) string {
+	if o.negates != "" {
+		return o.negates
+	}
+	return o.name
 }
 
 // loadConfig layers the sources: defaults, then the file (--config or
@@ -80,37 +108,38 @@ func canonical(key string) string {
 // the options no higher source set. Errors come back as problems, each
 // naming where the bad value was given.
 func loadConfig(args []string, env lookupEnv, stderr io.Writer) (*config, error) {
-	o, fs := newOptions(stderr)
-	c := &config{o: o, fs: fs, from: map[string]source{}, line: map[string]int{}}
-	if err := fs.Parse(args); err != nil {
+	c := newConfig(stderr)
+	if err := c.fs.Parse(args); err != nil {
 		return nil, err // already reported by the flag package, with usage
 	}
-	c.args = fs.Args()
-	fs.Visit(func(f *flag.Flag) { c.from[canonical(f.Name)] = fromFlag })
+	c.args = c.fs.Args()
+	c.fs.Visit(func(f *flag.Flag) { c.from[canonical(c.find(f.Name))] = fromFlag })
 
 	var errs problems
-	fs.VisitAll(func(f *flag.Flag) {
-		key := canonical(f.Name)
-		if c.from[key] == fromFlag {
-			return
-		}
-		v, ok := env(envName(f.Name))
+	for i := range c.opts {
+		opt := &c.opts[i]
+		v, ok := env(envName(opt.name))
 		if !ok {
-			return
+			continue
 		}
-		if err := setValue(f, splitEnv(f.Name, v)); err != nil {
-			errs = append(errs, fmt.Sprintf("$%s: %v", envName(f.Name), err))
-			return
+		items := []string{v}
+		if opt.isList() { // comma-separated
+			items = strings.Split(v, ",")
+			for j := range items {
+				items[j] = strings.TrimSpace(items[j])
+			}
+			items = slices.DeleteFunc(items, func(s string) bool { return s == "" })
 		}
-		c.from[key] = fromEnv
-	})
-
-	if o.configFile != "" {
-		data, err := os.ReadFile(o.configFile)
+		if err := c.layer(opt, items, fromEnv, 0); err != nil {
+			errs = append(errs, fmt.Sprintf("$%s: %v", envName(opt.name), err))
+		}
+	}
+	if c.o.configFile != "" {
+		data, err := os.ReadFile(c.o.configFile)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("config: %v", err))
 		} else {
-			errs = append(errs, c.applyFile(o.configFile, data)...)
+			errs = append(errs, c.applyFile(c.o.configFile, data)...)
 		}
 	}
 	// Validation runs even after errors, so that one check shows every
@@ -122,61 +151,30 @@ func loadConfig(args []string, env lookupEnv, stderr io.Writer) (*config, error)
 	return c, nil
 }
 
-// splitEnv turns a variable into the values of its flag: a repeatable
-// flag's variable is a comma-separated list.
-func splitEnv(name, v string) []string {
-	if !repeatable[name] {
-		return []string{v}
+// layer sets opt from the file or a variable unless a higher source set
+// it; then the items are only checked, so that every mistake shows. The
+// items are tried on a scratch copy first: a bad one changes nothing.
+func (c *config) layer(opt *option, items []string, src source, line int) error {
+	key := canonical(opt)
+	targets := []*option{&newOptions().table()[c.index(opt.name)]}
+	if c.from[key] <= src {
+		targets = append(targets, opt)
 	}
-	var items []string
-	for _, item := range strings.Split(v, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			items = append(items, item)
-		}
-	}
-	return items
-}
-
-// setValue sets a flag from its items, all or nothing: a bad item leaves
-// the flag as it was (the flag package's own values would be zeroed).
-func setValue(f *flag.Flag, items []string) error {
-	_, scratch := newOptions(io.Discard)
-	if sf := scratch.Lookup(f.Name); sf != nil {
+	for _, t := range targets {
+		t.flagged = false // the first item replaces a list
 		for _, item := range items {
-			if err := sf.Value.Set(item); err != nil {
-				return describeSetError(sf, item, err)
+			if err := t.Set(item); err != nil {
+				return err
 			}
 		}
 	}
-	for _, item := range items {
-		if err := f.Value.Set(item); err != nil {
-			return describeSetError(f, item, err)
-		}
+	if len(targets) == 2 {
+		c.from[key], c.line[key] = src, line
 	}
 	return nil
 }
 
-// describeSetError replaces the flag package's bare "parse error" with
-// what was expected.
-func describeSetError(f *flag.Flag, v string, err error) error {
-	g, ok := f.Value.(flag.Getter)
-	if !ok || !strings.Contains(err.Error(), "parse error") {
-		return err
-	}
-	switch g.Get().(type) {
-	case bool:
-		return fmt.Errorf("%q: want true or false", v)
-	case int, int64, uint, uint64:
-		return fmt.Errorf("%q is not a whole number", v)
-	case float64:
-		return fmt.Errorf("%q is not a number", v)
-	case time.Duration:
-		return fmt.Errorf("%q is not a duration (like 300ms, 30s, 5m, 1h)", v)
-	}
-	return err
-}
-
-// applyFile sets, from a YAML mapping of flag names to values, every
+// applyFile sets, from a YAML mapping of option names to values, every
 // option that no flag or variable set. Every key is checked, also the
 // ones a flag overrides, so that `config check` finds all mistakes in the
 // file. Unknown keys are errors: a misspelt limit must not go unnoticed.
@@ -196,48 +194,39 @@ func (c *config) applyFile(path string, data []byte) problems {
 		return problems{fmt.Sprintf("%s:%d: want a mapping of key: value (the keys are the flag names)", path, root.Line)}
 	}
 	var errs problems
-	// A scratch flag set checks the values that higher sources override.
-	_, scratch := newOptions(io.Discard)
 	seen := map[string]int{}
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
-		key := k.Value
-		at := fmt.Sprintf("%s:%d: %s", path, k.Line, key)
-		if first, dup := seen[canonical(key)]; dup {
+		at := fmt.Sprintf("%s:%d: %s", path, k.Line, k.Value)
+		opt := c.find(k.Value)
+		if opt == nil || opt.name == "config" {
+			errs = append(errs, fmt.Sprintf("%s: unknown key%s", at, c.suggest(k.Value)))
+			continue
+		}
+		key := canonical(opt)
+		if first, dup := seen[key]; dup {
 			errs = append(errs, fmt.Sprintf("%s: given twice (first on line %d)", at, first))
 			continue
 		}
-		seen[canonical(key)] = k.Line
-		f := c.fs.Lookup(key)
-		if key == keyConfig || f == nil {
-			errs = append(errs, fmt.Sprintf("%s: unknown key%s", at, c.suggest(key)))
-			continue
+		seen[key] = k.Line
+		items, err := nodeValues(opt, v)
+		def := newOptions().table()[c.index(opt.name)].text() // the default guest:guest is no secret
+		if opt.secret && slices.ContainsFunc(items, func(s string) bool { return mask(s) != s && !slices.Contains(def, s) }) {
+			c.fileSecrets = append(c.fileSecrets, opt.name)
 		}
-		items, err := nodeValues(key, v)
+		if err == nil {
+			err = c.layer(opt, items, fromFile, k.Line)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v", at, err))
-			continue
 		}
-		if c.from[canonical(key)] > fromFile {
-			// Overridden: only checked.
-			if err := setValue(scratch.Lookup(key), items); err != nil {
-				errs = append(errs, fmt.Sprintf("%s: %v", at, err))
-			}
-			continue
-		}
-		if err := setValue(f, items); err != nil {
-			errs = append(errs, fmt.Sprintf("%s: %v", at, err))
-			continue
-		}
-		c.from[canonical(key)] = fromFile
-		c.line[canonical(key)] = k.Line
 	}
 	return errs
 }
 
 // nodeValues are the strings a YAML value stands for: one scalar, or a
-// sequence of scalars for a repeatable key.
-func nodeValues(key string, v *yaml.Node) ([]string, error) {
+// sequence of scalars for a list.
+func nodeValues(opt *option, v *yaml.Node) ([]string, error) {
 	if v.Kind == yaml.AliasNode && v.Alias != nil {
 		v = v.Alias
 	}
@@ -248,7 +237,7 @@ func nodeValues(key string, v *yaml.Node) ([]string, error) {
 		}
 		return []string{v.Value}, nil
 	case yaml.SequenceNode:
-		if !repeatable[key] {
+		if !opt.isList() {
 			return nil, errors.New("takes one value, not a list")
 		}
 		items := make([]string, 0, len(v.Content))
@@ -266,14 +255,11 @@ func nodeValues(key string, v *yaml.Node) ([]string, error) {
 // suggest names the key a misspelt one probably meant.
 func (c *config) suggest(key string) string {
 	best, bestDist := "", 3
-	c.fs.VisitAll(func(f *flag.Flag) {
-		if f.Name == keyConfig {
-			return
+	for _, o := range c.opts {
+		if d := editDistance(strings.ReplaceAll(strings.ToLower(key), "_", "-"), o.name); o.section != "" && d < bestDist {
+			best, bestDist = o.name, d
 		}
-		if d := editDistance(strings.ReplaceAll(strings.ToLower(key), "_", "-"), f.Name); d < bestDist {
-			best, bestDist = f.Name, d
-		}
-	})
+	}
 	if best == "" {
 		return " (the keys are the flag names: lsmtp --help)"
 	}
@@ -282,8 +268,7 @@ func (c *config) suggest(key string) string {
 
 // editDistance is the Levenshtein distance of two short strings.
 func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
+	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
 	for j := range prev {
 		prev[j] = j
 	}
@@ -303,7 +288,6 @@ func editDistance(a, b string) int {
 
 // where tells an operator where to change a key's value.
 func (c *config) where(key string) string {
-	key = canonical(key)
 	switch c.from[key] {
 	case fromFlag:
 		return "--" + key
@@ -315,8 +299,9 @@ func (c *config) where(key string) string {
 	return key + " (default)"
 }
 
-// validate checks what each value alone cannot: ranges, and limits that
-// cannot hold together. Each problem names the key and where it was set.
+// validate checks what this command owns (the sink, the logs, the admin
+// listener, the secrets' file) and lets each package check its own
+// settings; their problems are named after the option that set the field.
 func (c *config) validate() problems {
 	o := c.o
 	var errs problems
@@ -324,13 +309,9 @@ func (c *config) validate() problems {
 		errs = append(errs, c.where(key)+": "+fmt.Sprintf(format, args...))
 	}
 	warn := func(key, format string, args ...any) {
-		c.warnings = append(c.warnings, c.where(key)+": "+fmt.Sprintf(format, args...))
-		c.warnedKeys = append(c.warnedKeys, key)
+		c.warnings = append(c.warnings, warning{text: c.where(key) + ": " + fmt.Sprintf(format, args...)})
 	}
-
-	switch o.sink {
-	case "amqp", "null":
-	default:
+	if o.sink != "amqp" && o.sink != "null" {
 		bad("sink", "%q: want amqp or null", o.sink)
 	}
 	var level slog.Level
@@ -340,262 +321,111 @@ func (c *config) validate() problems {
 	if o.logFormat != "text" && o.logFormat != "json" {
 		bad("log-format", "%q: want text or json", o.logFormat)
 	}
-	if len(o.listen.values) == 0 {
-		bad("listen", "no address to listen on")
-	}
-	for _, a := range o.listen.values {
-		if err := checkHostPort(a); err != nil {
-			bad("listen", "%v", err)
-		}
-	}
 	if o.adminListen != "" {
-		if err := checkHostPort(o.adminListen); err != nil {
-			bad("admin-listen", "%v (empty turns the admin listener off)", err)
+		host, port, err := net.SplitHostPort(o.adminListen)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+			bad("admin-listen", "%q: want host:port with a port 0..65535 (empty turns the admin listener off)", o.adminListen)
+		} else if ip, ierr := netip.ParseAddr(host); host != "localhost" && (ierr != nil || !ip.IsLoopback()) {
+			warn("admin-listen", "%q is not a loopback address: /metrics and /debug/pprof/ are open to whoever reaches it", o.adminListen)
 		}
 	}
-	if o.hostname == "" || len(o.hostname) > 255 || strings.ContainsFunc(o.hostname, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
-		bad("hostname", "%q cannot stand in a greeting (a domain name, no spaces)", o.hostname)
-	}
-
-	positive := []struct {
-		key string
-		v   int64
-	}{
-		{"max-message-size", o.maxMessageSize.n},
-		{"max-in-flight-bytes", o.maxInFlightBytes.n},
-		{"max-recipients", int64(o.maxRecipients)},
-		{"max-line-length", int64(o.maxLineLength)},
-		{"max-pipeline-backlog", o.maxPipelineBacklog.n},
-		{"max-errors", int64(o.maxErrors)},
-		{"idle-timeout", int64(o.idleTimeout)},
-		{"data-timeout", int64(o.dataTimeout)},
-		{"shutdown-timeout", int64(o.shutdownTimeout)},
-	}
-	for _, p := range positive {
-		if p.v <= 0 {
-			bad(p.key, "must be more than 0")
-		}
-	}
-	notNegative := []struct {
-		key string
-		v   int64
-	}{
-		{"max-conns", int64(o.maxConns)},
-		{"max-conns-per-ip", int64(o.maxConnsPerIP)},
-		{"greet-delay", int64(o.greetDelay)},
-		{"event-loops", int64(o.eventLoops)},
-		{"conn-burst", int64(o.connBurst)},
-		{"msg-burst", int64(o.msgBurst)},
-		{"max-tracked-clients", int64(o.maxTracked)},
-	}
-	for _, p := range notNegative {
-		if p.v < 0 {
-			bad(p.key, "must not be negative")
-		}
-	}
-	for _, r := range []struct {
-		key string
-		v   float64
-	}{{"conn-rate", o.connRate}, {"msg-rate", o.msgRate}} {
-		if r.v < 0 || math.IsNaN(r.v) || math.IsInf(r.v, 0) {
-			bad(r.key, "%v: want a rate per second, 0 for no limit", r.v)
-		}
-	}
-	for _, d := range o.recipientDomains.values {
-		if d == "" || d == "." || strings.ContainsAny(d, "@ \t[]") {
-			bad("recipient-domain", "%q is not a domain (example.com, or .example.com for its subdomains)", d)
-		}
-	}
-	if o.maxLineLength > 0 && o.maxLineLength < 512 {
-		bad("max-line-length", "%d is below the 512 octets RFC 5321 §4.5.3.1.4 requires", o.maxLineLength)
-	}
-	if o.maxPipelineBacklog.n > 1<<30 {
-		bad("max-pipeline-backlog", "%s: at most 1G", formatSize(o.maxPipelineBacklog.n))
-	}
-	if o.maxMessageSize.n > o.maxInFlightBytes.n && o.maxInFlightBytes.n > 0 {
+	if o.eng.MaxMessageSize > o.eng.MaxInFlightBytes && o.eng.MaxInFlightBytes > 0 {
+		// Not an engine bound (the engine answers 451 to such a message),
+		// but never what an operator means.
 		bad("max-message-size", "%s is more than max-in-flight-bytes (%s): a message that large could never be held until the broker confirmed it",
-			formatSize(o.maxMessageSize.n), formatSize(o.maxInFlightBytes.n))
+			engine.FormatSize(o.eng.MaxMessageSize), engine.FormatSize(o.eng.MaxInFlightBytes))
 	}
-	if o.maxRecipients > 0 && o.maxRecipients < 100 {
-		warn("max-recipients", "%d is below the 100 RFC 5321 §4.5.3.1.8 asks servers to accept", o.maxRecipients)
+	warnings, err := o.eng.Validate()
+	errs = append(errs, c.explain(&o.eng, err)...)
+	for _, w := range warnings {
+		c.warnings = append(c.warnings, warning{text: c.explain(&o.eng, errors.New(w))[0], engine: true})
 	}
-	if o.idleTimeout > 0 && o.idleTimeout < 5*time.Minute {
-		warn("idle-timeout", "%s is below the 5 minutes of RFC 5321 §4.5.3.2.7", formatDuration(o.idleTimeout))
-	}
-	if o.maxConns > 0 && o.maxConnsPerIP > o.maxConns {
-		warn("max-conns-per-ip", "%d is more than max-conns (%d)", o.maxConnsPerIP, o.maxConns)
-	}
-
-	errs = append(errs, c.validateAMQP()...)
-
-	// The packages' own checks catch whatever the ones above missed.
-	if len(errs) == 0 {
-		ec := o.engineConfig()
-		pol, err := o.newPolicy()
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		ec.Policy = pol
-		ec.Sink = &sink.Null{}
-		ec.Logger = slog.New(slog.DiscardHandler)
-		if _, err := engine.New(ec); err != nil {
-			errs = append(errs, err.Error())
-		}
-		bc := o.amqp.cfg
-		if err := bc.Validate(); err != nil {
-			errs = append(errs, err.Error())
-		}
-	}
+	_, err = policy.New(o.pol)
+	errs = append(errs, c.explain(&o.pol, err)...)
+	errs = append(errs, c.explain(&o.brk, o.brk.Validate())...)
+	c.checkSecretFile()
 	return errs
 }
 
-func (c *config) validateAMQP() problems {
-	cfg := &c.o.amqp.cfg
-	var errs problems
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, c.where(key)+": "+fmt.Sprintf(format, args...))
-	}
-	if len(cfg.URLs) == 0 {
-		bad(keyAMQPURL, "no AMQP URL")
-	}
-	for _, u := range cfg.URLs {
-		if err := checkAMQPURL(u); err != nil {
-			bad(keyAMQPURL, "%s: %v", broker.RedactURL(u), err)
-		}
-	}
-	if cfg.Password != "" && cfg.Username == "" {
-		bad(keyAMQPPassword, "set without amqp-username: it would be ignored")
-	}
-	if cfg.QueueType != broker.QueueQuorum && cfg.QueueType != broker.QueueClassic {
-		bad("queue-type", "%q: want %s or %s", cfg.QueueType, broker.QueueQuorum, broker.QueueClassic)
-	}
-	ranges := []struct {
-		key      string
-		v        int
-		min, max int
-	}{
-		{"amqp-workers", cfg.Workers, 1, 64},
-		{"amqp-window", cfg.Window, 1, 65535},
-		{"amqp-ring", cfg.RingSize, 2, 1 << 24},
-	}
-	for _, r := range ranges {
-		if c.fs.Lookup(r.key) != nil && (r.v < r.min || r.v > r.max) {
-			bad(r.key, "%d: want %d..%d", r.v, r.min, r.max)
-		}
-	}
-	for _, d := range []struct {
-		key string
-		v   time.Duration
-	}{
-		{"confirm-timeout", cfg.ConfirmTimeout},
-		{"amqp-dial-timeout", cfg.DialTimeout},
-		{"amqp-reconnect-min", cfg.ReconnectMin},
-	} {
-		if d.v <= 0 {
-			bad(d.key, "must be more than 0")
-		}
-	}
-	if cfg.Heartbeat < 0 {
-		bad("amqp-heartbeat", "must not be negative")
-	}
-	if cfg.ReconnectMin > 0 && cfg.ReconnectMax < cfg.ReconnectMin {
-		bad("amqp-reconnect-max", "%s is less than amqp-reconnect-min (%s)", formatDuration(cfg.ReconnectMax), formatDuration(cfg.ReconnectMin))
-	}
-	if cfg.MaxLength < 0 {
-		bad("max-length", "must not be negative")
-	}
-	if cfg.MaxLengthBytes < 0 {
-		bad("max-length-bytes", "must not be negative")
-	}
-	switch cfg.Overflow {
-	case "", "drop-head", "reject-publish", "reject-publish-dlx":
-	default:
-		bad("overflow", "%q: want drop-head, reject-publish or reject-publish-dlx", cfg.Overflow)
-	}
-	return errs
-}
+// fieldWord is a word that may name a field of a package's Config.
+var fieldWord = regexp.MustCompile(`\b[A-Z][A-Za-z]+\b`)
 
-// checkAMQPURL parses u as the AMQP client will. Its errors never repeat
-// the URL, which may hold a password.
-func checkAMQPURL(u string) error {
-	p, err := url.Parse(u)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("not a URL: %v", err)
+// explain turns a package's problems, "pkg: Field: what", into ours,
+// "where: option: what", Field being a field of cfg (a pointer to the
+// package's Config in c.o) and every field named in "what" spelt as its
+// option.
+func (c *config) explain(cfg any, err error) problems {
+	if err == nil {
+		return nil
 	}
-	if p.Scheme != "amqp" && p.Scheme != "amqps" {
-		return fmt.Errorf("scheme %q: want amqp or amqps", p.Scheme)
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
 	}
-	if p.Host == "" {
-		return errors.New("no host")
-	}
-	if _, err := amqp.ParseURI(u); err != nil {
-		return err
-	}
-	return nil
-}
-
-// checkHostPort accepts host:port with a numeric port; an empty host is
-// every address.
-func checkHostPort(a string) error {
-	_, port, err := net.SplitHostPort(a)
-	if err != nil {
-		return fmt.Errorf("%q: want host:port", a)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q: port %q is not a number 0..65535", a, port)
-	}
-	return nil
-}
-
-// sections order the keys in the sample file and in config print.
-var sections = []struct {
-	title string
-	keys  []string
-}{
-	{"SMTP", []string{"listen", "hostname", "sink", "trusted-proxy", "event-loops", "greet-delay", "normalize-bare-eol"}},
-	{"Limits", []string{"max-message-size", "max-in-flight-bytes", "max-recipients", "max-line-length", "max-pipeline-backlog",
-		"max-conns", "max-conns-per-ip", "max-errors", "idle-timeout", "data-timeout", "shutdown-timeout"}},
-	{"Client controls", []string{"allow-cidr", "deny-cidr", "recipient-domain", "conn-rate", "conn-burst", "msg-rate", "msg-burst", "max-tracked-clients"}},
-	{"Operations", []string{"admin-listen", "log-level", "log-format"}},
-	{"RabbitMQ", []string{keyAMQPURL, "amqp-username", keyAMQPPassword, "exchange", "exchange-type", "queue", "routing-key", "binding-key",
-		"declare", "queue-type", "dead-letter-exchange", "max-length", "max-length-bytes", "overflow",
-		"amqp-workers", "amqp-window", "amqp-ring", "confirm-timeout",
-		"amqp-dial-timeout", "amqp-heartbeat", "amqp-reconnect-min", "amqp-reconnect-max", "node"}},
-}
-
-// orderedKeys returns the sections with their registered keys; keys of
-// no section (a flag added without updating sections) land in "Other".
-func (c *config) orderedKeys() (titles []string, keys [][]string) {
-	placed := map[string]bool{keyConfig: true}
-	for k := range aliases {
-		placed[k] = true
-	}
-	for _, s := range sections {
-		var ks []string
-		for _, k := range s.keys {
-			if c.fs.Lookup(k) != nil {
-				ks = append(ks, k)
-				placed[k] = true
+	rv := reflect.ValueOf(cfg).Elem()
+	option := func(field string) *option {
+		f := rv.FieldByName(field)
+		for i := range c.opts {
+			if f.IsValid() && c.opts[i].ptr == f.Addr().Interface() && c.opts[i].negates == "" {
+				return &c.opts[i]
 			}
 		}
-		if len(ks) > 0 {
-			titles, keys = append(titles, s.title), append(keys, ks)
+		return nil
+	}
+	var out problems
+	for _, e := range errs {
+		_, rest, _ := strings.Cut(e.Error(), ": ")
+		field, what, _ := strings.Cut(rest, ": ")
+		field, _, _ = strings.Cut(strings.Split(field, "/")[0], "[") // "Allow[2]", "MsgBurst/MsgRate"
+		opt := option(field)
+		if opt == nil {
+			out = append(out, e.Error())
+			continue
+		}
+		what = fieldWord.ReplaceAllStringFunc(what, func(w string) string {
+			if o := option(w); o != nil {
+				return o.name
+			}
+			return w
+		})
+		out = append(out, c.where(opt.name)+": "+what)
+	}
+	return out
+}
+
+// checkSecretFile warns when the file holds a secret others may read: a
+// password given there is meant to stay out of process listings, and a
+// file anyone can read is no better.
+func (c *config) checkSecretFile() {
+	held := c.fileSecrets
+	if len(held) == 0 {
+		return
+	}
+	if fi, err := os.Stat(c.o.configFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		c.warnings = append(c.warnings, warning{text: fmt.Sprintf("%s: holds %s and is readable by group or others (mode %04o): chmod 600 it",
+			c.o.configFile, strings.Join(held, " and "), fi.Mode().Perm())})
+	}
+}
+
+// logWarnings logs the warnings a running server should show.
+func (c *config) logWarnings(log *slog.Logger) {
+	for _, w := range c.warnings {
+		if !w.engine {
+			log.Warn("configuration", "problem", w.text)
 		}
 	}
-	var other []string
-	c.fs.VisitAll(func(f *flag.Flag) {
-		if !placed[f.Name] {
-			other = append(other, f.Name)
+}
+
+// show is the option's value as text, one string per item, secrets
+// masked if asked.
+func (o *option) show(masked bool) []string {
+	items := o.text()
+	for i, s := range items {
+		if masked && o.secret {
+			items[i] = mask(s)
 		}
-	})
-	if len(other) > 0 {
-		titles, keys = append(titles, "Other"), append(keys, other)
 	}
-	return titles, keys
+	return items
 }
 
 // renderMode chooses between the two YAML renderings.
@@ -606,8 +436,24 @@ const (
 	renderSample                      // the sample file: every key, its default and its meaning
 )
 
+// render is an option's value as YAML.
+func (o *option) render(mode renderMode) string {
+	items := o.show(mode == renderEffective)
+	if _, quoted := o.ptr.(*string); !o.isList() && !quoted {
+		return items[0]
+	}
+	for i := range items {
+		items[i] = yamlString(items[i])
+	}
+	if !o.isList() {
+		return items[0]
+	}
+	return "[" + strings.Join(items, ", ") + "]"
+}
+
 // writeYAML writes the options as a configuration file that loads back
 // to the same options (in renderEffective, except for masked secrets).
+// The options of the file are those with a section, in table order.
 func (c *config) writeYAML(w io.Writer, mode renderMode) error {
 	var b strings.Builder
 	if mode == renderSample {
@@ -618,37 +464,41 @@ func (c *config) writeYAML(w io.Writer, mode renderMode) error {
 			fmt.Fprintf(&b, "# config file: %s\n", c.o.configFile)
 		}
 	}
-	titles, keys := c.orderedKeys()
-	for i, title := range titles {
-		fmt.Fprintf(&b, "\n## %s\n", title)
-		allRestart := !slices.ContainsFunc(keys[i], func(k string) bool { return !needsRestart(k) })
-		if mode == renderSample && allRestart {
-			b.WriteString("# SIGHUP cannot change these: they need a restart.\n")
+	reloadable := map[string]bool{} // sections with an option SIGHUP can change
+	for _, o := range c.opts {
+		reloadable[o.section] = reloadable[o.section] || !o.restart
+	}
+	section := ""
+	for _, o := range c.opts {
+		if o.section == "" {
+			continue
 		}
-		for _, key := range keys[i] {
-			f := c.fs.Lookup(key)
-			val := c.renderValue(f, mode)
-			switch mode {
-			case renderSample:
-				b.WriteString("\n")
-				for _, line := range wrap(f.Usage, 76) {
-					fmt.Fprintf(&b, "# %s\n", line)
-				}
-				if needsRestart(key) && !allRestart {
-					b.WriteString("# (SIGHUP cannot change it: restart)\n")
-				}
-				if machineDefault[key] {
-					fmt.Fprintf(&b, "# %s: %s   (default: this machine's hostname)\n", key, "mx1.example.com")
-				} else {
-					fmt.Fprintf(&b, "%s: %s\n", key, val)
-				}
-			default:
-				from := c.from[key].String()
-				if c.from[key] == fromEnv {
-					from += " $" + envName(key)
-				}
-				fmt.Fprintf(&b, "%s: %s   # %s\n", key, val, from)
+		if o.section != section {
+			section = o.section
+			fmt.Fprintf(&b, "\n## %s\n", section)
+			if mode == renderSample && !reloadable[section] {
+				b.WriteString("# SIGHUP cannot change these: they need a restart.\n")
 			}
+		}
+		if mode == renderEffective {
+			from := c.from[o.name].String()
+			if c.from[o.name] == fromEnv {
+				from += " $" + envName(o.name)
+			}
+			fmt.Fprintf(&b, "%s: %s   # %s\n", o.name, o.render(mode), from)
+			continue
+		}
+		b.WriteString("\n")
+		for _, line := range wrap(o.help, 76) {
+			fmt.Fprintf(&b, "# %s\n", line)
+		}
+		if o.restart && reloadable[section] {
+			b.WriteString("# (SIGHUP cannot change it: restart)\n")
+		}
+		if o.machine {
+			fmt.Fprintf(&b, "# %s: %s   (default: this machine's hostname)\n", o.name, "mx1.example.com")
+		} else {
+			fmt.Fprintf(&b, "%s: %s\n", o.name, o.render(mode))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
@@ -673,41 +523,6 @@ const sampleHeader = `# lsmtp configuration: every key with its default.
 # open connections, the keys marked "restart" do not.
 `
 
-// renderValue is a flag's value as YAML.
-func (c *config) renderValue(f *flag.Flag, mode renderMode) string {
-	if secret[f.Name] && mode == renderEffective && f.Value.String() != "" {
-		return yamlString("xxxxx")
-	}
-	if repeatable[f.Name] {
-		var items []string
-		if f.Name == keyAMQPURL {
-			for _, u := range c.o.amqp.cfg.URLs {
-				if mode == renderEffective {
-					u = broker.RedactURL(u)
-				}
-				items = append(items, u)
-			}
-		} else if s := f.Value.String(); s != "" {
-			items = strings.Split(s, ",")
-		}
-		for i := range items {
-			items[i] = yamlString(items[i])
-		}
-		return "[" + strings.Join(items, ", ") + "]"
-	}
-	if g, ok := f.Value.(flag.Getter); ok {
-		switch v := g.Get().(type) {
-		case bool, int, int64, uint, uint64, float64:
-			return fmt.Sprint(v)
-		case string:
-			return yamlString(v)
-		case time.Duration:
-			return formatDuration(v)
-		}
-	}
-	return yamlString(f.Value.String())
-}
-
 // yamlString is s as a YAML scalar, quoted only when it must be.
 func yamlString(s string) string {
 	out, err := yaml.Marshal(s)
@@ -723,8 +538,7 @@ func wrap(text string, width int) []string {
 	line := ""
 	for _, w := range strings.Fields(text) {
 		if line != "" && len(line)+1+len(w) > width {
-			lines = append(lines, line)
-			line = ""
+			lines, line = append(lines, line), ""
 		}
 		if line != "" {
 			line += " "
@@ -734,21 +548,48 @@ func wrap(text string, width int) []string {
 	return append(lines, line)
 }
 
-// restartKeys are the options SIGHUP cannot change. The engine names its
-// own (Reload's restartNeeded); these are the ones this command owns:
-// the sink and everything about RabbitMQ, the admin listener, the log format.
-var restartKeys = []string{"sink", "admin-listen", "log-format", "listen", "event-loops", keyConfig}
-
-// brokerKeys are the flags the broker package and amqpOptions register.
-var brokerKeys = func() map[string]bool {
-	var a amqpOptions
-	fs := flag.NewFlagSet("", flag.ContinueOnError)
-	a.register(fs)
-	keys := map[string]bool{}
-	fs.VisitAll(func(f *flag.Flag) { keys[f.Name] = true })
+// changedKeys names the options whose values differ between a and b; with
+// restart, only those SIGHUP cannot change, else only the others.
+func changedKeys(a, b *config, restart bool) []string {
+	var keys []string
+	for i, o := range b.opts {
+		if o.section != "" && o.restart == restart && o.render(renderSample) != a.opts[i].render(renderSample) {
+			keys = append(keys, o.name)
+		}
+	}
 	return keys
-}()
+}
 
-func needsRestart(key string) bool {
-	return brokerKeys[key] || slices.Contains(restartKeys, key)
+// redactArgs is a command line with the values of secret options masked,
+// for /debug/pprof/cmdline.
+func redactArgs(args []string) []string {
+	c := newConfig(io.Discard)
+	out := slices.Clone(args)
+	for i := 0; i < len(out); i++ {
+		name, v, hasValue := strings.Cut(strings.TrimLeft(out[i], "-"), "=")
+		opt := c.find(name)
+		switch {
+		case !strings.HasPrefix(out[i], "-") || opt == nil || !opt.secret:
+			if u, err := url.Parse(out[i]); err == nil && u.User != nil {
+				out[i] = u.Redacted()
+			}
+		case hasValue:
+			out[i] = out[i][:len(out[i])-len(v)] + mask(v)
+		case i+1 < len(out):
+			i++
+			out[i] = mask(out[i])
+		}
+	}
+	return out
+}
+
+// mask hides a secret: a URL's password, any other secret whole.
+func mask(v string) string {
+	if v == "" {
+		return v
+	}
+	if strings.Contains(v, "://") {
+		return broker.RedactURL(v)
+	}
+	return "xxxxx"
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lsmtp/lsmtp/engine"
 )
 
 var update = flag.Bool("update", false, "rewrite lsmtp.example.yaml from `lsmtp config sample`")
@@ -55,23 +57,23 @@ listen: [127.0.0.1:2526, "[::1]:2526"]
 	})
 	c := mustLoad(t, []string{"--config", file, "--idle-timeout", "8m"}, env)
 	o := c.o
-	if o.maxRecipients != 200 || c.from["max-recipients"] != fromFile {
-		t.Errorf("max-recipients = %d from %v, want 200 from the file", o.maxRecipients, c.from["max-recipients"])
+	if o.eng.MaxRecipients != 200 || c.from["max-recipients"] != fromFile {
+		t.Errorf("max-recipients = %d from %v, want 200 from the file", o.eng.MaxRecipients, c.from["max-recipients"])
 	}
-	if o.maxConns != 8 || c.from["max-conns"] != fromEnv {
-		t.Errorf("max-conns = %d from %v, want 8 from the variable over the file's 7", o.maxConns, c.from["max-conns"])
+	if o.eng.MaxConns != 8 || c.from["max-conns"] != fromEnv {
+		t.Errorf("max-conns = %d from %v, want 8 from the variable over the file's 7", o.eng.MaxConns, c.from["max-conns"])
 	}
-	if o.idleTimeout != 8*time.Minute || c.from["idle-timeout"] != fromFlag {
-		t.Errorf("idle-timeout = %v from %v, want 8m from the flag over variable and file", o.idleTimeout, c.from["idle-timeout"])
+	if o.eng.IdleTimeout != 8*time.Minute || c.from["idle-timeout"] != fromFlag {
+		t.Errorf("idle-timeout = %v from %v, want 8m from the flag over variable and file", o.eng.IdleTimeout, c.from["idle-timeout"])
 	}
-	if o.maxMessageSize.n != 10<<20 {
-		t.Errorf("max-message-size = %d, want 10M from the file", o.maxMessageSize.n)
+	if o.eng.MaxMessageSize != 10<<20 {
+		t.Errorf("max-message-size = %d, want 10M from the file", o.eng.MaxMessageSize)
 	}
-	if want := []string{"127.0.0.1:2526", "[::1]:2526"}; !slices.Equal(o.listen.values, want) {
-		t.Errorf("listen = %q, want %q", o.listen.values, want)
+	if want := []string{"127.0.0.1:2526", "[::1]:2526"}; !slices.Equal(o.eng.Listen, want) {
+		t.Errorf("listen = %q, want %q", o.eng.Listen, want)
 	}
-	if o.maxErrors != 10 || c.from["max-errors"] != fromDefault {
-		t.Errorf("max-errors = %d from %v, want the default 10", o.maxErrors, c.from["max-errors"])
+	if o.eng.MaxErrors != 10 || c.from["max-errors"] != fromDefault {
+		t.Errorf("max-errors = %d from %v, want the default 10", o.eng.MaxErrors, c.from["max-errors"])
 	}
 }
 
@@ -92,11 +94,11 @@ func TestListsComeWholeFromOneSource(t *testing.T) {
 	}
 	for _, tc := range cases {
 		c := mustLoad(t, tc.args, tc.env)
-		if !slices.Equal(c.o.listen.values, tc.listen) || c.from["listen"] != tc.listenSrc {
-			t.Errorf("%q: listen = %q from %v, want %q from %v", tc.args, c.o.listen.values, c.from["listen"], tc.listen, tc.listenSrc)
+		if !slices.Equal(c.o.eng.Listen, tc.listen) || c.from["listen"] != tc.listenSrc {
+			t.Errorf("%q: listen = %q from %v, want %q from %v", tc.args, c.o.eng.Listen, c.from["listen"], tc.listen, tc.listenSrc)
 		}
-		if !slices.Equal(c.o.amqp.cfg.URLs, tc.amqpURLs) {
-			t.Errorf("%q: amqp-url = %q, want %q", tc.args, c.o.amqp.cfg.URLs, tc.amqpURLs)
+		if !slices.Equal(c.o.brk.URLs, tc.amqpURLs) {
+			t.Errorf("%q: amqp-url = %q, want %q", tc.args, c.o.brk.URLs, tc.amqpURLs)
 		}
 	}
 }
@@ -104,8 +106,8 @@ func TestListsComeWholeFromOneSource(t *testing.T) {
 func TestConfigFileFromVariable(t *testing.T) {
 	file := writeFile(t, "lsmtp.yaml", "max-errors: 3\n")
 	c := mustLoad(t, nil, envMap(map[string]string{"LSMTP_CONFIG": file}))
-	if c.o.maxErrors != 3 {
-		t.Errorf("max-errors = %d, want 3 from the file named by $LSMTP_CONFIG", c.o.maxErrors)
+	if c.o.eng.MaxErrors != 3 {
+		t.Errorf("max-errors = %d, want 3 from the file named by $LSMTP_CONFIG", c.o.eng.MaxErrors)
 	}
 }
 
@@ -129,8 +131,8 @@ func TestDeclareSpellings(t *testing.T) {
 			args = append([]string{"--config", writeFile(t, "f.yaml", tc.file)}, args...)
 		}
 		c := mustLoad(t, args, noEnv)
-		if c.o.amqp.cfg.Declare != tc.want {
-			t.Errorf("%q with file %q: declare = %v, want %v", tc.args, tc.file, c.o.amqp.cfg.Declare, tc.want)
+		if c.o.brk.Declare != tc.want {
+			t.Errorf("%q with file %q: declare = %v, want %v", tc.args, tc.file, c.o.brk.Declare, tc.want)
 		}
 	}
 }
@@ -242,8 +244,8 @@ func TestFileValueOverriddenIsStillChecked(t *testing.T) {
 func TestEmptyFileIsDefaults(t *testing.T) {
 	for _, content := range []string{"", "# only a comment\n", "---\n"} {
 		c := mustLoad(t, []string{"--config", writeFile(t, "f.yaml", content)}, noEnv)
-		if c.o.maxRecipients != 100 {
-			t.Errorf("%q: max-recipients = %d, want the default", content, c.o.maxRecipients)
+		if c.o.eng.MaxRecipients != 100 {
+			t.Errorf("%q: max-recipients = %d, want the default", content, c.o.eng.MaxRecipients)
 		}
 	}
 }
@@ -253,10 +255,9 @@ func TestEmptyFileIsDefaults(t *testing.T) {
 func render(t *testing.T, c *config) string {
 	t.Helper()
 	var b strings.Builder
-	_, keys := c.orderedKeys()
-	for _, g := range keys {
-		for _, k := range g {
-			b.WriteString(k + ": " + c.renderValue(c.fs.Lookup(k), renderSample) + "\n")
+	for _, o := range c.opts {
+		if o.section != "" {
+			b.WriteString(o.name + ": " + o.render(renderSample) + "\n")
 		}
 	}
 	return b.String()
@@ -284,14 +285,14 @@ func TestSampleFile(t *testing.T) {
 		t.Fatalf("lsmtp.example.yaml differs from `lsmtp config sample`; run go test ./cmd/lsmtp -run TestSampleFile -update")
 	}
 	defaults := mustLoad(t, nil, noEnv)
-	defaults.fs.VisitAll(func(f *flag.Flag) {
-		if f.Name == keyConfig || aliases[f.Name] != "" {
-			return
+	for _, o := range defaults.opts {
+		if o.section == "" {
+			continue
 		}
-		if !regexpKey(string(committed), f.Name) {
-			t.Errorf("the sample does not list %s", f.Name)
+		if !regexpKey(string(committed), o.name) {
+			t.Errorf("the sample does not list %s", o.name)
 		}
-	})
+	}
 	fromSample := mustLoad(t, []string{"--config", path}, noEnv)
 	if a, b := render(t, defaults), render(t, fromSample); a != b {
 		t.Errorf("loading the sample changes the configuration:\ndefaults:\n%s\nsample:\n%s", a, b)
@@ -343,9 +344,9 @@ func TestPrintRoundTrip(t *testing.T) {
 	want := mustLoad(t, args, env)
 	got := mustLoad(t, []string{"--config", writeFile(t, "printed.yaml", printed)}, noEnv)
 	// Masked values come back masked; everything else as it was.
-	want.o.amqp.cfg.Password = "xxxxx"
-	for i, u := range want.o.amqp.cfg.URLs {
-		want.o.amqp.cfg.URLs[i] = strings.NewReplacer("pw1", "xxxxx", "pw2", "xxxxx").Replace(u)
+	want.o.brk.Password = "xxxxx"
+	for i, u := range want.o.brk.URLs {
+		want.o.brk.URLs[i] = strings.NewReplacer("pw1", "xxxxx", "pw2", "xxxxx").Replace(u)
 	}
 	if a, b := render(t, want), render(t, got); a != b {
 		t.Errorf("printed configuration loads differently:\nwant:\n%s\ngot:\n%s", a, b)
@@ -414,8 +415,37 @@ func TestSizes(t *testing.T) {
 		}
 	}
 	for n, want := range map[int64]string{0: "0", 1000: "1000", 1024: "1K", 25 << 20: "25M", 1 << 30: "1G", 1<<30 + 1: "1073741825"} {
-		if got := formatSize(n); got != want {
-			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
+		if got := engine.FormatSize(n); got != want {
+			t.Errorf("engine.FormatSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// TestPackageProblemsNameTheOption: the engine, the broker and the client
+// controls check their own bounds; each problem comes back named after
+// the option that set the field, fields in the text spelt as options too.
+func TestPackageProblemsNameTheOption(t *testing.T) {
+	env := envMap(map[string]string{"LSMTP_MAX_CONNS": "many"})
+	_, err := loadConfig([]string{"--max-conns", "5", "--conn-rate", "-1", "--msg-burst", "5", "--hostname", "mx (main)",
+		"--exchange", "", "--routing-key", "in.{domain}", "--amqp-reconnect-max", "1ms", "--trusted-proxy", "10.0.0.0/8"}, env, io.Discard)
+	var p problems
+	if !errors.As(err, &p) {
+		t.Fatalf("err = %v, want problems", err)
+	}
+	want := []string{
+		`$LSMTP_MAX_CONNS: "many" is not a whole number`, // checked though the flag wins
+		`--hostname: "mx (main)" cannot stand in a greeting`,
+		"--conn-rate: -1 is not a finite number >= 0",
+		"--msg-burst: 5 is set but msg-rate is 0 (unlimited)",
+		"--routing-key: a {domain} routing key needs a named exchange",
+		"--amqp-reconnect-max: 1ms is less than amqp-reconnect-min (100ms)",
+	}
+	if len(p) != len(want) {
+		t.Fatalf("%d problems, want %d:\n%v", len(p), len(want), err)
+	}
+	for i, w := range want {
+		if !strings.Contains(p[i], w) {
+			t.Errorf("problem %d = %q, want it to contain %q", i, p[i], w)
 		}
 	}
 }

@@ -7,7 +7,7 @@
 //	lsmtp config sample              print a configuration file of every key with its default
 //
 // Options come from flags, LSMTP_* variables and the file named by
-// --config, in that order of precedence (see config.go).
+// --config, in that order of precedence; options.go has the table of them.
 package main
 
 import (
@@ -69,7 +69,7 @@ func configSubcommand(args []string, stderr io.Writer) (sub string, flagArgs []s
 		return args[1], args[2:], true
 	}
 	// Flags first: the flag package stops at the first non-flag.
-	_, fs := newOptions(io.Discard)
+	fs := newConfig(io.Discard).fs
 	if fs.Parse(args) != nil || fs.NArg() == 0 || fs.Arg(0) != "config" {
 		return "", nil, false
 	}
@@ -117,7 +117,7 @@ func configCommand(sub string, flagArgs []string, env lookupEnv, stdout, stderr 
 		return exitUsage
 	}
 	for _, w := range c.warnings {
-		fmt.Fprintln(stderr, "lsmtp: warning:", w)
+		fmt.Fprintln(stderr, "lsmtp: warning:", w.text)
 	}
 	if sub == "print" {
 		if err := c.writeYAML(stdout, renderEffective); err != nil {

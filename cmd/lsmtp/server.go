@@ -66,13 +66,20 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 	}
 	c.logWarnings(log)
 	raiseFileLimit(log)
-	setMemoryLimit(c.o.maxInFlightBytes.n, env, log)
+	setMemoryLimit(c.o.eng.MaxInFlightBytes, env, log)
 
 	n := &node{args: args, env: env, boot: c, log: log, level: level, served: make(chan error, 1)}
 	n.cur.Store(c)
 	n.sk = &sink.Null{}
 	if c.o.sink == "amqp" {
-		if n.brk, err = c.o.amqp.open(c.o.hostname, log); err != nil {
+		// broker.New does not wait for RabbitMQ: with the broker down the
+		// server still starts and answers DATA with 451 until it is up.
+		bc := c.o.brk
+		if bc.Node == "" {
+			bc.Node = c.o.eng.Hostname
+		}
+		bc.Logger = log
+		if n.brk, err = broker.New(bc); err != nil {
 			return nil, err
 		}
 		n.sk = n.brk
@@ -83,7 +90,7 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 		n.sk.Close(ctx)
 	}
 
-	ec := c.o.engineConfig()
+	ec := c.o.eng
 	ec.Sink, ec.Logger = n.sk, log
 	if ec.Policy, err = c.o.newPolicy(); err != nil {
 		closeSink()
@@ -111,32 +118,9 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 			return nil, err
 		}
 	}
-	log.Info("listening", "addrs", addrs, "admin", n.adminAddr, "hostname", c.o.hostname, "sink", c.o.sink,
+	log.Info("listening", "addrs", addrs, "admin", n.adminAddr, "hostname", c.o.eng.Hostname, "sink", c.o.sink,
 		"config", c.o.configFile)
 	return n, nil
-}
-
-// startAdmin binds the admin listener at once, so that a taken port is a
-// start-up error rather than a log line.
-func (n *node) startAdmin(addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("admin listener: %w", err)
-	}
-	n.adminAddr = ln.Addr()
-	col := metrics.NewCollector(metrics.Sources{Engine: n.srv.Stats(), Config: n.srv.Config, Broker: n.brokerStats()})
-	n.admin = &http.Server{
-		Handler:           n.adminHandler(metrics.NewRegistry(col)),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       time.Minute,
-		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
-	}
-	go func() {
-		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			n.log.Error("admin listener failed", "addr", addr, "err", err)
-		}
-	}()
-	return nil
 }
 
 // brokerStats is the broker for the metrics, nil (not a nil *Broker in
@@ -199,12 +183,12 @@ func (n *node) reload() error {
 		return err
 	}
 	c.logWarnings(n.log)
-	ec := c.o.engineConfig()
+	ec := c.o.eng
 	ec.Sink = n.sk
 	// A new policy starts every client with full rate buckets: keep the
 	// running one unless its settings changed.
 	prev := n.cur.Load()
-	if reflect.DeepEqual(prev.o.policyConfig(), c.o.policyConfig()) {
+	if reflect.DeepEqual(prev.o.pol, c.o.pol) {
 		ec.Policy = n.srv.Config().Policy
 	} else if ec.Policy, err = c.o.newPolicy(); err != nil {
 		n.log.Error("reload failed; configuration unchanged", "err", err)
@@ -215,16 +199,10 @@ func (n *node) reload() error {
 		n.log.Error("reload failed; configuration unchanged", "err", err)
 		return err
 	}
-	var changed []string
-	for _, key := range changedKeys(prev, c) {
-		if !needsRestart(key) {
-			changed = append(changed, key)
-		}
-	}
+	changed := changedKeys(prev, c, false)
 	// Restart-only options are compared with what the process started
 	// with: a change stays reported on every reload until the restart.
-	restart := changedKeys(n.boot, c)
-	restart = slices.DeleteFunc(restart, func(k string) bool { return !needsRestart(k) })
+	restart := changedKeys(n.boot, c, true)
 	for _, k := range engineRestart {
 		if !slices.Contains(restart, k) {
 			restart = append(restart, k)
@@ -244,21 +222,6 @@ func (n *node) reload() error {
 		n.level.Set(level)
 	}
 	return nil
-}
-
-// changedKeys names the keys whose values differ between a and b.
-func changedKeys(a, b *config) []string {
-	var keys []string
-	_, groups := b.orderedKeys()
-	for _, g := range groups {
-		for _, key := range g {
-			fa, fb := a.fs.Lookup(key), b.fs.Lookup(key)
-			if fa == nil || fb == nil || a.renderValue(fa, renderSample) != b.renderValue(fb, renderSample) {
-				keys = append(keys, key)
-			}
-		}
-	}
-	return keys
 }
 
 // stop shuts down: no new connections or transactions, transactions in

@@ -56,7 +56,7 @@ type options struct {
 func parseFlags(args []string, getenv func(string) string) (options, error) {
 	fs := flag.NewFlagSet("lsmtp-consume", flag.ContinueOnError)
 	var o options
-	fs.StringVar(&o.url, "amqp-url", broker.DefaultURL, "AMQP URL of RabbitMQ (credentials also from $"+broker.EnvUsername+"/$"+broker.EnvPassword+")")
+	fs.StringVar(&o.url, "amqp-url", broker.DefaultURL, "AMQP URL of RabbitMQ (credentials also from $LSMTP_AMQP_USERNAME/$LSMTP_AMQP_PASSWORD, as for lsmtp)")
 	fs.StringVar(&o.queue, "queue", "lsmtp.inbound", "queue to consume")
 	fs.StringVar(&o.mode, "mode", "print", "print (envelope of each message), eml (one file per message) or maildir")
 	fs.StringVar(&o.dir, "dir", "", "directory for --mode eml or maildir")
@@ -85,8 +85,8 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 	if o.count < 0 || o.prefetch < 1 || o.prefetch > 65535 {
 		return o, errors.New("--count must be >= 0 and --prefetch 1..65535")
 	}
-	if v := getenv(broker.EnvUsername); v != "" {
-		o.username, o.password = v, getenv(broker.EnvPassword)
+	if v := getenv("LSMTP_AMQP_USERNAME"); v != "" {
+		o.username, o.password = v, getenv("LSMTP_AMQP_PASSWORD")
 	}
 	return o, nil
 }
