@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lsmtp/lsmtp/codec"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
@@ -163,7 +164,7 @@ func TestSinkErrorsAreTemporary(t *testing.T) {
 		{"unavailable", sink.ErrUnavailable, "451 4.3.0"},
 		{"busy", sink.ErrBusy, "451 4.3.2"},
 		{"plain error", errors.New("connection reset"), "451 4.3.0"},
-		{"a sink asking for 5xx still gets 4xx", &sink.Error{Code: 554, Enhanced: "5.0.0", Text: "no"}, "451 4.3.0"},
+		{"a sink asking for 5xx still gets 4xx", &codec.Reply{Code: 554, Enhanced: "5.0.0", Text: "no"}, "451 4.3.0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, addr := startServer(t, Config{Sink: &recordingSink{async: true, result: tc.err}})
