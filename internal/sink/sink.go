@@ -105,7 +105,8 @@ var (
 // Reply is what the client is told about a message the sink failed with
 // err. A sink's trouble is ours, never the sender's, so it is always
 // temporary (RFC 5321 §4.2.5): a 4xx *codec.Reply stands as it is, and
-// anything else, a 5xx included, becomes ErrUnavailable (451 4.3.0).
+// anything else, a 5xx included, becomes ErrUnavailable (451 4.3.0). err
+// is taken as it is, not unwrapped: a sink returns its reply itself.
 func Reply(err error) *codec.Reply {
 	if r, ok := err.(*codec.Reply); ok && r.Code >= 400 && r.Code < 500 {
 		return r
