@@ -44,17 +44,17 @@ var (
 type serverReplies struct {
 	greeting, helo, ehlo, quit []byte
 
-	shutdown     []byte // Shutdown: draining, or its deadline passed
-	timeout      []byte // the idle or data timeout passed
-	tooManyConns []byte // MaxConns or MaxConnsPerIP
-	denied       []byte // the client policy's deny list
-	rate         []byte // the client policy's connection rate
-	tooManyErrs  []byte // MaxErrors protocol errors
-	backlog      []byte // MaxPipelineBacklog input unread behind a reply
-	nonSMTP      []byte // an HTTP request line first
-	proxy        []byte // a PROXY header from an address we do not trust
-	tls          []byte // a TLS ClientHello on a port that does not speak TLS
-	talkedFirst  []byte // input before the delayed greeting
+	shutdown    []byte // Shutdown: draining, or its deadline passed
+	timeout     []byte // the idle or data timeout passed
+	tooMany     []byte // MaxConns or MaxConnsPerIP
+	denied      []byte // the client policy's deny list
+	rate        []byte // the client policy's connection rate
+	tooManyErrs []byte // MaxErrors protocol errors
+	backlog     []byte // MaxPipelineBacklog input unread behind a reply
+	nonSMTP     []byte // an HTTP request line first
+	proxy       []byte // a PROXY header from an address we do not trust
+	tls         []byte // a TLS ClientHello on a port that does not speak TLS
+	talkedFirst []byte // input before the delayed greeting
 }
 
 func makeReplies(cfg Config) serverReplies {
@@ -75,17 +75,17 @@ func makeReplies(cfg Config) serverReplies {
 			"ENHANCEDSTATUSCODES",
 			"SMTPUTF8",
 		),
-		quit:         reply(221, "2.0.0", "Bye"),
-		shutdown:     reply(421, "4.3.2", "Service shutting down, try again later"),
-		timeout:      reply(421, "4.4.2", "Timeout, closing"),
-		tooManyConns: reply(421, "4.7.0", "Too many connections, try again later"),
-		denied:       reply(554, "5.7.1", "Access denied"),
-		rate:         reply(421, "4.7.0", "Connection rate limit exceeded, try again later"),
-		tooManyErrs:  reply(421, "4.7.0", "Too many errors, closing"),
-		backlog:      reply(421, "4.7.0", "Too much pipelined input, closing"),
-		nonSMTP:      reply(421, "4.7.0", "Not an SMTP client, closing"),
-		proxy:        reply(421, "4.7.0", "PROXY header not accepted from this address, closing"),
-		tls:          reply(421, "4.7.0", "TLS is not spoken here, closing"),
+		quit:        reply(221, "2.0.0", "Bye"),
+		shutdown:    reply(421, "4.3.2", "Service shutting down, try again later"),
+		timeout:     reply(421, "4.4.2", "Timeout, closing"),
+		tooMany:     reply(421, "4.7.0", "Too many connections, try again later"),
+		denied:      reply(554, "5.7.1", "Access denied"),
+		rate:        reply(421, "4.7.0", "Connection rate limit exceeded, try again later"),
+		tooManyErrs: reply(421, "4.7.0", "Too many errors, closing"),
+		backlog:     reply(421, "4.7.0", "Too much pipelined input, closing"),
+		nonSMTP:     reply(421, "4.7.0", "Not an SMTP client, closing"),
+		proxy:       reply(421, "4.7.0", "PROXY header not accepted from this address, closing"),
+		tls:         reply(421, "4.7.0", "TLS is not spoken here, closing"),
 		// RFC 5321 §3.1: the client waits for our 220. One that talks
 		// first is not a mailer waiting its turn.
 		talkedFirst: reply(554, "5.5.0", "Protocol violation: talked before the greeting"),

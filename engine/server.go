@@ -312,7 +312,7 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	viaProxy := trusted(cfg.TrustedProxies, ip)
 	if reason, ok := s.admit(ip, !viaProxy); !ok {
 		s.stats.Refused[reason].Add(1)
-		return cfg.replies.tooManyConns, gnet.Close
+		return cfg.replies.tooMany, gnet.Close
 	}
 	s.stats.Accepted.Add(1)
 	sess := newSession(s, c, ap)

@@ -295,7 +295,7 @@ func (s *session) readProxyHeader(in []byte, now time.Time) (int, bool) {
 		client := netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
 		if !s.srv.bindIP(client.Addr()) {
 			s.srv.stats.Refused[RefusedPerIP].Add(1)
-			s.closeWith(s.cfg.replies.tooManyConns)
+			s.closeWith(s.cfg.replies.tooMany)
 			return n, false
 		}
 		s.countedIP = true
