@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lsmtp/lsmtp/codec"
 	"github.com/lsmtp/lsmtp/internal/hist"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
@@ -18,7 +19,7 @@ import (
 var (
 	// ErrUnroutable: the exchange had no queue for the routing key
 	// (basic.return); RFC 3463 X.3.5 "system incorrectly configured".
-	ErrUnroutable = &sink.Error{Code: 451, Enhanced: "4.3.5", Text: "Message not routable to a queue, try again later"}
+	ErrUnroutable = &codec.Reply{Code: 451, Enhanced: "4.3.5", Text: "Message not routable to a queue, try again later"}
 )
 
 // Broker is the RabbitMQ sink. Create it with New; it is safe for

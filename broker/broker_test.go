@@ -16,6 +16,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/codec"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
@@ -192,7 +193,7 @@ func TestUnroutable(t *testing.T) {
 	rec.wait(t, 3, 10*time.Second)
 	for i := 0; i < 3; i++ {
 		err := rec.result(t, fmt.Sprintf("QUNR%d", i))
-		var se *sink.Error
+		var se *codec.Reply
 		if !errors.As(err, &se) || se.Code != 451 || err != ErrUnroutable {
 			t.Errorf("message %d: completed with %v, want %v", i, err, ErrUnroutable)
 		}

@@ -52,7 +52,7 @@ func TestSessionAllocsPipelinedCommands(t *testing.T) {
 		h.pass(batch)
 	}
 	written := h.written
-	if n := testing.AllocsPerRun(200, func() { h.pass(batch) }); n != 0 {
+	if n := testing.AllocsPerRun(200, func() { h.pass(batch) }); n != 0 && !raceEnabled {
 		t.Errorf("a pipelined batch without a message: %v allocations per pass, want 0", n)
 	}
 	if got, want := h.written-written, 201*len(want); got != want || h.closed {
@@ -87,7 +87,7 @@ func TestSessionAllocsDataStreaming(t *testing.T) {
 		t.Logf("the pool gave a buffer of %d octets; grown to %d", len(b.B), cap(b.B))
 	}
 	written := h.written
-	if n := testing.AllocsPerRun(runs, func() { h.pass(chunk) }); n != 0 {
+	if n := testing.AllocsPerRun(runs, func() { h.pass(chunk) }); n != 0 && !raceEnabled {
 		t.Errorf("a chunk of a DATA body: %v allocations per pass, want 0", n)
 	}
 	if h.written != written || h.sess.state != stData {
@@ -124,7 +124,7 @@ func TestSessionAllocsPerMessage(t *testing.T) {
 		}
 		n := testing.AllocsPerRun(200, send)
 		t.Logf("%s: %v allocations per message (2 KB body)", name, n)
-		if n > 1 {
+		if n > 1 && !raceEnabled {
 			t.Errorf("%s: %v allocations per message, want at most 1 (the queue ID)", name, n)
 		}
 		if got, want := h.srv.stats.MessagesBy(OutcomeAccepted), int64(20+201); got != want || h.closed {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // Real clients deliver mail, and the sink gets exactly the octets they
@@ -27,11 +28,11 @@ import (
 // waitMessages waits until the sink holds n messages: a sink completes
 // before the client's last reply is written, but the test reads the
 // recording from another goroutine.
-func waitMessages(t *testing.T, rs *recordingSink, n int) []recorded {
+func waitMessages(t *testing.T, rs *smtptest.Recorder, n int) []smtptest.Recorded {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		msgs := rs.messages()
+		msgs := rs.Messages()
 		if len(msgs) >= n || time.Now().After(deadline) {
 			if len(msgs) != n {
 				t.Fatalf("sink got %d messages, want %d", len(msgs), n)
@@ -59,7 +60,7 @@ func eightBit() string {
 }
 
 func TestNetSMTPClient(t *testing.T) {
-	rs := &recordingSink{async: true}
+	rs := &smtptest.Recorder{Async: true}
 	_, addr := startServer(t, Config{Sink: rs})
 
 	type sent struct {
@@ -107,8 +108,8 @@ func TestNetSMTPClient(t *testing.T) {
 	got := waitMessages(t, rs, len(msgs))
 	for i, m := range msgs {
 		g := got[i]
-		if g.body() != m.want {
-			t.Errorf("message %d: body\n%q\nwant\n%q", i, g.body(), m.want)
+		if g.Content() != m.want {
+			t.Errorf("message %d: body\n%q\nwant\n%q", i, g.Content(), m.want)
 		}
 		if g.Sender != m.from || strings.Join(g.Recipients, ",") != strings.Join(m.to, ",") {
 			t.Errorf("message %d: envelope %q -> %q, want %q -> %q", i, g.Sender, g.Recipients, m.from, m.to)
@@ -117,7 +118,7 @@ func TestNetSMTPClient(t *testing.T) {
 		if g.Body != sink.Body8BitMIME || !g.SMTPUTF8 {
 			t.Errorf("message %d: BODY %v, SMTPUTF8 %v", i, g.Body, g.SMTPUTF8)
 		}
-		if hasFor := strings.Contains(g.Data[:len(g.Data)-len(g.body())], "\tfor <"); hasFor != (len(m.to) == 1) {
+		if hasFor := strings.Contains(g.Data[:len(g.Data)-len(g.Content())], "\tfor <"); hasFor != (len(m.to) == 1) {
 			t.Errorf("message %d to %d recipients: Received: names one: %v", i, len(m.to), hasFor)
 		}
 	}
@@ -202,7 +203,7 @@ func sentData(t *testing.T, transcript string) string {
 
 func TestSwaks(t *testing.T) {
 	swaksPath(t)
-	rs := &recordingSink{async: true}
+	rs := &smtptest.Recorder{Async: true}
 	_, addr := startServer(t, Config{Sink: rs})
 	dir := t.TempDir()
 
@@ -232,10 +233,10 @@ func TestSwaks(t *testing.T) {
 				t.Fatalf("pipelined: %v; transcript:\n%s", pipelined, transcript)
 			}
 			m := waitMessages(t, rs, i+1)[i]
-			if m.body() != want {
-				t.Errorf("body\n%q\nwant\n%q", m.body(), want)
+			if m.Content() != want {
+				t.Errorf("body\n%q\nwant\n%q", m.Content(), want)
 			}
-			if m.body() != sentData(t, transcript) {
+			if m.Content() != sentData(t, transcript) {
 				t.Errorf("body differs from what the transcript shows sent")
 			}
 			if m.Sender != "a@b.test" || strings.Join(m.Recipients, ",") != strings.Join(tc.rcpt, ",") || m.Helo != "client.test" {
@@ -254,10 +255,10 @@ func TestSwaks(t *testing.T) {
 		transcript := swaks(t, addr, "--helo", "client.test", "--from", "a@b.test", "--to", "c@d.test",
 			"--body", "see attachment", "--attach-type", "application/octet-stream", "--attach", "@"+att)
 		m := waitMessages(t, rs, len(cases)+1)[len(cases)]
-		if m.body() != sentData(t, transcript) {
-			t.Fatalf("body of %d octets differs from the %d octets the transcript shows sent", len(m.body()), len(sentData(t, transcript)))
+		if m.Content() != sentData(t, transcript) {
+			t.Fatalf("body of %d octets differs from the %d octets the transcript shows sent", len(m.Content()), len(sentData(t, transcript)))
 		}
-		got := attachment(t, m.body())
+		got := attachment(t, m.Content())
 		if !bytes.Equal(got, payload) {
 			t.Fatalf("attachment of %d octets differs from the %d octets sent", len(got), len(payload))
 		}

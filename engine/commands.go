@@ -8,66 +8,6 @@ import (
 	"github.com/lsmtp/lsmtp/codec"
 )
 
-// Replies with fixed text. Codes per RFC 5321 §4.2 and §4.3.2, enhanced
-// codes per RFC 3463 (RFC 2034 §3: none on the greeting, HELO/EHLO, and
-// 354, which has no enhanced class).
-var (
-	replyOK            = &codec.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK"}
-	replySenderOK      = &codec.Reply{Code: 250, Enhanced: "2.1.0", Text: "OK"}
-	replyRecipientOK   = &codec.Reply{Code: 250, Enhanced: "2.1.5", Text: "OK"}
-	replyVRFY          = &codec.Reply{Code: 252, Enhanced: "2.0.0", Text: "Cannot VRFY user, but will accept message and attempt delivery"}
-	replyHelp          = &codec.Reply{Code: 214, Enhanced: "2.0.0", Text: "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"}
-	replyStartData     = &codec.Reply{Code: 354, Text: "End data with <CR><LF>.<CR><LF>"}
-	replyNotImpl       = &codec.Reply{Code: 502, Enhanced: "5.5.1", Text: "Command not implemented"}
-	replyNeedHelo      = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "Send HELO or EHLO first"}
-	replyNestedMail    = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "Sender already specified"}
-	replyNeedMail      = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "Need MAIL before RCPT"}
-	replyNeedMailData  = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "Need MAIL and RCPT before DATA"}
-	replyNoRecipients  = &codec.Reply{Code: 554, Enhanced: "5.5.1", Text: "No valid recipients"}
-	replyDataAfterBDAT = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "DATA not allowed after BDAT"}
-	replyRcptAfterBDAT = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "RCPT not allowed after BDAT"}
-	replyBinaryMIME    = &codec.Reply{Code: 503, Enhanced: "5.5.1", Text: "BODY=BINARYMIME requires BDAT"}
-	replyNoParams      = &codec.Reply{Code: 555, Enhanced: "5.5.4", Text: "Parameters need EHLO"}
-	replyNullRcpt      = &codec.Reply{Code: 501, Enhanced: "5.1.3", Text: "Null recipient not allowed"}
-	replyTooMany       = &codec.Reply{Code: 452, Enhanced: "4.5.3", Text: "Too many recipients"}
-	replyTooBig        = &codec.Reply{Code: 552, Enhanced: "5.3.4", Text: "Message size exceeds fixed maximum message size"}
-	replyBareEOL       = &codec.Reply{Code: 554, Enhanced: "5.6.0", Text: "Message contains bare CR or LF (RFC 5321 section 2.3.8)"}
-	replyMsgRate       = &codec.Reply{Code: 450, Enhanced: "4.7.1", Text: "Message rate limit exceeded, try again later"}
-	replyDomain        = &codec.Reply{Code: 550, Enhanced: "5.7.1", Text: "Recipient domain not accepted here"}
-	replyNoMemory      = &codec.Reply{Code: 451, Enhanced: "4.3.1", Text: "Insufficient system resources, try again later"}
-)
-
-// serverReplies are the replies that carry our hostname, made once.
-type serverReplies struct {
-	greeting, helo, ehlo, quit, shutdown, timeout, nonSMTP, tooMany, denied, rate, proxy []byte
-}
-
-func makeReplies(cfg Config) serverReplies {
-	h := cfg.Hostname
-	return serverReplies{
-		greeting: []byte("220 " + h + " ESMTP\r\n"),
-		helo:     []byte("250 " + h + "\r\n"),
-		ehlo: codec.AppendReplyLines(nil, 250,
-			h,
-			"PIPELINING",
-			"SIZE "+strconv.FormatInt(cfg.MaxMessageSize, 10),
-			"8BITMIME",
-			"BINARYMIME",
-			"CHUNKING",
-			"ENHANCEDSTATUSCODES",
-			"SMTPUTF8",
-		),
-		quit:     []byte("221 2.0.0 " + h + " Bye\r\n"),
-		shutdown: []byte("421 4.3.2 " + h + " Service shutting down, try again later\r\n"),
-		timeout:  []byte("421 4.4.2 " + h + " Timeout, closing\r\n"),
-		nonSMTP:  []byte("421 4.7.0 " + h + " Not an SMTP client, closing\r\n"),
-		tooMany:  []byte("421 4.7.0 " + h + " Too many connections, try again later\r\n"),
-		denied:   []byte("554 5.7.1 " + h + " Access denied\r\n"),
-		rate:     []byte("421 4.7.0 " + h + " Connection rate limit exceeded, try again later\r\n"),
-		proxy:    []byte("421 4.7.0 " + h + " PROXY header not accepted from this address, closing\r\n"),
-	}
-}
-
 // command handles one command line.
 func (s *session) command(line []byte, now time.Time) {
 	before := len(s.out)
@@ -140,13 +80,6 @@ func isHTTP(line []byte) bool {
 		}
 	}
 	return false
-}
-
-func asReply(err error) *codec.Reply {
-	if r, ok := err.(*codec.Reply); ok {
-		return r
-	}
-	return &codec.Reply{Code: 501, Enhanced: "5.5.4", Text: "Syntax error"}
 }
 
 // hello handles HELO and EHLO; both reset the transaction (RFC 5321 §4.1.4).

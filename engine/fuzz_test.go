@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // fuzzMaxInput bounds a fuzz input: the byte-by-byte run costs one
@@ -55,13 +56,15 @@ func (p *fuzzPolicy) RecipientAllowed(addr []byte) bool {
 }
 
 func fuzzConfig(mode uint16) Config {
-	ss := &stepSink{deferred: mode&modeDeferred != 0, failWith: sink.ErrBusy}
-	if mode&modeSinkFails != 0 {
-		ss.failEvery = 2
-	}
-	if mode&modeShutdown != 0 {
-		ss.failEvery = 2
-		ss.failWith = sink.ErrShuttingDown
+	ss := &smtptest.Recorder{Deferred: mode&modeDeferred != 0}
+	if fail := fuzzFailure(mode); fail != nil {
+		// Every second message fails.
+		ss.Verdict = func(n int) error {
+			if n%2 == 0 {
+				return fail
+			}
+			return nil
+		}
 	}
 	cfg := Config{Sink: ss, NormalizeBareEOL: mode&modeNormalize != 0}
 	if mode&modeSmall != 0 {
@@ -83,6 +86,18 @@ func fuzzConfig(mode uint16) Config {
 	return cfg
 }
 
+// fuzzFailure is the verdict of the sink's failing messages in mode, nil
+// when none fail.
+func fuzzFailure(mode uint16) error {
+	switch {
+	case mode&modeShutdown != 0:
+		return sink.ErrShuttingDown
+	case mode&modeSinkFails != 0:
+		return sink.ErrBusy
+	}
+	return nil
+}
+
 // chunks cuts input where split says: chunk i is 1+split[i%len(split)]
 // octets long. An empty split is one chunk.
 func chunks(input, split []byte) [][]byte {
@@ -101,7 +116,7 @@ func chunks(input, split []byte) [][]byte {
 // fuzzRun is the outcome of feeding one input to a fresh session.
 type fuzzRun struct {
 	h      *memHarness
-	sink   *stepSink
+	sink   *smtptest.Recorder
 	hungUp bool // the client left without waiting for the last answers
 }
 
@@ -110,7 +125,7 @@ type fuzzRun struct {
 // leaves. The session is always closed at the end, as OnClose would.
 func runSession(t *testing.T, mode uint16, parts [][]byte, hangUp bool) fuzzRun {
 	cfg := fuzzConfig(mode)
-	ss := cfg.Sink.(*stepSink)
+	ss := cfg.Sink.(*smtptest.Recorder)
 	h := newMemHarness(t, cfg, false)
 	for _, p := range parts {
 		h.send(p)
@@ -121,7 +136,7 @@ func runSession(t *testing.T, mode uint16, parts [][]byte, hangUp bool) fuzzRun 
 	h.close()
 	// A broker answers even for a client that left; the session must give
 	// the in-flight bytes back then.
-	ss.completePending()
+	ss.CompletePending()
 	return fuzzRun{h: h, sink: ss, hungUp: hangUp}
 }
 
@@ -184,8 +199,8 @@ func checkRun(t *testing.T, run fuzzRun, input []byte) {
 		}
 	}
 	var verdicts []string
-	for _, m := range ss.msgs {
-		switch m.err {
+	for _, m := range ss.Messages() {
+		switch m.Err {
 		case nil:
 			verdicts = append(verdicts, m.QueueID)
 		case sink.ErrBusy:
@@ -193,7 +208,7 @@ func checkRun(t *testing.T, run fuzzRun, input []byte) {
 		case sink.ErrShuttingDown:
 			verdicts = append(verdicts, "shutdown")
 		default:
-			t.Fatalf("unexpected sink verdict %v", m.err)
+			t.Fatalf("unexpected sink verdict %v", m.Err)
 		}
 	}
 	missing := len(verdicts) - len(answers)
@@ -217,9 +232,9 @@ func checkRun(t *testing.T, run fuzzRun, input []byte) {
 	}
 
 	// Bounded: what the sink got fits the size limit plus our header.
-	for _, m := range ss.msgs {
-		if int64(len(m.body())) > h.srv.settings().MaxMessageSize {
-			t.Fatalf("the sink got a body of %d octets, limit %d", len(m.body()), h.srv.settings().MaxMessageSize)
+	for _, m := range ss.Messages() {
+		if int64(len(m.Content())) > h.srv.settings().MaxMessageSize {
+			t.Fatalf("the sink got a body of %d octets, limit %d", len(m.Content()), h.srv.settings().MaxMessageSize)
 		}
 		if !strings.HasPrefix(m.Data, "Received: from ") {
 			t.Fatalf("message without our Received: header: %q", m.Data)
@@ -280,16 +295,16 @@ func replyLines(out []byte) ([]string, error) {
 // queue IDs (random per server) become their index at the sink.
 func normalize(run fuzzRun) string {
 	var pairs []string
-	for i, m := range run.sink.msgs {
+	for i, m := range run.sink.Messages() {
 		pairs = append(pairs, m.QueueID, fmt.Sprintf("<qid%d>", i))
 	}
 	r := strings.NewReplacer(pairs...)
 	var b strings.Builder
 	fmt.Fprintf(&b, "transcript %q\nclosed %v\n", r.Replace(string(run.h.transcript)), run.h.closed)
-	for i, m := range run.sink.msgs {
+	for i, m := range run.sink.Messages() {
 		m.QueueID = ""
 		m.Data = r.Replace(m.Data)
-		fmt.Fprintf(&b, "message %d: %+v err=%v\n", i, m.recorded, m.err)
+		fmt.Fprintf(&b, "message %d: %+v\n", i, m)
 	}
 	return b.String()
 }

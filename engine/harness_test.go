@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // startServer runs a server on 127.0.0.1:0 for one test. Zero fields of
@@ -24,7 +23,7 @@ func startServer(t testing.TB, cfg Config) (*Server, string) {
 		cfg.Hostname = "mx.test"
 	}
 	if cfg.Sink == nil {
-		cfg.Sink = &recordingSink{}
+		cfg.Sink = &smtptest.Recorder{}
 	}
 	if cfg.TickInterval == 0 {
 		cfg.TickInterval = 20 * time.Millisecond
@@ -156,96 +155,6 @@ func trim(s string) string {
 		return s[:60] + "..."
 	}
 	return s
-}
-
-// recordingSink keeps a copy of every message. With async set it completes
-// from another goroutine after delay, as a broker would; result chooses
-// the outcome.
-type recordingSink struct {
-	mu     sync.Mutex
-	msgs   []recorded
-	async  bool
-	delay  time.Duration
-	result error
-	held   chan struct{} // if set, completion waits until it is closed
-}
-
-type recorded struct {
-	QueueID    string
-	Sender     string
-	Recipients []string
-	ClientIP   string
-	Helo       string
-	Size       int64
-	Body       sink.BodyType
-	SMTPUTF8   bool
-	Data       string
-}
-
-func (s *recordingSink) Submit(m *sink.Message) {
-	r := record(m)
-	s.mu.Lock()
-	result, async, delay, held := s.result, s.async, s.delay, s.held
-	if result == nil {
-		s.msgs = append(s.msgs, r)
-	}
-	s.mu.Unlock()
-	if !async && held == nil {
-		m.Done.Complete(m, result)
-		return
-	}
-	go func() {
-		if held != nil {
-			<-held
-		}
-		time.Sleep(delay)
-		m.Done.Complete(m, result)
-	}()
-}
-
-func (s *recordingSink) Close(context.Context) error { return nil }
-
-// record copies what a sink was handed (the engine reuses it after
-// Complete) and releases the body buffer, as a real sink does.
-func record(m *sink.Message) recorded {
-	r := recorded{
-		QueueID:  m.QueueID,
-		Sender:   string(m.Sender),
-		ClientIP: m.ClientIP,
-		Helo:     string(m.Helo),
-		Size:     m.Size,
-		Body:     m.Body,
-		SMTPUTF8: m.SMTPUTF8,
-		Data:     string(m.Data.B),
-	}
-	for _, rc := range m.Recipients {
-		r.Recipients = append(r.Recipients, string(rc))
-	}
-	m.ReleaseData()
-	return r
-}
-
-func (s *recordingSink) messages() []recorded {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]recorded(nil), s.msgs...)
-}
-
-// body returns the message as the client sent it: Data without our
-// Received: header (which ends at the first line not starting with a tab
-// after the "Received:" line).
-func (r recorded) body() string {
-	rest := r.Data
-	if !strings.HasPrefix(rest, "Received: ") {
-		return rest
-	}
-	for {
-		i := strings.Index(rest, "\r\n")
-		rest = rest[i+2:]
-		if !strings.HasPrefix(rest, "\t") {
-			return rest
-		}
-	}
 }
 
 func mustf(t testing.TB, err error, format string, a ...any) {

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // The cases of TestHostile (hostile_test.go), by family.
@@ -71,18 +73,18 @@ func hostilePerByte(s string) []string {
 
 // hostileOne checks that the attacking connection's one message has
 // exactly this body (after our Received: header).
-func hostileOne(body string) func(*testing.T, []recorded) {
-	return func(t *testing.T, msgs []recorded) {
+func hostileOne(body string) func(*testing.T, []smtptest.Recorded) {
+	return func(t *testing.T, msgs []smtptest.Recorded) {
 		t.Helper()
-		if got := msgs[0].body(); got != body {
+		if got := msgs[0].Content(); got != body {
 			t.Fatalf("sink got body %q (%d octets), want %q (%d octets)", trim(got), len(got), trim(body), len(body))
 		}
 	}
 }
 
 // hostileEnvelopeIs checks the sender and recipients the sink got.
-func hostileEnvelopeIs(sender string, rcpts ...string) func(*testing.T, []recorded) {
-	return func(t *testing.T, msgs []recorded) {
+func hostileEnvelopeIs(sender string, rcpts ...string) func(*testing.T, []smtptest.Recorded) {
+	return func(t *testing.T, msgs []smtptest.Recorded) {
 		t.Helper()
 		m := msgs[0]
 		if m.Sender != sender || strings.Join(m.Recipients, ",") != strings.Join(rcpts, ",") {
@@ -118,7 +120,7 @@ func hostileCases(clientHello string) []hostileCase {
 			prof:  hostileNormalize,
 			steps: []hostileStep{hostileTx(), hs(body, "250 2.0.0")},
 			msgs:  1,
-			check: func(t *testing.T, msgs []recorded) {
+			check: func(t *testing.T, msgs []smtptest.Recorded) {
 				hostileEnvelopeIs("a@b.test", "c@d.test")(t, msgs)
 				want := "Subject: x\r\n\r\nbody" + v.normalized + strings.TrimSuffix(smuggled, ".\r\n")
 				hostileOne(want)(t, msgs)
@@ -306,7 +308,7 @@ func hostileCases(clientHello string) []hostileCase {
 			hs("DATA\r\nto a hundred\r\n.\r\n", "354", "250 2.0.0"),
 		},
 		msgs: 1,
-		check: func(t *testing.T, msgs []recorded) {
+		check: func(t *testing.T, msgs []smtptest.Recorded) {
 			r := msgs[0].Recipients
 			if len(r) != 100 || r[0] != "r1@d.test" || r[99] != "r100@d.test" {
 				t.Fatalf("sink got %d recipients: %q...", len(r), r[:min(3, len(r))])
@@ -709,7 +711,7 @@ func hostileCases(clientHello string) []hostileCase {
 		name:  "RCPT and MAIL after BDAT",
 		steps: []hostileStep{hostileEnvelope(), hs("BDAT 1\r\nxRCPT TO:<e@d.test>\r\nMAIL FROM:<f@b.test>\r\nBDAT 1 LAST\r\ny", "250 2.0.0 1 octets", "503 5.5.1", "503 5.5.1", "250 2.0.0 OK queued as")},
 		msgs:  1,
-		check: func(t *testing.T, msgs []recorded) {
+		check: func(t *testing.T, msgs []smtptest.Recorded) {
 			hostileEnvelopeIs("a@b.test", "c@d.test")(t, msgs)
 			hostileOne("xy")(t, msgs)
 		},
@@ -926,19 +928,19 @@ func hostileDisconnectMidBDAT(t *testing.T, h *hostileServer, id string) {
 // sink completes later, nothing crashes, and only then are the bytes
 // released.
 func hostileDisconnectWhileHeld(t *testing.T, h *hostileServer, id string) {
-	h.sink.hold(id)
+	h.sink.Hold(id)
 	c := h.dial(t, true)
 	c.steps(t, id, []hostileStep{hostileTx()}, false)
 	if err := hostileWrite(c.conn, hostileStep{send: strings.Repeat("h", 100_000) + "\r\n.\r\n"}, id); err != nil {
 		t.Fatal(err)
 	}
-	hostileWaitFor(t, "message submitted", func() bool { return len(h.sink.messages(id)) == 1 })
+	hostileWaitFor(t, "message submitted", func() bool { return len(h.sink.ByHelo(id)) == 1 })
 	c.conn.Close()
 	hostileWaitFor(t, "close seen", func() bool { return h.srv.Stats().Open.Load() == 0 })
 	if n := h.srv.Stats().InFlightBytes.Load(); n < 100_000 {
 		t.Fatalf("InFlightBytes %d: released before the sink answered", n)
 	}
-	h.sink.release(id)
+	h.sink.Release(id)
 	hostileWaitFor(t, "budget returned", func() bool { return h.srv.Stats().InFlightBytes.Load() == 0 })
 }
 
@@ -946,17 +948,17 @@ func hostileDisconnectWhileHeld(t *testing.T, h *hostileServer, id string) {
 // while its message waits for the sink: 421 4.7.0 and close, and the
 // message still completes.
 func hostileFloodWhileHeld(t *testing.T, h *hostileServer, id string) {
-	h.sink.hold(id)
+	h.sink.Hold(id)
 	c := h.dial(t, true)
 	c.steps(t, id, []hostileStep{hostileTx()}, false)
 	if err := hostileWrite(c.conn, hostileStep{send: "held\r\n.\r\n"}, id); err != nil {
 		t.Fatal(err)
 	}
-	hostileWaitFor(t, "message submitted", func() bool { return len(h.sink.messages(id)) == 1 })
+	hostileWaitFor(t, "message submitted", func() bool { return len(h.sink.ByHelo(id)) == 1 })
 	c.steps(t, id, []hostileStep{hs(strings.Repeat("NOOP\r\n", 80<<10/6), "421 4.7.0")}, true)
 	if err := c.closed(); err != nil {
 		t.Fatal(err)
 	}
-	h.sink.release(id)
+	h.sink.Release(id)
 	hostileWaitFor(t, "budget returned", func() bool { return h.srv.Stats().InFlightBytes.Load() == 0 })
 }

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // TestHostile throws hostile and malformed input at a real server over
@@ -87,7 +87,7 @@ func TestHostile(t *testing.T) {
 			} else {
 				hostileDialog(t, h, id, tc)
 			}
-			if got := h.sink.messages(id); len(got) != tc.msgs {
+			if got := h.sink.ByHelo(id); len(got) != tc.msgs {
 				t.Fatalf("sink got %d messages from the attacking connection, want %d", len(got), tc.msgs)
 			} else if tc.check != nil {
 				tc.check(t, got)
@@ -165,7 +165,7 @@ type hostileCase struct {
 	// msgs is how many messages the attacking connection must have put
 	// into the sink (matched by its HELO name, "{id}").
 	msgs  int
-	check func(t *testing.T, msgs []recorded)
+	check func(t *testing.T, msgs []smtptest.Recorded)
 	// run replaces the steps for cases that need more than a dialog.
 	run func(t *testing.T, h *hostileServer, id string)
 	// skip names an engine bug that is not fixed yet.
@@ -215,18 +215,18 @@ type hostileEnv struct {
 type hostileRecord struct {
 	addr  string
 	stats *Stats
-	sink  *hostileSink
+	sink  *smtptest.Recorder
 }
 
 type hostileServer struct {
 	srv  *Server
 	addr string
-	sink *hostileSink
+	sink *smtptest.Recorder
 }
 
 func (e *hostileEnv) start(t *testing.T, cfg Config) *hostileServer {
 	t.Helper()
-	hk := newHostileSink()
+	hk := &smtptest.Recorder{}
 	cfg.Sink = hk
 	srv, addr := startServer(t, cfg)
 	h := &hostileServer{srv: srv, addr: addr, sink: hk}
@@ -254,7 +254,7 @@ func (e *hostileEnv) finalChecks(t *testing.T, before runtime.MemStats) {
 		recv += h.stats.BytesRecv.Load()
 	}
 	for _, h := range e.all {
-		h.sink.forget() // test bookkeeping, not server memory
+		h.sink.Forget() // test bookkeeping, not server memory
 	}
 	after := hostileHeap()
 	growth := int64(after.HeapInuse) - int64(before.HeapInuse)
@@ -269,7 +269,7 @@ func (e *hostileEnv) finalChecks(t *testing.T, before runtime.MemStats) {
 // hostileStartStop runs a server and stops it.
 func hostileStartStop(t *testing.T) {
 	t.Helper()
-	srv, err := New(Config{Listen: []string{"127.0.0.1:0"}, Sink: newHostileSink(), EventLoops: 2, TickInterval: 20 * time.Millisecond})
+	srv, err := New(Config{Listen: []string{"127.0.0.1:0"}, Sink: &smtptest.Recorder{}, EventLoops: 2, TickInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,64 +295,6 @@ func hostileHeap() runtime.MemStats {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms
-}
-
-// hostileSink records every message by HELO name, so that parallel cases
-// on one server see only their own. A message whose HELO name is held
-// waits for release before it is completed, as it would wait for a slow
-// broker.
-type hostileSink struct {
-	mu     sync.Mutex
-	byHelo map[string][]recorded
-	gates  map[string]chan struct{}
-}
-
-func newHostileSink() *hostileSink {
-	return &hostileSink{byHelo: make(map[string][]recorded), gates: make(map[string]chan struct{})}
-}
-
-func (s *hostileSink) Submit(m *sink.Message) {
-	r := record(m)
-	s.mu.Lock()
-	s.byHelo[r.Helo] = append(s.byHelo[r.Helo], r)
-	gate := s.gates[r.Helo]
-	s.mu.Unlock()
-	if gate == nil {
-		m.Done.Complete(m, nil)
-		return
-	}
-	go func() {
-		<-gate
-		m.Done.Complete(m, nil)
-	}()
-}
-
-func (s *hostileSink) Close(context.Context) error { return nil }
-
-// hold makes messages from helo wait until release.
-func (s *hostileSink) hold(helo string) {
-	s.mu.Lock()
-	s.gates[helo] = make(chan struct{})
-	s.mu.Unlock()
-}
-
-func (s *hostileSink) release(helo string) {
-	s.mu.Lock()
-	close(s.gates[helo])
-	s.mu.Unlock()
-}
-
-// forget drops the recordings.
-func (s *hostileSink) forget() {
-	s.mu.Lock()
-	s.byHelo = make(map[string][]recorded)
-	s.mu.Unlock()
-}
-
-func (s *hostileSink) messages(helo string) []recorded {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]recorded(nil), s.byHelo[helo]...)
 }
 
 // hostileConn is a client connection that reports instead of failing, so
@@ -548,8 +490,8 @@ func hostileCanary(t *testing.T, h *hostileServer, id string) {
 		hs("EHLO {id}\r\nMAIL FROM:<canary@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n", "250", "250 2.1.0", "250 2.1.5", "354"),
 		hs("canary {id}\r\n.\r\n", "250 2.0.0 OK queued as"),
 	}})
-	msgs := h.sink.messages(cid)
-	if len(msgs) != 1 || msgs[0].body() != "canary "+cid+"\r\n" {
+	msgs := h.sink.ByHelo(cid)
+	if len(msgs) != 1 || msgs[0].Content() != "canary "+cid+"\r\n" {
 		t.Fatalf("canary: sink got %+v", msgs)
 	}
 }

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"io"
 	"net/netip"
 	"strings"
@@ -11,7 +10,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 
-	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // memConn is a connection without a socket: the session reads from in and
@@ -110,7 +109,7 @@ var memRemote = netip.MustParseAddrPort("192.0.2.7:40000")
 // newMemHarness builds a server (which does not listen) and one session
 // on a memConn, opened as OnOpen opens it (counted, PROXY header awaited
 // from a trusted address, client policy, greeting). Zero fields of cfg
-// take the same values as startServer's, with a stepSink as the sink.
+// take the same values as startServer's, with a Recorder as the sink.
 func newMemHarness(tb testing.TB, cfg Config, discard bool) *memHarness {
 	tb.Helper()
 	if cfg.Listen == nil {
@@ -120,7 +119,7 @@ func newMemHarness(tb testing.TB, cfg Config, discard bool) *memHarness {
 		cfg.Hostname = "mx.test"
 	}
 	if cfg.Sink == nil {
-		cfg.Sink = &stepSink{}
+		cfg.Sink = &smtptest.Recorder{}
 	}
 	srv, err := New(cfg)
 	if err != nil {
@@ -181,7 +180,7 @@ func (h *memHarness) close() {
 	h.sess.closed()
 }
 
-// deliverWakes runs one onTraffic per recorded wake, as gnet runs one
+// deliverWakes runs one onTraffic per smtptest.Recorded wake, as gnet runs one
 // task per Conn.Wake.
 func (h *memHarness) deliverWakes() {
 	for n := h.conn.wakes.Swap(0); n > 0; n-- {
@@ -201,10 +200,10 @@ func (h *memHarness) send(b []byte) {
 	h.traffic()
 }
 
-// complete lets a stepSink answer what it holds and delivers the wakes.
+// complete lets a Deferred Recorder answer what it holds and delivers the wakes.
 func (h *memHarness) complete() {
-	if ss, ok := h.srv.settings().Sink.(*stepSink); ok {
-		ss.completePending()
+	if ss, ok := h.srv.settings().Sink.(*smtptest.Recorder); ok {
+		ss.CompletePending()
 	}
 	h.deliverWakes()
 }
@@ -214,8 +213,8 @@ func (h *memHarness) complete() {
 // message or nothing is pending.
 func (h *memHarness) settle() {
 	for i := 0; i < 1<<20; i++ {
-		ss, _ := h.srv.settings().Sink.(*stepSink)
-		if (ss == nil || len(ss.pending) == 0) && h.conn.wakes.Load() == 0 {
+		ss, _ := h.srv.settings().Sink.(*smtptest.Recorder)
+		if (ss == nil || ss.Pending() == 0) && h.conn.wakes.Load() == 0 {
 			return
 		}
 		h.complete()
@@ -223,82 +222,27 @@ func (h *memHarness) settle() {
 	h.tb.Fatalf("session did not settle")
 }
 
-// stepSink records every message and completes it at once (deferred
-// false) or when the harness says so (deferred true: on the next step,
-// as an asynchronous broker would). failEvery > 0 makes every
-// failEvery-th message fail with failWith.
-type stepSink struct {
-	deferred  bool
-	failEvery int
-	failWith  error
-
-	msgs    []sunk
-	pending []sunk
-}
-
-// sunk is a message as the sink got it, and the verdict it gave.
-type sunk struct {
-	recorded
-	err error
-	msg *sink.Message
-}
-
-func (s *stepSink) Submit(m *sink.Message) {
-	r := record(m)
-	var err error
-	if s.failEvery > 0 && (len(s.msgs)+1)%s.failEvery == 0 {
-		err = s.failWith
-	}
-	got := sunk{recorded: r, err: err, msg: m}
-	s.msgs = append(s.msgs, got)
-	if s.deferred {
-		s.pending = append(s.pending, got)
-		return
-	}
-	m.Done.Complete(m, err)
-}
-
-func (s *stepSink) completePending() {
-	p := s.pending
-	s.pending = nil
-	for _, g := range p {
-		g.msg.Done.Complete(g.msg, g.err)
-	}
-}
-
-func (s *stepSink) Close(context.Context) error { return nil }
-
-// accepted returns the messages the sink stored (nil verdict).
-func (s *stepSink) accepted() []sunk {
-	var ok []sunk
-	for _, m := range s.msgs {
-		if m.err == nil {
-			ok = append(ok, m)
-		}
-	}
-	return ok
-}
-
 // TestMemConnHarness checks the harness itself against a dialog whose
 // bytes are known, both sink modes: it must be a faithful loop.
 func TestMemConnHarness(t *testing.T) {
 	for _, deferred := range []bool{false, true} {
-		ss := &stepSink{deferred: deferred}
+		ss := &smtptest.Recorder{Deferred: deferred}
 		h := newMemHarness(t, Config{Sink: ss}, false)
 		h.send([]byte("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"))
 		h.send([]byte("Subject: x\r\n\r\n..dot\r\n.\r\nNOOP\r\n"))
-		if deferred && len(ss.pending) != 1 {
-			t.Fatalf("deferred: %d messages pending, want 1", len(ss.pending))
+		if deferred && ss.Pending() != 1 {
+			t.Fatalf("deferred: %d messages pending, want 1", ss.Pending())
 		}
 		h.send([]byte("QUIT\r\n"))
 		h.settle()
 		if !h.closed {
 			t.Fatalf("deferred=%v: session open after QUIT", deferred)
 		}
-		if len(ss.msgs) != 1 {
-			t.Fatalf("deferred=%v: sink got %d messages", deferred, len(ss.msgs))
+		msgs := ss.Messages()
+		if len(msgs) != 1 {
+			t.Fatalf("deferred=%v: sink got %d messages", deferred, len(msgs))
 		}
-		m := ss.msgs[0]
+		m := msgs[0]
 		want := "220 mx.test ESMTP\r\n" +
 			string(h.srv.settings().replies.ehlo) +
 			"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n" +

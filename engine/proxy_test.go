@@ -6,25 +6,27 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 func loopbackProxies() []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} }
 
 func TestProxyV1GivesTheRealClient(t *testing.T) {
-	rs := &recordingSink{}
+	rs := &smtptest.Recorder{}
 	_, addr := startServer(t, Config{Sink: rs, TrustedProxies: loopbackProxies()})
 	c := dialNoGreeting(t, addr)
 	c.send("PROXY TCP4 192.0.2.7 127.0.0.1 5555 25\r\n")
 	c.expect("220 mx.test ESMTP")
 	runDialog(t, c, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}, {"hi\r\n.", "250 2.0.0"}})
-	m := rs.messages()[0]
+	m := rs.Messages()[0]
 	if m.ClientIP != "192.0.2.7" || !strings.HasPrefix(m.Data, "Received: from c ([192.0.2.7])") {
 		t.Fatalf("client %q, header %q", m.ClientIP, m.Data[:60])
 	}
 }
 
 func TestProxyV2AndHeaderWithClientBytesInOneWrite(t *testing.T) {
-	rs := &recordingSink{}
+	rs := &smtptest.Recorder{}
 	_, addr := startServer(t, Config{Sink: rs, TrustedProxies: loopbackProxies()})
 	c := dialNoGreeting(t, addr)
 	// v2: signature, version 2 / PROXY, TCP over IPv6, 36 address bytes.
@@ -40,7 +42,7 @@ func TestProxyV2AndHeaderWithClientBytesInOneWrite(t *testing.T) {
 	c.expect("220 mx.test ESMTP")
 	c.expect("250 ")
 	runDialog(t, c, []step{{"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}, {"hi\r\n.", "250 2.0.0"}})
-	m := rs.messages()[0]
+	m := rs.Messages()[0]
 	if m.ClientIP != "2001:db8::9" || !strings.Contains(m.Data, "([IPv6:2001:db8::9])") {
 		t.Fatalf("client %q, header %q", m.ClientIP, m.Data[:70])
 	}

@@ -2,11 +2,13 @@
 // machine per connection, limits and timeouts.
 //
 // Goroutines: every session belongs to the event loop that accepted its
-// connection and is touched only there, except for the three fields that
-// other goroutines use to hand things back (session.completed,
-// session.sinkErr, session.deadline), each documented where it is declared.
-// The ticker goroutine (gnet's OnTick) never touches a session's state; it
-// only wakes the connection (gnet Conn.Wake), and the loop does the rest.
+// connection and is touched only there, except for the fields through
+// which the sink hands a message back (session.handoff, sinkErr, and msg
+// and held at the moments they say) and those the ticker reads
+// (session.deadline, paused); each says who may touch it where it is
+// declared. The ticker goroutine (gnet's OnTick) never changes a session;
+// it only wakes the connection (gnet Conn.Wake), and the loop does the
+// rest.
 package engine
 
 import (
@@ -43,6 +45,13 @@ type Server struct {
 	addrs  []net.Addr
 	ready  chan struct{}
 	served chan struct{} // closed when Serve returns
+
+	// listeners are our own duplicates of gnet's listening sockets, made
+	// in OnBoot, so that stop can shut them without asking gnet for its
+	// descriptors while gnet closes them (Engine.DupListener reads what
+	// gnet's shutdown writes).
+	listenMu  sync.Mutex
+	listeners []int // guarded by listenMu
 
 	perIPMu  sync.Mutex
 	perIP    map[netip.Addr]int // by clientKey, guarded by perIPMu
@@ -118,6 +127,7 @@ func (s *Server) Serve() error {
 	default:
 		close(s.ready) // boot failed: release Addrs waiters
 	}
+	s.closeListeners()
 	if s.draining.Load() {
 		// Shutdown asked for this. gnet reports the listening socket we
 		// shut under it (accept: EINVAL) as an error; it is not one here.
@@ -171,14 +181,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) stop() error {
 	// gnet closes its listeners only after the event loops exited; a
 	// connection accepted in between would get neither a greeting nor a
-	// close. Shutting the (shared) listening socket for reading makes the
+	// close. Shutting the (shared) listening sockets for reading makes the
 	// kernel refuse new connections from here on.
-	for _, a := range s.settings().Listen {
-		if fd, err := s.eng.DupListener("tcp", a); err == nil {
-			_ = unix.Shutdown(fd, unix.SHUT_RD)
-			_ = unix.Close(fd)
-		}
+	s.listenMu.Lock()
+	for _, fd := range s.listeners {
+		_ = unix.Shutdown(fd, unix.SHUT_RD)
 	}
+	s.listenMu.Unlock()
+	defer s.closeListeners()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := s.eng.Stop(ctx)
@@ -196,6 +206,17 @@ func (s *Server) stop() error {
 		return fmt.Errorf("engine: stopping event loops: %w", err)
 	}
 	return nil
+}
+
+// closeListeners closes our duplicates of the listening sockets once gnet
+// stopped, so that the port is free when Shutdown or Serve returns.
+func (s *Server) closeListeners() {
+	s.listenMu.Lock()
+	for _, fd := range s.listeners {
+		_ = unix.Close(fd)
+	}
+	s.listeners = nil
+	s.listenMu.Unlock()
 }
 
 // admit counts a new connection from ip against the global and per-IP
@@ -249,22 +270,25 @@ type handler struct {
 func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	s := h.srv
 	s.eng = eng
+	s.listenMu.Lock()
 	for _, a := range s.settings().Listen {
-		s.addrs = append(s.addrs, boundAddr(eng, a))
+		fallback, _ := net.ResolveTCPAddr("tcp", a)
+		fd, err := eng.DupListener("tcp", a)
+		if err != nil {
+			s.addrs = append(s.addrs, fallback)
+			continue
+		}
+		s.listeners = append(s.listeners, fd)
+		s.addrs = append(s.addrs, boundAddr(fd, fallback))
 	}
+	s.listenMu.Unlock()
 	close(s.ready)
 	return gnet.None
 }
 
 // boundAddr asks the kernel which address a listener got (port 0 picks
-// one), falling back to the configured text.
-func boundAddr(eng gnet.Engine, addr string) net.Addr {
-	fallback, _ := net.ResolveTCPAddr("tcp", addr)
-	fd, err := eng.DupListener("tcp", addr)
-	if err != nil {
-		return fallback
-	}
-	defer unix.Close(fd)
+// one), falling back to the configured address.
+func boundAddr(fd int, fallback *net.TCPAddr) net.Addr {
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		return fallback

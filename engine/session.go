@@ -15,7 +15,7 @@ import (
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
-// state is what the session is reading.
+// state is what the session is reading; onTraffic has one method for each.
 type state uint8
 
 const (
@@ -40,7 +40,6 @@ const outputHighMark = 256 << 10
 type conn interface {
 	Peek(n int) ([]byte, error)
 	Discard(n int) (int, error)
-	InboundBuffered() int
 	Write(b []byte) (int, error)
 	OutboundBuffered() int
 	Wake(callback gnet.AsyncCallback) error // any goroutine
@@ -49,13 +48,42 @@ type conn interface {
 // span locates bytes in session.env.
 type span struct{ start, end int }
 
-// session is one SMTP connection. It is owned by its event loop; the only
-// fields other goroutines touch are completed, sinkErr and deadline.
+// handoff is where the message a session submitted stands: one word that
+// the loop and the sink's completion both change, each move one atomic
+// step on it.
+//
+//	idle → submitting      loop, just before Sink.Submit
+//	submitting → answered  Complete inside Submit: no wake, the loop looks next
+//	submitting → withSink  loop, once Submit returned (CompareAndSwap: fails if answered)
+//	withSink → answered    Complete on another goroutine: it wakes the loop
+//	answered → idle        loop, in finishMessage
+//	withSink → abandoned   loop, in closed (CompareAndSwap: fails if answered)
+//	abandoned → answered   Complete, which then releases the in-flight bytes
+//
+// withSink is left by exactly one of Complete and closed. If Complete
+// leaves it, the loop releases the message's in-flight bytes (in
+// finishMessage, or in closed if the connection went first); if closed
+// does, Complete releases them. So they are released once.
+type handoff = uint32
+
+const (
+	idle       handoff = iota // no message with the sink
+	submitting                // the loop is inside Sink.Submit: a completion there needs no wake
+	withSink                  // the sink has the message; the loop waits for Complete's wake
+	answered                  // Complete ran; sinkErr is the verdict
+	abandoned                 // the connection closed while the sink had the message
+)
+
+// session is one SMTP connection. It belongs to its event loop ("loop"
+// below): the loop is the only goroutine that touches a field, except
+// where the field says otherwise.
 type session struct {
-	srv    *Server
-	cfg    *settings // refreshed at the start of every pass (Server.Reload)
-	conn   conn
-	id     uint64
+	// Set in newSession, never written again; read from any goroutine.
+	srv  *Server
+	conn conn // Wake from any goroutine (the sink, the ticker, Shutdown)
+	id   uint64
+
+	cfg    *settings // loop; refreshed at the start of every pass (Server.Reload)
 	remote netip.AddrPort
 	ipText string // remote IP as text, made once per connection
 	// countedIP: remote counts against MaxConnsPerIP (false for a load
@@ -91,30 +119,29 @@ type session struct {
 	chunkLast bool
 	chunkErr  *codec.Reply // reply to the chunk being read when it is discarded
 	bodySize  int64        // BDAT octets so far
-	msg       sink.Message
-	txStart   time.Time // MAIL accepted, for the transaction log
-	held      int64     // octets counted in Stats.InFlightBytes for this message
-	noMemory  bool      // the in-flight budget ran out while reading this body
+	txStart   time.Time    // MAIL accepted, for the transaction log
+	noMemory  bool         // the in-flight budget ran out while reading this body
+	// msg: the loop's, except from Submit until Complete, when the sink
+	// reads it (and returns msg.Data to the pool) from its own goroutines.
+	msg sink.Message
+	// held is the octets counted in Stats.InFlightBytes for this message:
+	// the loop's, except once handoff is abandoned, when Complete releases
+	// them.
+	held int64
 
-	// Handed back by the sink, from any goroutine. The sink writes sinkErr,
-	// then sets completed; the loop reads sinkErr only after it saw
-	// completed, so the atomic orders the two.
-	completed atomic.Bool
-	sinkErr   error
-	// inSubmit is set by the loop around Sink.Submit: a sink completing
-	// synchronously need not wake the loop, which looks right after.
-	inSubmit atomic.Bool
-	// handback settles who releases the in-flight bytes of a message the
-	// sink holds when the connection closes first: 0 while the sink has
-	// it, 1 once the session closed (Complete releases), 2 once Complete
-	// ran (the loop releases).
-	handback atomic.Int32
+	// handoff (the values above) is shared by the loop and Complete.
+	handoff atomic.Uint32
+	// sinkErr is the sink's verdict: written by Complete before it moves
+	// handoff to answered, read by the loop only after it saw answered,
+	// so the atomic orders the two.
+	sinkErr error
 	// paused is set while the session takes no more commands because its
 	// replies are not being read (outputHighMark); the ticker wakes it to
-	// look again, since gnet says nothing when its output drains.
+	// look again, since gnet says nothing when its output drains. Written
+	// by the loop, read by the ticker.
 	paused atomic.Bool
 	// deadline (Unix ns) is when the ticker should wake us; 0 for never.
-	// Written by the loop, read by the ticker goroutine.
+	// Written by the loop, read by the ticker.
 	deadline atomic.Int64
 }
 
@@ -150,47 +177,6 @@ func (s *session) admitClient(now time.Time) ([]byte, bool) {
 	return nil, true
 }
 
-// readProxyHeader consumes a trusted load balancer's PROXY header
-// (HAProxy PROXY protocol v1 or v2) and takes the client's address from
-// it, then greets. A malformed header closes the connection: the spec
-// forbids guessing.
-func (s *session) readProxyHeader(c conn, now time.Time) gnet.Action {
-	buf, _ := c.Peek(-1)
-	n, hdr, err := proxyproto.Parse(buf)
-	if err != nil {
-		s.srv.stats.Refused[RefusedProxy].Add(1)
-		s.cfg.Logger.Debug("bad PROXY header", "proxy", s.ipText, "err", err)
-		s.closeAfter = true
-		return s.flush(c)
-	}
-	if n == 0 {
-		if d := s.deadline.Load(); s.srv.draining.Load() || (d != 0 && now.UnixNano() >= d) {
-			s.closeAfter = true
-		}
-		return s.flush(c)
-	}
-	_, _ = c.Discard(n)
-	if !hdr.Local && hdr.Source.IsValid() {
-		client := netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
-		if !s.srv.bindIP(client.Addr()) {
-			s.srv.stats.Refused[RefusedPerIP].Add(1)
-			s.out = append(s.out, s.cfg.replies.tooMany...)
-			s.closeAfter = true
-			return s.flush(c)
-		}
-		s.countedIP = true
-		s.remote = client
-		s.ipText = client.Addr().String()
-	}
-	if reply, ok := s.admitClient(now); !ok {
-		s.out = append(s.out, reply...)
-		s.closeAfter = true
-		return s.flush(c)
-	}
-	s.out = append(s.out, s.open(now)...)
-	return s.flush(c)
-}
-
 // open returns what OnOpen writes: the greeting, unless it is held back.
 func (s *session) open(now time.Time) []byte {
 	if d := s.cfg.GreetDelay; d > 0 {
@@ -210,7 +196,7 @@ func (s *session) open(now time.Time) []byte {
 // stays the sink's until it completes.
 func (s *session) closed() {
 	s.deadline.Store(0)
-	if s.state == stWaiting && s.handback.CompareAndSwap(0, 1) {
+	if s.handoff.CompareAndSwap(withSink, abandoned) {
 		return // the sink still has the message; Complete releases
 	}
 	s.msg.ReleaseData()
@@ -242,158 +228,213 @@ func (s *session) releaseHeld() {
 }
 
 // onTraffic runs on the loop for new input, a wake by the ticker, or a
-// wake by the sink's completion. It answers every complete command in the
-// input with one write (RFC 2920 §3.2), stopping at a command whose reply
-// must wait for the sink.
+// wake by the sink's completion. Each turn hands the unread input to the
+// method of the session's state, which consumes what it can and says
+// whether the pass goes on; a command whose reply must wait for the sink
+// ends it. The replies of the whole pass go out with one write (RFC 2920
+// §3.2).
 func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
-	srv := s.srv
-	s.cfg = srv.settings()
+	s.cfg = s.srv.settings()
 	s.lines.MaxLine = s.cfg.MaxLineLength // Reload may have changed it
-	if s.state == stWaiting {
-		if !s.completed.Load() {
-			switch {
-			case srv.force.Load():
-				s.out = append(s.out, s.cfg.replies.shutdown...)
-				s.closeAfter = true
-			case c.InboundBuffered() > s.cfg.MaxPipelineBacklog:
-				s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" Too much pipelined input, closing")
-				s.closeAfter = true
-			}
-			return s.flush(c)
+	buf, _ := c.Peek(-1)
+	in := buf
+	for {
+		var n int
+		var more bool
+		switch s.state {
+		case stProxy:
+			n, more = s.readProxyHeader(in, now)
+		case stGreeting:
+			more = s.awaitGreeting(in, now)
+		case stCommand:
+			n, more = s.readCommand(in, now)
+		case stData:
+			n, more = s.readData(in, now)
+		case stBDAT:
+			n, more = s.readChunk(in, now)
+		case stWaiting:
+			more = s.awaitSink(in, now)
 		}
-		s.finishMessage(now)
-	}
-	if s.state == stProxy {
-		if a := s.readProxyHeader(c, now); a != gnet.None || s.state == stProxy {
-			return a
+		in = in[n:]
+		if !more || s.closeAfter {
+			break
 		}
 	}
-	if srv.force.Load() {
-		s.out = append(s.out, s.cfg.replies.shutdown...)
+	if used := len(buf) - len(in); used > 0 {
+		_, _ = c.Discard(used)
+		s.srv.stats.BytesRecv.Add(int64(used))
+	}
+	if d := s.deadline.Load(); d != 0 && now.UnixNano() >= d && !s.closeAfter {
+		// RFC 5321 §4.5.3.2: we may close a session that went quiet. What
+		// the client sent in this pass moved the deadline past now.
+		s.closeWith(s.cfg.replies.timeout)
+	}
+	return s.flush(c)
+}
+
+// readProxyHeader consumes a trusted load balancer's PROXY header
+// (HAProxy PROXY protocol v1 or v2) and takes the client's address from
+// it, then greets. A malformed header closes the connection: the spec
+// forbids guessing. The load balancer gets no reply of ours before its
+// header is in, so a drain or a timeout closes silently too.
+func (s *session) readProxyHeader(in []byte, now time.Time) (int, bool) {
+	n, hdr, err := proxyproto.Parse(in)
+	switch {
+	case err != nil:
+		s.srv.stats.Refused[RefusedProxy].Add(1)
+		s.cfg.Logger.Debug("bad PROXY header", "proxy", s.ipText, "err", err)
 		s.closeAfter = true
-		return s.flush(c)
-	}
-	if s.state == stGreeting {
-		if c.InboundBuffered() > 0 {
-			// RFC 5321 §3.1: the client waits for our 220. One that talks
-			// first is not a mailer waiting its turn.
-			s.out = codec.AppendReply(s.out, 554, "5.5.0", s.cfg.Hostname+" Protocol violation: talked before the greeting")
+		return 0, false
+	case n == 0:
+		if d := s.deadline.Load(); s.srv.draining.Load() || (d != 0 && now.UnixNano() >= d) {
 			s.closeAfter = true
-			return s.flush(c)
 		}
-		if now.Before(s.greetAt) {
-			return gnet.None
+		return 0, false
+	}
+	if !hdr.Local && hdr.Source.IsValid() {
+		client := netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
+		if !s.srv.bindIP(client.Addr()) {
+			s.srv.stats.Refused[RefusedPerIP].Add(1)
+			s.closeWith(s.cfg.replies.tooMany)
+			return n, false
 		}
+		s.countedIP = true
+		s.remote = client
+		s.ipText = client.Addr().String()
+	}
+	if reply, ok := s.admitClient(now); !ok {
+		s.closeWith(reply)
+		return n, false
+	}
+	s.out = append(s.out, s.open(now)...)
+	return n, true
+}
+
+// awaitGreeting holds the 220 back until greetAt (Config.GreetDelay).
+func (s *session) awaitGreeting(in []byte, now time.Time) bool {
+	switch {
+	case s.srv.force.Load():
+		s.closeWith(s.cfg.replies.shutdown)
+	case len(in) > 0:
+		s.closeWith(s.cfg.replies.talkedFirst)
+	case !now.Before(s.greetAt):
 		s.out = append(s.out, s.cfg.replies.greeting...)
 		s.state = stCommand
 		s.setDeadline(now)
+		return true
 	}
+	return false
+}
 
-	buf, _ := c.Peek(-1)
-	used := 0
-	progressed := false // a whole line, or body octets: what restarts the timeout
-	s.paused.Store(false)
-loop:
-	for !s.closeAfter {
-		switch s.state {
-		case stCommand:
-			if srv.draining.Load() && !s.hasMail {
-				s.out = append(s.out, s.cfg.replies.shutdown...)
-				s.closeAfter = true
-				break loop
-			}
-			if !s.spoke && used < len(buf) && buf[used] == 0x16 {
-				// A TLS ClientHello (record type 22) on a port that does
-				// not speak TLS: no line ending will come, so do not wait
-				// for one.
-				s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" TLS is not spoken here, closing")
-				s.closeAfter = true
-				break loop
-			}
-			if c.OutboundBuffered()+len(s.out) > outputHighMark {
-				// The client does not read its replies as fast as it
-				// pipelines commands: take no more until they drain. Its
-				// input waits in gnet's buffer, bounded below.
-				s.paused.Store(true)
-				break loop
-			}
-			line, n, err := s.lines.Next(buf[used:])
-			if n == 0 {
-				break loop
-			}
-			used += n
-			s.spoke = true
-			if line != nil || err != nil {
-				progressed = true
-			}
-			if err != nil {
-				s.fail(asReply(err))
-				continue
-			}
-			if line == nil {
-				continue // the middle of an overlong line, dropped; answered at its end
-			}
-			s.command(line, now)
-		case stData:
-			if used == len(buf) {
-				break loop
-			}
-			before := 0
-			if s.msg.Data != nil {
-				before = len(s.msg.Data.B)
-			}
-			n, done := s.data.Feed(s.msg.Data, buf[used:])
-			used += n
-			progressed = true
-			if s.msg.Data != nil && !s.hold(int64(len(s.msg.Data.B)-before)) {
-				// Out of budget: keep reading to the final dot, keep
-				// nothing, answer 451 4.3.1 there.
-				s.noMemory = true
-				s.msg.ReleaseData()
-				s.releaseHeld()
-			}
-			if done {
-				s.endData(now)
-			}
-		case stBDAT:
-			if used == len(buf) {
-				break loop
-			}
-			n := min(int64(len(buf)-used), s.chunkLeft)
-			if s.chunkErr == nil {
-				_, _ = s.msg.Data.Write(buf[used : used+int(n)]) // held at BDAT
-			}
-			used += int(n)
-			s.chunkLeft -= n
-			progressed = true
-			if s.chunkLeft == 0 {
-				s.endChunk(now)
-			}
-		case stWaiting:
-			if !s.completed.Load() {
-				break loop
-			}
-			s.finishMessage(now)
-		default:
-			break loop
+// readCommand frames one command line and answers it. A whole line
+// restarts the idle timeout; a partial one does not, so that a byte a
+// second does not keep a session alive.
+func (s *session) readCommand(in []byte, now time.Time) (int, bool) {
+	srv := s.srv
+	switch {
+	case srv.force.Load(), srv.draining.Load() && !s.hasMail:
+		s.closeWith(s.cfg.replies.shutdown)
+		return 0, false
+	case !s.spoke && len(in) > 0 && in[0] == 0x16:
+		// A TLS ClientHello (record type 22) on a port that does not
+		// speak TLS: no line ending will come, so do not wait for one.
+		s.closeWith(s.cfg.replies.tls)
+		return 0, false
+	case s.conn.OutboundBuffered()+len(s.out) > outputHighMark:
+		// The client does not read its replies as fast as it pipelines
+		// commands: take no more until they drain. Its input waits in
+		// gnet's buffer, bounded here.
+		s.paused.Store(true)
+		if len(in) > s.cfg.MaxPipelineBacklog {
+			s.closeWith(s.cfg.replies.backlog)
 		}
+		return 0, false
 	}
-	if used > 0 {
-		_, _ = c.Discard(used)
-		srv.stats.BytesRecv.Add(int64(used))
+	if s.paused.Load() {
+		s.paused.Store(false) // the client read its replies
 	}
-	if s.paused.Load() && c.InboundBuffered() > s.cfg.MaxPipelineBacklog {
-		s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" Too much pipelined input, closing")
-		s.closeAfter = true
+	line, n, err := s.lines.Next(in)
+	if n == 0 {
+		return 0, false // a partial line: wait for the rest
 	}
-	if progressed && s.state != stWaiting {
-		s.setDeadline(now)
-	} else if d := s.deadline.Load(); d != 0 && now.UnixNano() >= d && !s.closeAfter {
-		// RFC 5321 §4.5.3.2: we may close a session that went quiet.
-		s.out = append(s.out, s.cfg.replies.timeout...)
-		s.closeAfter = true
+	s.spoke = true
+	switch {
+	case err != nil:
+		s.fail(asReply(err))
+	case line == nil:
+		return n, true // the middle of an overlong line, dropped; answered at its end
+	default:
+		s.command(line, now)
 	}
-	return s.flush(c)
+	s.setDeadline(now)
+	return n, true
+}
+
+// readData feeds a DATA body to the DataReader, which ends it at CRLF.CRLF
+// only (RFC 5321 §4.1.1.4).
+func (s *session) readData(in []byte, now time.Time) (int, bool) {
+	if s.srv.force.Load() {
+		s.closeWith(s.cfg.replies.shutdown)
+		return 0, false
+	}
+	if len(in) == 0 {
+		return 0, false
+	}
+	before := 0
+	if s.msg.Data != nil {
+		before = len(s.msg.Data.B)
+	}
+	n, done := s.data.Feed(s.msg.Data, in)
+	if s.msg.Data != nil && !s.hold(int64(len(s.msg.Data.B)-before)) {
+		// Out of budget: keep reading to the final dot, keep nothing,
+		// answer 451 4.3.1 there.
+		s.noMemory = true
+		s.msg.ReleaseData()
+		s.releaseHeld()
+	}
+	if done {
+		s.endData(now)
+	}
+	s.setDeadline(now)
+	return n, true
+}
+
+// readChunk copies the octets of a BDAT chunk by count (RFC 3030 §2).
+func (s *session) readChunk(in []byte, now time.Time) (int, bool) {
+	if s.srv.force.Load() {
+		s.closeWith(s.cfg.replies.shutdown)
+		return 0, false
+	}
+	if len(in) == 0 {
+		return 0, false
+	}
+	n := int(min(int64(len(in)), s.chunkLeft))
+	if s.chunkErr == nil {
+		_, _ = s.msg.Data.Write(in[:n]) // held at BDAT
+	}
+	s.chunkLeft -= int64(n)
+	if s.chunkLeft == 0 {
+		s.endChunk(now)
+	}
+	s.setDeadline(now)
+	return n, true
+}
+
+// awaitSink answers the sink's verdict once it is in. Until then input
+// stays unread in gnet's buffer, so that replies keep their order (RFC
+// 2920 §3.1), up to MaxPipelineBacklog.
+func (s *session) awaitSink(in []byte, now time.Time) bool {
+	if s.handoff.Load() == answered {
+		s.finishMessage(now)
+		return true
+	}
+	switch {
+	case s.srv.force.Load():
+		s.closeWith(s.cfg.replies.shutdown)
+	case len(in) > s.cfg.MaxPipelineBacklog:
+		s.closeWith(s.cfg.replies.backlog)
+	}
+	return false
 }
 
 // flush writes every reply gathered in this pass at once.
@@ -432,6 +473,12 @@ func (s *session) setDeadline(now time.Time) {
 // reply appends a reply.
 func (s *session) reply(r *codec.Reply) { s.out = r.AppendTo(s.out) }
 
+// closeWith appends a reply that ends the session.
+func (s *session) closeWith(reply []byte) {
+	s.out = append(s.out, reply...)
+	s.closeAfter = true
+}
+
 // fail answers a client error and counts it; too many and we hang up.
 func (s *session) fail(r *codec.Reply) {
 	s.reply(r)
@@ -447,8 +494,7 @@ func (s *session) fail(r *codec.Reply) {
 			slog.String("enhanced", r.Enhanced), slog.String("text", r.Text), slog.Int("errors", s.errors))
 	}
 	if s.errors >= s.cfg.MaxErrors {
-		s.out = codec.AppendReply(s.out, 421, "4.7.0", s.cfg.Hostname+" Too many errors, closing")
-		s.closeAfter = true
+		s.closeWith(s.cfg.replies.tooManyErrs)
 	}
 }
 
@@ -501,43 +547,43 @@ func (s *session) submit(now time.Time) {
 	s.state = stWaiting
 	s.deadline.Store(0)
 	s.sinkErr = nil
-	s.completed.Store(false)
-	s.handback.Store(0)
-	s.inSubmit.Store(true)
+	s.handoff.Store(submitting)
 	s.cfg.Sink.Submit(m)
-	s.inSubmit.Store(false)
+	// Fails if the sink answered inside Submit: awaitSink, next in this
+	// pass, finds the verdict.
+	s.handoff.CompareAndSwap(submitting, withSink)
 }
 
-// Complete implements sink.Completion; any goroutine may call it.
+// Complete implements sink.Completion; any goroutine may call it, inside
+// Submit or later.
 func (s *session) Complete(_ *sink.Message, err error) {
 	s.sinkErr = err
-	s.completed.Store(true)
-	if !s.handback.CompareAndSwap(0, 2) {
+	switch s.handoff.Swap(answered) {
+	case withSink:
+		_ = s.conn.Wake(nil) // the loop waits in awaitSink
+	case abandoned:
 		// The connection closed while the sink had the message: nobody
-		// will read the verdict, but the budget must get its bytes back.
+		// reads the verdict, but the budget gets its bytes back. The loop
+		// is done with the session, so held is ours now.
 		s.releaseHeld()
-		return
 	}
-	if !s.inSubmit.Load() {
-		_ = s.conn.Wake(nil)
-	}
+	// submitting: the loop looks as soon as Submit returns.
 }
 
 // finishMessage answers the sink's verdict: 250 only for a stored message,
-// and never a 5xx for trouble on our side (RFC 5321 §4.2.5).
+// and never a 5xx for trouble on our side (sink.Reply).
 func (s *session) finishMessage(now time.Time) {
 	err := s.sinkErr
 	s.sinkErr = nil
-	s.completed.Store(false)
+	s.handoff.Store(idle)
 	s.state = stCommand
 	if err == nil {
-		s.out = append(s.out, "250 2.0.0 OK queued as "...)
-		s.out = append(s.out, s.msg.QueueID...)
-		s.out = append(s.out, "\r\n"...)
+		s.out = sink.AppendQueued(s.out, s.msg.QueueID)
 		s.endTransaction(OutcomeAccepted, now)
 	} else {
-		s.out = appendSinkError(s.out, err)
-		if se, ok := err.(*sink.Error); ok && se.Code == 421 {
+		r := sink.Reply(err)
+		s.reply(r)
+		if r.Code == 421 {
 			s.closeAfter = true // RFC 5321 §3.8: 421 closes the channel
 		}
 		s.endTransaction(sinkOutcome(err), now)
@@ -585,14 +631,4 @@ func (s *session) msgSize() int64 {
 		return s.bodySize
 	}
 	return s.data.Size()
-}
-
-// appendSinkError turns a sink's error into a reply. A sink may choose its
-// reply with *sink.Error, but only a temporary one: a 5xx here would make
-// the client bounce mail that we failed to store.
-func appendSinkError(dst []byte, err error) []byte {
-	if se, ok := err.(*sink.Error); ok && se.Code >= 400 && se.Code < 500 {
-		return codec.AppendReply(dst, se.Code, se.Enhanced, se.Text)
-	}
-	return codec.AppendReply(dst, sink.ErrUnavailable.Code, sink.ErrUnavailable.Enhanced, sink.ErrUnavailable.Text)
 }

@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lsmtp/lsmtp/codec"
 	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // step is one line of a dialog: what the client sends, and the start of
@@ -67,7 +69,7 @@ func TestDialogs(t *testing.T) {
 }
 
 func TestMessageReachesSinkWithReceivedHeader(t *testing.T) {
-	rs := &recordingSink{}
+	rs := &smtptest.Recorder{}
 	_, addr := startServer(t, Config{Sink: rs})
 	c := dial(t, addr)
 	runDialog(t, c, []step{
@@ -81,7 +83,7 @@ func TestMessageReachesSinkWithReceivedHeader(t *testing.T) {
 	id := strings.TrimPrefix(last, "250 2.0.0 OK queued as ")
 	c.do("QUIT", "221 ")
 
-	msgs := rs.messages()
+	msgs := rs.Messages()
 	if len(msgs) != 1 {
 		t.Fatalf("sink got %d messages, want 1", len(msgs))
 	}
@@ -89,7 +91,7 @@ func TestMessageReachesSinkWithReceivedHeader(t *testing.T) {
 	if m.QueueID != id || len(id) != 26 {
 		t.Errorf("queue ID %q, reply said %q", m.QueueID, id)
 	}
-	if got, want := m.body(), "Subject: hi\r\n\r\n.leading dot\r\nbody\r\n"; got != want {
+	if got, want := m.Content(), "Subject: hi\r\n\r\n.leading dot\r\nbody\r\n"; got != want {
 		t.Errorf("body %q, want %q", got, want)
 	}
 	if m.Sender != "a@b.test" || len(m.Recipients) != 1 || m.Recipients[0] != "c@d.test" {
@@ -105,7 +107,7 @@ func TestMessageReachesSinkWithReceivedHeader(t *testing.T) {
 }
 
 func TestSMTPUTF8Protocol(t *testing.T) {
-	rs := &recordingSink{}
+	rs := &smtptest.Recorder{}
 	_, addr := startServer(t, Config{Sink: rs})
 	c := dial(t, addr)
 	runDialog(t, c, []step{
@@ -116,7 +118,7 @@ func TestSMTPUTF8Protocol(t *testing.T) {
 		{"DATA", "354 "},
 		{"Subject: ü\r\n\r\nbody\r\n.", "250 2.0.0"},
 	})
-	m := rs.messages()[0]
+	m := rs.Messages()[0]
 	if !m.SMTPUTF8 || !strings.Contains(m.Data, " with UTF8SMTP id ") {
 		t.Errorf("SMTPUTF8 not carried: %+v", m)
 	}
@@ -126,7 +128,7 @@ func TestSMTPUTF8Protocol(t *testing.T) {
 }
 
 func TestPipelinedBatchIsAnsweredInOrder(t *testing.T) {
-	rs := &recordingSink{async: true, delay: 20 * time.Millisecond}
+	rs := &smtptest.Recorder{Async: true, Delay: 20 * time.Millisecond}
 	_, addr := startServer(t, Config{Sink: rs})
 	c := dial(t, addr)
 	c.do("EHLO c", "250 ")
@@ -148,8 +150,8 @@ func TestPipelinedBatchIsAnsweredInOrder(t *testing.T) {
 	c.send("two\r\n.\r\nQUIT\r\n")
 	c.expect("250 2.0.0 OK queued as")
 	c.expect("221 ")
-	msgs := rs.messages()
-	if len(msgs) != 2 || msgs[0].body() != "one\r\n" || msgs[1].body() != "two\r\n" || msgs[1].Sender != "x@b.test" {
+	msgs := rs.Messages()
+	if len(msgs) != 2 || msgs[0].Content() != "one\r\n" || msgs[1].Content() != "two\r\n" || msgs[1].Sender != "x@b.test" {
 		t.Fatalf("messages %+v", msgs)
 	}
 }
@@ -163,10 +165,10 @@ func TestSinkErrorsAreTemporary(t *testing.T) {
 		{"unavailable", sink.ErrUnavailable, "451 4.3.0"},
 		{"busy", sink.ErrBusy, "451 4.3.2"},
 		{"plain error", errors.New("connection reset"), "451 4.3.0"},
-		{"a sink asking for 5xx still gets 4xx", &sink.Error{Code: 554, Enhanced: "5.0.0", Text: "no"}, "451 4.3.0"},
+		{"a sink asking for 5xx still gets 4xx", &codec.Reply{Code: 554, Enhanced: "5.0.0", Text: "no"}, "451 4.3.0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, addr := startServer(t, Config{Sink: &recordingSink{async: true, result: tc.err}})
+			_, addr := startServer(t, Config{Sink: &smtptest.Recorder{Async: true, Verdict: func(int) error { return tc.err }}})
 			c := dial(t, addr)
 			runDialog(t, c, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
 			c.send("hello\r\n.\r\n")
@@ -178,7 +180,7 @@ func TestSinkErrorsAreTemporary(t *testing.T) {
 }
 
 func TestOversizedBodyIsReadToTheEnd(t *testing.T) {
-	rs := &recordingSink{}
+	rs := &smtptest.Recorder{}
 	_, addr := startServer(t, Config{Sink: rs, MaxMessageSize: 100})
 	c := dial(t, addr)
 	runDialog(t, c, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
@@ -186,7 +188,7 @@ func TestOversizedBodyIsReadToTheEnd(t *testing.T) {
 	c.send(strings.Repeat("x", 98) + "\r\nRSET\r\nMAIL FROM:<evil@b.test>\r\n" + strings.Repeat("y", 1000) + "\r\n.\r\n")
 	c.expect("552 5.3.4")
 	c.do("NOOP", "250 2.0.0")
-	if n := len(rs.messages()); n != 0 {
+	if n := len(rs.Messages()); n != 0 {
 		t.Fatalf("sink got %d messages", n)
 	}
 }
@@ -211,20 +213,20 @@ func TestSmugglingDoesNotEndData(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, normalize := range []bool{false, true} {
-				rs := &recordingSink{}
+				rs := &smtptest.Recorder{}
 				_, addr := startServer(t, Config{Sink: rs, NormalizeBareEOL: normalize})
 				c := dial(t, addr)
 				runDialog(t, c, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
 				c.send("Subject: x\r\n\r\nbody" + tc.end + "MAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<v@d.test>\r\nDATA\r\nsmuggled\r\n.\r\n")
 				if normalize {
 					c.expect("250 2.0.0")
-					msgs := rs.messages()
-					if len(msgs) != 1 || !strings.Contains(msgs[0].body(), "smuggled@evil.test") {
+					msgs := rs.Messages()
+					if len(msgs) != 1 || !strings.Contains(msgs[0].Content(), "smuggled@evil.test") {
 						t.Fatalf("normalize: messages %+v", msgs)
 					}
 				} else {
 					c.expect("554 5.6.0")
-					if n := len(rs.messages()); n != 0 {
+					if n := len(rs.Messages()); n != 0 {
 						t.Fatalf("reject: sink got %d messages", n)
 					}
 				}
@@ -236,7 +238,7 @@ func TestSmugglingDoesNotEndData(t *testing.T) {
 }
 
 func TestBDAT(t *testing.T) {
-	rs := &recordingSink{async: true}
+	rs := &smtptest.Recorder{Async: true}
 	_, addr := startServer(t, Config{Sink: rs, MaxMessageSize: 50})
 	c := dial(t, addr)
 	runDialog(t, c, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test> BODY=BINARYMIME", "250 "}, {"RCPT TO:<c@d.test>", "250 "}})
@@ -245,8 +247,8 @@ func TestBDAT(t *testing.T) {
 	c.expect("250 2.0.0 5 octets")
 	c.expect("250 2.0.0 OK queued as")
 	c.expect("250 2.1.0")
-	msgs := rs.messages()
-	if len(msgs) != 1 || msgs[0].body() != "hel\r\nlo\r\n" {
+	msgs := rs.Messages()
+	if len(msgs) != 1 || msgs[0].Content() != "hel\r\nlo\r\n" {
 		t.Fatalf("messages %+v", msgs)
 	}
 	// BDAT 0 LAST ends a message.
@@ -263,7 +265,7 @@ func TestBDAT(t *testing.T) {
 }
 
 func TestBDATAfterRejectedCommandsIsReadAndDiscarded(t *testing.T) {
-	rs := &recordingSink{}
+	rs := &smtptest.Recorder{}
 	_, addr := startServer(t, Config{Sink: rs})
 	c := dial(t, addr)
 	c.do("EHLO c", "250 ")
@@ -273,13 +275,13 @@ func TestBDATAfterRejectedCommandsIsReadAndDiscarded(t *testing.T) {
 	c.expect("503 5.5.1")
 	c.expect("503 5.5.1")
 	c.expect("250 2.0.0") // the NOOP after the chunk
-	if n := len(rs.messages()); n != 0 {
+	if n := len(rs.Messages()); n != 0 {
 		t.Fatalf("sink got %d messages", n)
 	}
 }
 
 func TestBDATOverTheLimit(t *testing.T) {
-	rs := &recordingSink{}
+	rs := &smtptest.Recorder{}
 	_, addr := startServer(t, Config{Sink: rs, MaxMessageSize: 10})
 	c := dial(t, addr)
 	runDialog(t, c, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}})
@@ -288,7 +290,7 @@ func TestBDATOverTheLimit(t *testing.T) {
 	c.expect("552 5.3.4")
 	c.expect("552 5.3.4")
 	c.do("MAIL FROM:<a@b.test>", "250 2.1.0") // the transaction is over
-	if n := len(rs.messages()); n != 0 {
+	if n := len(rs.Messages()); n != 0 {
 		t.Fatalf("sink got %d messages", n)
 	}
 }
@@ -423,7 +425,8 @@ func TestHTTPAndTLSProbesAreClosed(t *testing.T) {
 }
 
 func TestShutdownLetsTransactionFinish(t *testing.T) {
-	rs := &recordingSink{held: make(chan struct{})}
+	rs := &smtptest.Recorder{}
+	rs.HoldAll()
 	srv, addr := startServer(t, Config{Sink: rs})
 	busy := dial(t, addr)
 	runDialog(t, busy, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
@@ -439,7 +442,7 @@ func TestShutdownLetsTransactionFinish(t *testing.T) {
 	}()
 	idle.expect("421 4.3.2")
 	idle.expectClosed()
-	close(rs.held) // the broker confirms
+	rs.ReleaseAll() // the broker confirms
 	busy.expect("250 2.0.0 OK queued as")
 	busy.expect("421 4.3.2")
 	busy.expectClosed()
@@ -449,8 +452,9 @@ func TestShutdownLetsTransactionFinish(t *testing.T) {
 }
 
 func TestShutdownDeadlineSends421(t *testing.T) {
-	rs := &recordingSink{held: make(chan struct{})}
-	defer close(rs.held)
+	rs := &smtptest.Recorder{}
+	rs.HoldAll()
+	defer rs.ReleaseAll()
 	srv, addr := startServer(t, Config{Sink: rs})
 	busy := dial(t, addr)
 	runDialog(t, busy, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
@@ -465,7 +469,7 @@ func TestShutdownDeadlineSends421(t *testing.T) {
 }
 
 func TestDisconnectMidDataPublishesNothing(t *testing.T) {
-	rs := &recordingSink{}
+	rs := &smtptest.Recorder{}
 	srv, addr := startServer(t, Config{Sink: rs})
 	c := dial(t, addr)
 	runDialog(t, c, []step{{"EHLO c", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
@@ -475,13 +479,14 @@ func TestDisconnectMidDataPublishesNothing(t *testing.T) {
 	for srv.stats.Open.Load() != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := len(rs.messages()); n != 0 {
+	if n := len(rs.Messages()); n != 0 {
 		t.Fatalf("sink got %d messages from a client that left mid-DATA", n)
 	}
 }
 
 func TestInFlightBudget(t *testing.T) {
-	rs := &recordingSink{held: make(chan struct{})}
+	rs := &smtptest.Recorder{}
+	rs.HoldAll()
 	srv, addr := startServer(t, Config{Sink: rs, MaxInFlightBytes: 10_000, MaxMessageSize: 1 << 20})
 	a := dial(t, addr)
 	runDialog(t, a, []step{{"EHLO a", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
@@ -497,7 +502,7 @@ func TestInFlightBudget(t *testing.T) {
 	b.send("BDAT 6000 LAST\r\n" + strings.Repeat("c", 6000))
 	b.expect("451 4.3.1")
 
-	close(rs.held)
+	rs.ReleaseAll()
 	a.expect("250 2.0.0")
 	// With a's bytes released, b fits again.
 	runDialog(t, b, []step{{"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
@@ -512,18 +517,19 @@ func TestInFlightBudget(t *testing.T) {
 }
 
 func TestInFlightBytesReleasedWhenClientLeavesWhileSinkHoldsMessage(t *testing.T) {
-	rs := &recordingSink{held: make(chan struct{})}
+	rs := &smtptest.Recorder{}
+	rs.HoldAll()
 	srv, addr := startServer(t, Config{Sink: rs})
 	c := dial(t, addr)
 	runDialog(t, c, []step{{"EHLO a", "250 "}, {"MAIL FROM:<a@b.test>", "250 "}, {"RCPT TO:<c@d.test>", "250 "}, {"DATA", "354 "}})
 	c.send(strings.Repeat("a", 5000) + "\r\n.\r\n")
-	waitFor(t, func() bool { return len(rs.messages()) == 1 })
+	waitFor(t, func() bool { return len(rs.Messages()) == 1 })
 	c.conn.Close()
 	waitFor(t, func() bool { return srv.Stats().Open.Load() == 0 })
 	if srv.Stats().InFlightBytes.Load() == 0 {
 		t.Fatalf("bytes released before the sink answered")
 	}
-	close(rs.held)
+	rs.ReleaseAll()
 	waitFor(t, func() bool { return srv.Stats().InFlightBytes.Load() == 0 })
 }
 
@@ -543,7 +549,7 @@ func waitFor(t *testing.T, cond func() bool) {
 // and Serve must report a clean stop.
 func TestShutdownIsCleanEveryTime(t *testing.T) {
 	for i := 0; i < 10; i++ {
-		srv, err := New(Config{Listen: []string{"127.0.0.1:0"}, Hostname: "mx.test", Sink: &recordingSink{}, EventLoops: 2})
+		srv, err := New(Config{Listen: []string{"127.0.0.1:0"}, Hostname: "mx.test", Sink: &smtptest.Recorder{}, EventLoops: 2})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // smtpClient is the load generator's SMTP client: plain TCP, every read
@@ -43,7 +45,7 @@ func (r reply) class() string {
 
 // queueID returns the ID of a "250 2.0.0 OK queued as <id>" reply.
 func (r reply) queueID() (string, bool) {
-	id, ok := strings.CutPrefix(r.text, "250 2.0.0 OK queued as ")
+	id, ok := strings.CutPrefix(r.text, sink.QueuedPrefix)
 	return id, ok && r.code == 250 && id != ""
 }
 

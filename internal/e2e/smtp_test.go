@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // reply is one complete SMTP reply (RFC 5321 §4.2), possibly multi-line.
@@ -29,7 +31,7 @@ func (r reply) String() string { return strings.Join(r.Lines, " / ") }
 
 // queueID returns the ID of a "250 2.0.0 OK queued as <id>" reply.
 func (r reply) queueID() (string, bool) {
-	id, ok := strings.CutPrefix(r.Last(), "250 2.0.0 OK queued as ")
+	id, ok := strings.CutPrefix(r.Last(), sink.QueuedPrefix)
 	return id, ok && r.Code == 250 && id != ""
 }
 

@@ -8,11 +8,12 @@ package sink
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/bytebufferpool"
+
+	"github.com/lsmtp/lsmtp/codec"
 )
 
 // BodyType is the BODY= parameter of MAIL (RFC 6152, RFC 3030).
@@ -74,9 +75,9 @@ func (m *Message) ReleaseData() {
 
 // Completion receives the outcome of a submitted message.
 type Completion interface {
-	// Complete reports that msg is safely stored (err == nil) or not. A
-	// non-nil error that is not an *Error is answered 451 4.3.0: trouble on
-	// our side is always temporary for the client (RFC 5321 §4.2.5).
+	// Complete reports that msg is safely stored (err == nil) or not. The
+	// client is answered with Reply(err): a sink chooses its reply by
+	// failing with a 4xx *codec.Reply; anything else is 451 4.3.0.
 	Complete(msg *Message, err error)
 }
 
@@ -90,24 +91,39 @@ type Sink interface {
 	Close(ctx context.Context) error
 }
 
-// Error is an SMTP reply chosen by a sink.
-type Error struct {
-	Code     int    // three-digit reply code, 4xx for anything on our side
-	Enhanced string // RFC 3463 status code, e.g. "4.3.0"
-	Text     string // human-readable text, no CR or LF
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Text) }
-
-// Replies shared by sinks.
+// Replies shared by sinks. A sink fails a message with one of these, or
+// with a *codec.Reply of its own, always a 4xx.
 var (
 	// ErrUnavailable: the broker is not connected or did not confirm.
-	ErrUnavailable = &Error{Code: 451, Enhanced: "4.3.0", Text: "Temporary failure storing the message, try again later"}
+	ErrUnavailable = &codec.Reply{Code: 451, Enhanced: "4.3.0", Text: "Temporary failure storing the message, try again later"}
 	// ErrBusy: the hand-off queue is full.
-	ErrBusy = &Error{Code: 451, Enhanced: "4.3.2", Text: "System busy, try again later"}
+	ErrBusy = &codec.Reply{Code: 451, Enhanced: "4.3.2", Text: "System busy, try again later"}
 	// ErrShuttingDown: the sink is closing.
-	ErrShuttingDown = &Error{Code: 421, Enhanced: "4.3.2", Text: "Service shutting down, try again later"}
+	ErrShuttingDown = &codec.Reply{Code: 421, Enhanced: "4.3.2", Text: "Service shutting down, try again later"}
 )
+
+// Reply is what the client is told about a message the sink failed with
+// err. A sink's trouble is ours, never the sender's, so it is always
+// temporary (RFC 5321 §4.2.5): a 4xx *codec.Reply stands as it is, and
+// anything else, a 5xx included, becomes ErrUnavailable (451 4.3.0). err
+// is taken as it is, not unwrapped: a sink returns its reply itself.
+func Reply(err error) *codec.Reply {
+	if r, ok := err.(*codec.Reply); ok && r.Code >= 400 && r.Code < 500 {
+		return r
+	}
+	return ErrUnavailable
+}
+
+// QueuedPrefix starts the reply to a stored message; the queue ID and CRLF
+// follow ("250 2.0.0 OK queued as <id>"). Clients cut the ID after it.
+const QueuedPrefix = "250 2.0.0 OK queued as "
+
+// AppendQueued appends the reply to a message stored under queueID.
+func AppendQueued(dst []byte, queueID string) []byte {
+	dst = append(dst, QueuedPrefix...)
+	dst = append(dst, queueID...)
+	return append(dst, '\r', '\n')
+}
 
 // Null accepts, counts and discards every message. It is the sink for
 // benchmarks of the SMTP engine alone.
