@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/lsmtp/lsmtp/codec"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // The per-IP connection count keys an IPv6 client by its /64 (the
@@ -14,7 +15,7 @@ import (
 // Driven through the functions OnOpen, the PROXY path and OnClose call,
 // with addresses no test can connect from.
 func TestPerIPCountsIPv6Prefix(t *testing.T) {
-	srv, err := New(Config{Sink: &recordingSink{}, MaxConnsPerIP: 2})
+	srv, err := New(Config{Sink: &smtptest.Recorder{}, MaxConnsPerIP: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestPerIPCountsIPv6Prefix(t *testing.T) {
 }
 
 func TestPerIPWithIPv6Prefix128CountsAddresses(t *testing.T) {
-	srv, err := New(Config{Sink: &recordingSink{}, MaxConnsPerIP: 1, IPv6Prefix: 128})
+	srv, err := New(Config{Sink: &smtptest.Recorder{}, MaxConnsPerIP: 1, IPv6Prefix: 128})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +86,7 @@ func TestPerIPWithIPv6Prefix128CountsAddresses(t *testing.T) {
 // Reload keeps the prefix the server started with: a session admitted
 // under one key must be released under the same.
 func TestReloadKeepsIPv6Prefix(t *testing.T) {
-	srv, err := New(Config{Sink: &recordingSink{}, MaxConnsPerIP: 1})
+	srv, err := New(Config{Sink: &smtptest.Recorder{}, MaxConnsPerIP: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestConfigBounds(t *testing.T) {
 		{Config{IPv6Prefix: 129}, "IPv6 prefix /129"},
 		{Config{IPv6Prefix: -1}, "IPv6 prefix /-1"},
 	} {
-		tc.cfg.Sink = &recordingSink{}
+		tc.cfg.Sink = &smtptest.Recorder{}
 		_, err := New(tc.cfg)
 		switch {
 		case tc.want == "" && err != nil:

@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,9 +70,6 @@ func New(cfg Config) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
-	}
-	if !hostnameOK(cfg.Hostname) {
-		return nil, fmt.Errorf("engine: hostname %q cannot stand in a greeting", cfg.Hostname)
 	}
 	cfg.MaxConns = capConnsToFileLimit(cfg.MaxConns, cfg.Logger)
 	srv := &Server{
@@ -458,11 +454,6 @@ func (r *registry) wakeAll() {
 	r.each(func(s *session) { _ = s.conn.Wake(nil) })
 }
 
-// hostnameOK reports whether h can stand in our greeting and headers.
-func hostnameOK(h string) bool {
-	return h != "" && !strings.ContainsAny(h, " \t\r\n()<>")
-}
-
 // gnetLogger sends gnet's own messages to our slog logger; its start-up
 // chatter goes to debug, and so do its errors while we shut down: the
 // listener we shut under it makes its accept loop report one.
@@ -500,9 +491,6 @@ func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
 	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return nil, err
-	}
-	if !hostnameOK(cfg.Hostname) {
-		return nil, fmt.Errorf("engine: hostname %q cannot stand in a greeting", cfg.Hostname)
 	}
 	cfg.MaxConns = capConnsToFileLimit(cfg.MaxConns, cfg.Logger)
 	if !slices.Equal(cfg.Listen, cur.Listen) {
