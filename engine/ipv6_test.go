@@ -113,13 +113,13 @@ func TestConfigBounds(t *testing.T) {
 		want string // in the error; "" for valid
 	}{
 		{Config{MaxLineLength: codec.MaxLineLimit}, ""},
-		{Config{MaxLineLength: codec.MaxLineLimit + 1}, "max line length 65537 is above the 65536 octets"},
-		{Config{MaxLineLength: 1 << 26}, "max line length 67108864 is above"},
+		{Config{MaxLineLength: codec.MaxLineLimit + 1}, "MaxLineLength: 65537 is above the 65536 octets"},
+		{Config{MaxLineLength: 1 << 26}, "MaxLineLength: 67108864 is above"},
 		{Config{IPv6Prefix: 32}, ""},
 		{Config{IPv6Prefix: 128}, ""},
-		{Config{IPv6Prefix: 31}, "IPv6 prefix /31 is not between /32 and /128"},
-		{Config{IPv6Prefix: 129}, "IPv6 prefix /129"},
-		{Config{IPv6Prefix: -1}, "IPv6 prefix /-1"},
+		{Config{IPv6Prefix: 31}, "IPv6Prefix: /31 is not between /32 and /128"},
+		{Config{IPv6Prefix: 129}, "IPv6Prefix: /129"},
+		{Config{IPv6Prefix: -1}, "IPv6Prefix: /-1"},
 	} {
 		tc.cfg.Sink = &smtptest.Recorder{}
 		_, err := New(tc.cfg)
