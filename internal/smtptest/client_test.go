@@ -22,6 +22,7 @@ func peer(t *testing.T, script []step) (*Conn, <-chan error) {
 	done := make(chan error, 1)
 	go func() {
 		defer srv.Close()
+		_ = srv.SetDeadline(time.Now().Add(2 * time.Second))
 		for i, st := range script {
 			got := make([]byte, len(st.recv))
 			if _, err := io.ReadFull(srv, got); err != nil {
