@@ -22,6 +22,7 @@ RACEPKGS ?= ./engine ./broker ./internal/e2e ./internal/chaos ./internal/faultpr
 # The whole suite, then RACEPKGS with -race; broker tests need RabbitMQ on
 # 127.0.0.1:5672 (installed or started if need be, see tools/rabbitmq-up).
 test:
+	@command -v "$$($(GO) env CC)" >/dev/null || { echo "go test -race needs a C compiler for cgo: 'apt-get install gcc' (Debian/Ubuntu)" >&2; exit 1; }
 	@tools/rabbitmq-up
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 15m $(PKGS)
