@@ -8,16 +8,25 @@ FUZZTIME ?= 30s
 build:
 	$(GO) build -o bin/lsmtp ./cmd/lsmtp
 
-# Runs the server against the local RabbitMQ (started if installed but stopped).
+# Runs the server against the local RabbitMQ (installed or started if need
+# be, see tools/rabbitmq-up).
 run: build
 	@tools/rabbitmq-up
 	./bin/lsmtp $(ARGS)
 
-# The whole suite; broker tests need RabbitMQ on 127.0.0.1:5672 (started if stopped).
+# Packages where goroutines cross (event loops and sink completions, the
+# broker's confirm readers, the node's reload and admin, the harnesses'
+# clients and proxies): make test runs them again under the race detector.
+RACEPKGS ?= ./engine ./broker ./internal/e2e ./internal/chaos ./internal/faultproxy ./cmd/lsmtp
+
+# The whole suite, then RACEPKGS with -race; broker tests need RabbitMQ on
+# 127.0.0.1:5672 (installed or started if need be, see tools/rabbitmq-up).
 test:
+	@command -v "$$($(GO) env CC)" >/dev/null || { echo "go test -race needs a C compiler for cgo: 'apt-get install gcc' (Debian/Ubuntu)" >&2; exit 1; }
 	@tools/rabbitmq-up
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 15m $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $(RACEPKGS)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

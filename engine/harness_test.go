@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -54,11 +53,12 @@ func startServer(t testing.TB, cfg Config) (*Server, string) {
 	return srv, addrs[0].String()
 }
 
-// client speaks SMTP line by line for dialog tests.
+// client speaks SMTP line by line for dialog tests; any failure ends
+// the test.
 type client struct {
 	t    testing.TB
 	conn net.Conn
-	r    *bufio.Reader
+	smtp *smtptest.Conn // on conn
 }
 
 // dial connects and reads the greeting.
@@ -87,13 +87,12 @@ func dialFrom(t testing.TB, source, addr string) *client {
 		t.Fatalf("dial: %v", err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-	return &client{t: t, conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	return &client{t: t, conn: conn, smtp: smtptest.NewConn(conn, 20*time.Second)}
 }
 
 func (c *client) send(s string) {
 	c.t.Helper()
-	if _, err := c.conn.Write([]byte(s)); err != nil {
+	if err := c.smtp.Write([]byte(s)); err != nil {
 		c.t.Fatalf("write %q: %v", trim(s), err)
 	}
 }
@@ -101,21 +100,11 @@ func (c *client) send(s string) {
 // reply reads one whole reply, multiline included, and returns its lines.
 func (c *client) reply() []string {
 	c.t.Helper()
-	var lines []string
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			c.t.Fatalf("reading reply after %q: %v", lines, err)
-		}
-		if !strings.HasSuffix(line, "\r\n") {
-			c.t.Fatalf("reply line %q does not end in CRLF", line)
-		}
-		line = strings.TrimSuffix(line, "\r\n")
-		lines = append(lines, line)
-		if len(line) < 4 || line[3] != '-' {
-			return lines
-		}
+	r, err := c.smtp.Read()
+	if err != nil {
+		c.t.Fatalf("reading reply: %v", err)
 	}
+	return r.Lines
 }
 
 // expect reads one reply and checks that its last line starts with want
@@ -140,13 +129,8 @@ func (c *client) do(line, want string) string {
 // expectClosed checks that the server closed the connection.
 func (c *client) expectClosed() {
 	c.t.Helper()
-	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := c.r.ReadString('\n')
-	if err == nil {
-		c.t.Fatalf("connection still open, read %q", line)
-	}
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		c.t.Fatalf("connection still open after 5s")
+	if err := c.smtp.WaitClosed(5 * time.Second); err != nil {
+		c.t.Fatal(err)
 	}
 }
 

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -300,15 +299,16 @@ func hostileHeap() runtime.MemStats {
 // hostileConn is a client connection that reports instead of failing, so
 // that the dialog can say which step and reply went wrong.
 type hostileConn struct {
-	conn      net.Conn
-	r         *bufio.Reader
+	*smtptest.Conn
+	conn      net.Conn // the same connection, for writes a step shapes itself
 	lastReply time.Time
 }
 
 func (h *hostileServer) dial(t *testing.T, greeting bool) *hostileConn {
 	t.Helper()
 	c := dialNoGreeting(t, h.addr)
-	hc := &hostileConn{conn: c.conn, r: c.r, lastReply: time.Now()}
+	hc := &hostileConn{Conn: c.smtp, conn: c.conn, lastReply: time.Now()}
+	hc.Timeout = 10 * time.Second
 	if greeting {
 		lines, err := hc.reply()
 		if err == nil {
@@ -326,41 +326,16 @@ func (h *hostileServer) dial(t *testing.T, greeting bool) *hostileConn {
 
 // reply reads one reply, multiline included.
 func (c *hostileConn) reply() ([]string, error) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var lines []string
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			return lines, fmt.Errorf("after %q: %w", lines, err)
-		}
-		if !strings.HasSuffix(line, "\r\n") {
-			return lines, fmt.Errorf("reply line %q does not end in CRLF", line)
-		}
-		lines = append(lines, strings.TrimSuffix(line, "\r\n"))
-		if len(line) < 6 || line[3] != '-' {
-			c.lastReply = time.Now()
-			return lines, nil
-		}
+	r, err := c.Read()
+	if err == nil {
+		c.lastReply = time.Now()
 	}
+	return r.Lines, err
 }
 
 // closed checks that the server closed the connection with nothing more
 // to say.
-func (c *hostileConn) closed() error {
-	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := c.r.ReadString('\n')
-	switch {
-	case err == nil:
-		return fmt.Errorf("connection still open, read %q", line)
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-		return nil
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return errors.New("connection still open after 5s")
-	}
-	return nil // a reset is a close too
-}
+func (c *hostileConn) closed() error { return c.WaitClosed(5 * time.Second) }
 
 // enhancedCode matches an RFC 3463 status code.
 var enhancedCode = regexp.MustCompile(`^[245]\.[0-9]{1,3}\.[0-9]{1,3}$`)

@@ -368,8 +368,10 @@ func (h *handler) OnClose(c gnet.Conn, _ error) gnet.Action {
 		return gnet.None // refused in OnOpen: nothing was counted
 	}
 	h.srv.sessions.remove(sess)
-	h.srv.release(sess.remote.Addr(), sess.countedIP)
+	// Bytes first, then the connection count: whoever sees no open
+	// connection must also see no octets this session still counted.
 	sess.closed()
+	h.srv.release(sess.remote.Addr(), sess.countedIP)
 	return gnet.None
 }
 

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // phases tells which fault the time of an event belongs to: the fault in
@@ -123,38 +125,41 @@ func (g *generator) session(ctx context.Context, id int, deadline time.Time) {
 	}
 	next := time.Now()
 	seq := 0
-	var c *smtpClient
+	var c *smtptest.Conn
+	pipe := false // the server offered PIPELINING (RFC 2920)
 	onConn := 0
 	defer func() {
 		if c != nil {
-			c.close()
+			c.Close()
 		}
 	}()
 	connErr := func(kind string) {
 		g.ledger.note(g.phases.at(time.Now()), func(t *tally) { t.ConnErrs[kind]++ })
 		if c != nil {
-			c.close()
+			c.Close()
 			c = nil
 		}
 		sleepCtx(ctx, 20*time.Millisecond)
 	}
 	for ctx.Err() == nil && time.Now().Before(deadline) {
 		if c == nil {
-			conn, greet, err := dialSMTP(g.addr(), ioTimeout)
+			conn, greet, err := smtptest.Dial(g.addr(), ioTimeout)
 			switch {
 			case err != nil:
 				connErr(connErrKind("connect", err))
 				continue
-			case greet.code != 220:
-				conn.close()
-				connErr("greeting " + greet.class())
+			case greet.Code != 220:
+				conn.Close()
+				connErr("greeting " + greet.Class())
 				continue
 			}
 			c = conn
-			if r, err := c.ehlo(fmt.Sprintf("gen%d.chaos.invalid", id)); err != nil || r.code != 250 {
+			r, err := c.Cmd(fmt.Sprintf("EHLO gen%d.chaos.invalid", id))
+			if err != nil || r.Code != 250 {
 				connErr(connErrKind("EHLO", err))
 				continue
 			}
+			pipe = r.HasExtension("PIPELINING")
 			onConn = 0
 		}
 		if interval > 0 {
@@ -166,50 +171,50 @@ func (g *generator) session(ctx context.Context, id int, deadline time.Time) {
 			}
 		}
 		token := fmt.Sprintf("s%03d-%07d", id, seq)
-		o := c.send("chaos@generator.invalid", fmt.Sprintf("rcpt%d@lsmtp.invalid", id), messageBody(token, g.cfg.Size), g.cfg.Pipelining)
+		o := c.Transact("chaos@generator.invalid", []string{fmt.Sprintf("rcpt%d@lsmtp.invalid", id)}, messageBody(token, g.cfg.Size), g.cfg.Pipelining && pipe)
 		g.ledger.sent.Add(1)
 		now := time.Now()
 		phase := g.phases.at(now)
 		switch {
-		case o.err != nil && o.bodySent:
+		case o.Err != nil && o.BodySent:
 			g.ledger.note(phase, func(t *tally) { t.NoReply++ })
-			c.close()
+			c.Close()
 			c = nil
 			continue
-		case o.err != nil:
-			connErr(connErrKind("session", o.err))
+		case o.Err != nil:
+			connErr(connErrKind("session", o.Err))
 			continue
-		case o.final.code == 250:
-			qid, ok := o.final.queueID()
+		case o.Final.Code == 250:
+			qid, ok := o.Final.QueueID()
 			if !ok {
-				g.problem(fmt.Sprintf("250 without a queue ID: %q", o.final.text))
+				g.problem(fmt.Sprintf("250 without a queue ID: %q", o.Final.Last()))
 				break
 			}
 			if err := g.ledger.ack(phase, qid, token, now); err != nil {
 				g.problem(err.Error())
 			}
 			seq++
-		case o.final.code >= 400 && o.final.code < 500:
-			g.ledger.note(phase, func(t *tally) { t.Tempfails[o.final.class()]++ })
-			if o.final.code == 421 {
-				c.close() // the server closes after 421 (RFC 5321 §3.8)
+		case o.Final.Code >= 400 && o.Final.Code < 500:
+			g.ledger.note(phase, func(t *tally) { t.Tempfails[o.Final.Class()]++ })
+			if o.Final.Code == 421 {
+				c.Close() // the server closes after 421 (RFC 5321 §3.8)
 				c = nil
 				continue
 			}
 			sleepCtx(ctx, 10*time.Millisecond)
 		default:
-			g.ledger.note(phase, func(t *tally) { t.Permfails[o.final.text]++ })
+			g.ledger.note(phase, func(t *tally) { t.Permfails[o.Final.Last()]++ })
 			sleepCtx(ctx, 10*time.Millisecond)
 		}
 		onConn++
 		if onConn >= g.cfg.PerConn {
-			c.cmd("QUIT")
-			c.close()
+			c.Cmd("QUIT")
+			c.Close()
 			c = nil
 		}
 	}
 	if c != nil {
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 	}
 }
 
@@ -225,7 +230,7 @@ func connErrKind(stage string, err error) string {
 	switch {
 	case err == nil:
 		return stage + " refused"
-	case errors.Is(err, errNoReply):
+	case errors.Is(err, smtptest.ErrNoReply):
 		return stage + ": closed without a reply"
 	case isRefused(err):
 		return stage + ": connection refused"

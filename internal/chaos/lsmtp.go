@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // buildLSMTP builds ./cmd/lsmtp of the module in moduleDir (empty: the
@@ -82,10 +84,10 @@ func (r *lsmtpRunner) start(listen string, within time.Duration) (*process, erro
 	}()
 	deadline := time.Now().Add(within)
 	for {
-		if c, greet, err := dialSMTP(listen, time.Second); err == nil {
-			c.cmd("QUIT")
-			c.close()
-			if greet.code == 220 {
+		if c, greet, err := smtptest.Dial(listen, time.Second); err == nil {
+			c.Cmd("QUIT")
+			c.Close()
+			if greet.Code == 220 {
 				return p, nil
 			}
 		}

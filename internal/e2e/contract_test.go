@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // transaction is one SMTP message as a test sends it, with what the
@@ -24,7 +26,7 @@ type transaction struct {
 	rcpts  []string
 
 	// The body goes one of three ways:
-	//   - wire == nil, chunks == nil: DATA with dotStuff(content);
+	//   - wire == nil, chunks == nil: DATA with content dot-stuffed;
 	//   - wire != nil: DATA with wire sent as is (it carries its own
 	//     stuffing and terminator), content is what it must unstuff to;
 	//   - chunks != nil: BDAT per chunk, the last with LAST; zeroLast
@@ -48,14 +50,14 @@ type transaction struct {
 }
 
 // send runs t's transaction on c and records its queue ID.
-func (tx *transaction) send(c *smtpConn) error {
+func (tx *transaction) send(c *smtptest.Conn) error {
 	mail := "MAIL FROM:<" + tx.from + ">" + tx.params
 	var cmds []string
 	cmds = append(cmds, mail)
 	for _, r := range tx.rcpts {
 		cmds = append(cmds, "RCPT TO:<"+r+">")
 	}
-	var final reply
+	var final smtptest.Reply
 	var err error
 	switch {
 	case tx.chunks != nil:
@@ -67,27 +69,26 @@ func (tx *transaction) send(c *smtpConn) error {
 		return err
 	}
 	tx.after = time.Now()
-	id, ok := final.queueID()
+	id, ok := final.QueueID()
 	if !ok {
 		return fmt.Errorf("final reply %q, want 250 2.0.0 OK queued as <id>", final.String())
 	}
 	tx.queueID = id
-	tx.clientPort = c.localPort()
+	// The client's TCP source port, which the server reports in
+	// smtp-client-port.
+	tx.clientPort = c.NetConn().LocalAddr().(*net.TCPAddr).Port
 	return nil
 }
 
 // sendCommands sends cmds (pipelined or one by one) and checks that each
 // got want[i].
-func sendCommands(c *smtpConn, cmds []string, want []int, pipeline bool) error {
+func sendCommands(c *smtptest.Conn, cmds []string, want []int, pipeline bool) error {
 	if pipeline {
-		if err := c.write([]byte(strings.Join(cmds, "\r\n") + "\r\n")); err != nil {
+		replies, err := c.Pipeline(cmds...)
+		if err != nil {
 			return err
 		}
-		for i := range cmds {
-			r, err := c.read()
-			if err != nil {
-				return fmt.Errorf("%s: %w", cmds[i], err)
-			}
+		for i, r := range replies {
 			if r.Code != want[i] {
 				return fmt.Errorf("%s: got %q, want %d", cmds[i], r.String(), want[i])
 			}
@@ -95,14 +96,14 @@ func sendCommands(c *smtpConn, cmds []string, want []int, pipeline bool) error {
 		return nil
 	}
 	for i, cmd := range cmds {
-		if _, err := c.expect(cmd, want[i]); err != nil {
+		if _, err := c.Expect(cmd, want[i]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (tx *transaction) sendDATA(c *smtpConn, cmds []string) (reply, error) {
+func (tx *transaction) sendDATA(c *smtptest.Conn, cmds []string) (smtptest.Reply, error) {
 	cmds = append(cmds, "DATA")
 	want := make([]int, len(cmds))
 	for i := range want {
@@ -110,34 +111,36 @@ func (tx *transaction) sendDATA(c *smtpConn, cmds []string) (reply, error) {
 	}
 	want[len(want)-1] = 354
 	if err := sendCommands(c, cmds, want, tx.pipeline); err != nil {
-		return reply{}, err
-	}
-	payload := tx.wire
-	if payload == nil {
-		payload = dotStuff(tx.content)
+		return smtptest.Reply{}, err
 	}
 	tx.before = time.Now()
-	if err := c.write(payload); err != nil {
-		return reply{}, err
+	var err error
+	if tx.wire != nil {
+		err = c.Write(tx.wire)
+	} else {
+		err = c.WriteData(tx.content)
 	}
-	return c.read()
+	if err != nil {
+		return smtptest.Reply{}, err
+	}
+	return c.Read()
 }
 
 // sendBDAT sends the chunks (RFC 3030). With pipelining the first chunk
 // goes in the same write as MAIL and RCPT.
-func (tx *transaction) sendBDAT(c *smtpConn, cmds []string) (reply, error) {
+func (tx *transaction) sendBDAT(c *smtptest.Conn, cmds []string) (smtptest.Reply, error) {
 	want := make([]int, len(cmds))
 	for i := range want {
 		want[i] = 250
 	}
 	if tx.pipeline {
-		if err := c.write([]byte(strings.Join(cmds, "\r\n") + "\r\n")); err != nil {
-			return reply{}, err
+		if err := c.Write([]byte(strings.Join(cmds, "\r\n") + "\r\n")); err != nil {
+			return smtptest.Reply{}, err
 		}
 	} else if err := sendCommands(c, cmds, want, false); err != nil {
-		return reply{}, err
+		return smtptest.Reply{}, err
 	}
-	var last reply
+	var last smtptest.Reply
 	n := len(tx.chunks)
 	for i, chunk := range tx.chunks {
 		isLast := i == n-1 && !tx.zeroLast
@@ -146,18 +149,18 @@ func (tx *transaction) sendBDAT(c *smtpConn, cmds []string) (reply, error) {
 			head += " LAST"
 			tx.before = time.Now()
 		}
-		if err := c.write(append([]byte(head+"\r\n"), chunk...)); err != nil {
-			return reply{}, err
+		if err := c.WriteBDAT(chunk, isLast); err != nil {
+			return smtptest.Reply{}, err
 		}
 		if i == 0 && tx.pipeline {
 			for j := range cmds {
-				r, err := c.read()
+				r, err := c.Read()
 				if err != nil || r.Code != 250 {
 					return r, fmt.Errorf("%s: got %q, %v", cmds[j], r.String(), err)
 				}
 			}
 		}
-		r, err := c.read()
+		r, err := c.Read()
 		if err != nil {
 			return r, fmt.Errorf("%s: %w", head, err)
 		}
@@ -170,7 +173,7 @@ func (tx *transaction) sendBDAT(c *smtpConn, cmds []string) (reply, error) {
 	}
 	if tx.zeroLast {
 		tx.before = time.Now()
-		return c.cmd("BDAT 0 LAST")
+		return c.Cmd("BDAT 0 LAST")
 	}
 	return last, nil
 }
@@ -295,7 +298,7 @@ func TestMessagesRoundTrip(t *testing.T) {
 		if err := tx.send(c); err != nil {
 			t.Fatalf("%s: %v", tx.name, err)
 		}
-		if _, err := c.expect("QUIT", 221); err != nil {
+		if _, err := c.Expect("QUIT", 221); err != nil {
 			t.Errorf("%s: %v", tx.name, err)
 		}
 		c.Close()
@@ -308,22 +311,22 @@ func TestMessagesRoundTrip(t *testing.T) {
 	if err := sendCommands(c, []string{"MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>", "DATA"}, []int{250, 250, 354}, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.write(dotStuff(over.content)); err != nil {
+	if err := c.WriteData(over.content); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.read(); err != nil || r.Last() != "552 5.3.4 Message size exceeds fixed maximum message size" {
+	if r, err := c.Read(); err != nil || r.Last() != "552 5.3.4 Message size exceeds fixed maximum message size" {
 		t.Fatalf("one octet over the limit with DATA: %q, %v", r.String(), err)
 	}
 	if err := sendCommands(c, []string{"MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>"}, []int{250, 250}, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.write(append([]byte(fmt.Sprintf("BDAT %d LAST\r\n", maxMessageSize+1)), lines(maxMessageSize+1)...)); err != nil {
+	if err := c.WriteBDAT(lines(maxMessageSize+1), true); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.read(); err != nil || r.Last() != "552 5.3.4 Message size exceeds fixed maximum message size" {
+	if r, err := c.Read(); err != nil || r.Last() != "552 5.3.4 Message size exceeds fixed maximum message size" {
 		t.Fatalf("one octet over the limit with BDAT: %q, %v", r.String(), err)
 	}
-	if _, err := c.expect("NOOP", 250); err != nil {
+	if _, err := c.Expect("NOOP", 250); err != nil {
 		t.Fatalf("session after the refused bodies: %v", err)
 	}
 

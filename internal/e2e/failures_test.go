@@ -8,6 +8,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // The replies the message contract promises for the broker's trouble.
@@ -19,9 +20,9 @@ const (
 var testContent = []byte("Subject: test\r\n\r\nbody\r\n")
 
 // expectFinal sends one message on c and requires the exact final reply.
-func expectFinal(t *testing.T, c *smtpConn, want string) {
+func expectFinal(t *testing.T, c *smtptest.Conn, want string) {
 	t.Helper()
-	r, err := c.sendMessage("a@example.org", []string{"b@example.com"}, testContent)
+	r, err := c.Send("a@example.org", []string{"b@example.com"}, testContent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,14 +34,14 @@ func expectFinal(t *testing.T, c *smtpConn, want string) {
 // sendUntil250 sends messages on c until one gets 250, at most tries
 // times, pause apart. Every other final reply must be exactly
 // wantMeanwhile. It returns the queue ID.
-func sendUntil250(t *testing.T, c *smtpConn, wantMeanwhile string, tries int, pause time.Duration) string {
+func sendUntil250(t *testing.T, c *smtptest.Conn, wantMeanwhile string, tries int, pause time.Duration) string {
 	t.Helper()
 	for i := 0; i < tries; i++ {
-		r, err := c.sendMessage("a@example.org", []string{"b@example.com"}, testContent)
+		r, err := c.Send("a@example.org", []string{"b@example.com"}, testContent)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if id, ok := r.queueID(); ok {
+		if id, ok := r.QueueID(); ok {
 			t.Logf("250 after %d tempfails", i)
 			return id
 		}
@@ -64,7 +65,7 @@ func TestBrokerClosedPort(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		expectFinal(t, c, replyUnavailable)
 	}
-	if _, err := c.expect("NOOP", 250); err != nil {
+	if _, err := c.Expect("NOOP", 250); err != nil {
 		t.Fatal(err)
 	}
 }

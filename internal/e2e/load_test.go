@@ -11,51 +11,9 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-)
 
-// transact runs one transaction with MAIL, RCPT and DATA pipelined
-// (RFC 2920). final is the reply that decided it: the reply to the body,
-// or the first failure among MAIL, RCPT and DATA (bodySent is then
-// false). err is a connection or protocol failure; the outcome of a
-// body sent without a reply is unknown.
-func (s *smtpConn) transact(from string, rcpts []string, content []byte) (final reply, bodySent bool, err error) {
-	var b strings.Builder
-	b.WriteString("MAIL FROM:<" + from + ">\r\n")
-	for _, r := range rcpts {
-		b.WriteString("RCPT TO:<" + r + ">\r\n")
-	}
-	b.WriteString("DATA\r\n")
-	if err := s.write([]byte(b.String())); err != nil {
-		return reply{}, false, err
-	}
-	var failed *reply
-	for i := 0; i < len(rcpts)+2; i++ {
-		r, err := s.read()
-		if err != nil {
-			return r, false, err
-		}
-		switch {
-		case r.Code == 421:
-			// RFC 5321 §3.8: the server closes the channel; no reply to
-			// the rest will come.
-			return r, false, nil
-		case r.Code == 354:
-			if failed != nil {
-				return r, false, fmt.Errorf("354 after %q", failed.String())
-			}
-		case r.Code >= 400 && failed == nil:
-			failed = &r
-		}
-	}
-	if failed != nil {
-		return *failed, false, nil
-	}
-	if err := s.write(dotStuff(content)); err != nil {
-		return reply{}, true, err
-	}
-	r, err := s.read()
-	return r, true, err
-}
+	"github.com/lsmtp/lsmtp/internal/smtptest"
+)
 
 // loadTally is what a load of SMTP clients saw.
 type loadTally struct {
@@ -93,7 +51,7 @@ func (l *loadTally) String() string {
 func loadClient(ctx context.Context, addr string, id int, tally *loadTally, deadline time.Time) {
 	payload := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-.\r\n", 32) // 2 KiB
 	seq := 0
-	var c *smtpConn
+	var c *smtptest.Conn
 	defer func() {
 		if c != nil {
 			c.Close()
@@ -110,16 +68,16 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 			// A short wait for the greeting: connections accepted while
 			// the server stops may get none (see
 			// TestNoConnectionLeftHangingAtStop).
-			conn, greet, err := dialSMTP(addr, 2*time.Second)
+			conn, greet, err := smtptest.Dial(addr, 2*time.Second)
 			if err == nil {
-				conn.timeout = ioTimeout
+				conn.Timeout = ioTimeout
 			}
 			if err == nil && greet.Code != 220 {
 				conn.Close()
 				err = fmt.Errorf("greeting %q", greet.String())
 			}
 			if err == nil {
-				if _, err = conn.expect("EHLO load.example", 250); err != nil {
+				if _, err = conn.Expect("EHLO load.example", 250); err != nil {
 					conn.Close()
 				}
 			}
@@ -134,7 +92,9 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 		}
 		token := fmt.Sprintf("c%d-%d", id, seq)
 		content := []byte("X-Load-Token: " + token + "\r\nSubject: load\r\n\r\n" + payload)
-		final, bodySent, err := c.transact("load@example.org", []string{"rcpt@example.com"}, content)
+		// MAIL, RCPT and DATA pipelined (RFC 2920).
+		o := c.Transact("load@example.org", []string{"rcpt@example.com"}, content, true)
+		final, bodySent, err := o.Final, o.BodySent, o.Err
 		now := time.Now()
 		tally.mu.Lock()
 		switch {
@@ -143,7 +103,7 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 		case err != nil:
 			tally.connErrs++
 		case final.Code == 250:
-			if qid, ok := final.queueID(); ok {
+			if qid, ok := final.QueueID(); ok {
 				tally.acked[qid] = token
 				tally.ackedAt[qid] = now
 			} else {
@@ -164,7 +124,7 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 		}
 	}
 	if c != nil {
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 	}
 }
 

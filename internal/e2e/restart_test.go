@@ -13,6 +13,7 @@ import (
 	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // TestRestartOnSamePort: a server that stopped after serving clients can
@@ -49,15 +50,15 @@ func TestRestartOnSamePort(t *testing.T) {
 		t.Fatalf("first server did not listen: %v", <-served)
 	}
 	addr := addrs[0].String()
-	c, _, err := dialSMTP(addr, ioTimeout)
+	c, _, err := smtptest.Dial(addr, ioTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.expect("QUIT", 221); err != nil {
+	if _, err := c.Expect("QUIT", 221); err != nil {
 		t.Fatal(err)
 	}
 	// Wait for the server's close, so that its side is in TIME_WAIT.
-	if _, err := c.read(); err == nil {
+	if _, err := c.Read(); err == nil {
 		t.Fatal("connection still open after 221")
 	}
 	c.Close()
@@ -68,7 +69,7 @@ func TestRestartOnSamePort(t *testing.T) {
 		t.Fatalf("restart on %s: %v", addr, <-served)
 	}
 	defer stop(second, served)
-	c, greet, err := dialSMTP(addr, ioTimeout)
+	c, greet, err := smtptest.Dial(addr, ioTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}

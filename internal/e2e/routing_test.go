@@ -42,7 +42,7 @@ func TestDomainRouting(t *testing.T) {
 	if err := tx.send(c); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.cmd("NOOP"); err != nil || r.Last() != "250 2.0.0 OK" {
+	if r, err := c.Cmd("NOOP"); err != nil || r.Last() != "250 2.0.0 OK" {
 		t.Fatalf("after the 250 the session must be back at commands with no further reply pending: %q, %v", r.String(), err)
 	}
 
@@ -109,7 +109,7 @@ func TestDomainRoutingOneCopyFails(t *testing.T) {
 	s := startStack(t, bc, true)
 	c := s.session(t, "route.example", true)
 	rcpts := []string{"a@alpha.example", "b@beta.example"}
-	r, err := c.sendMessage("sender@example.org", rcpts, testContent)
+	r, err := c.Send("sender@example.org", rcpts, testContent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,11 +124,11 @@ func TestDomainRoutingOneCopyFails(t *testing.T) {
 	if err := ch.QueueBind(beta, "inbound.beta.example", bc.Exchange, false, nil); err != nil {
 		t.Fatal(err)
 	}
-	r, err = c.sendMessage("sender@example.org", rcpts, testContent)
+	r, err = c.Send("sender@example.org", rcpts, testContent)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, ok := r.queueID()
+	id, ok := r.QueueID()
 	if !ok {
 		t.Fatalf("retry: final reply %q, want 250", r.String())
 	}

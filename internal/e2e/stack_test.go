@@ -18,6 +18,7 @@ import (
 	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // The RabbitMQ every test talks to, and what the tests configure.
@@ -213,9 +214,9 @@ func joinErrs(errs ...error) error {
 }
 
 // session opens an SMTP session and says EHLO (or HELO) with helo.
-func (s *stack) session(t testing.TB, helo string, ehlo bool) *smtpConn {
+func (s *stack) session(t testing.TB, helo string, ehlo bool) *smtptest.Conn {
 	t.Helper()
-	c, greet, err := dialSMTP(s.addr, ioTimeout)
+	c, greet, err := smtptest.Dial(s.addr, ioTimeout)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -227,7 +228,7 @@ func (s *stack) session(t testing.TB, helo string, ehlo bool) *smtpConn {
 	if ehlo {
 		verb = "EHLO "
 	}
-	if _, err := c.expect(verb+helo, 250); err != nil {
+	if _, err := c.Expect(verb+helo, 250); err != nil {
 		t.Fatal(err)
 	}
 	return c

@@ -8,7 +8,6 @@
 package stress
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -19,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // Server is a running lsmtp process.
@@ -59,11 +60,10 @@ func Start(bin, logPath string, args ...string) (*Server, error) {
 	s := &Server{Addr: addr, cmd: cmd, log: log}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, greet, err := smtptest.Dial(addr, time.Second)
 		if err == nil {
-			line, _ := bufio.NewReader(c).ReadString('\n')
 			c.Close()
-			if strings.HasPrefix(line, "220 ") {
+			if greet.Code == 220 {
 				return s, nil
 			}
 		}
@@ -148,41 +148,18 @@ func (d *Dialer) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	return nd.DialContext(ctx, "tcp", addr)
 }
 
-// Transaction sends one message of size octets on c (greeting already
-// read or not, see greeted) and returns the final reply line.
-func Transaction(c net.Conn, r *bufio.Reader, body []byte) (string, error) {
-	if _, err := fmt.Fprintf(c, "EHLO stress\r\n"); err != nil {
-		return "", err
+// Transaction says EHLO on c (greeting already read) and sends one
+// message with MAIL, RCPT and DATA pipelined (RFC 2920); it returns the
+// reply to the body. A reply other than 250 or 354 before it is an error.
+func Transaction(c *smtptest.Conn, body []byte) (smtptest.Reply, error) {
+	if _, err := c.Expect("EHLO stress", 250); err != nil {
+		return smtptest.Reply{}, err
 	}
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return "", err
-		}
-		if len(line) >= 4 && line[3] == ' ' {
-			break
-		}
+	o := c.Transact("a@stress.test", []string{"b@stress.test"}, body, true)
+	if o.Err == nil && !o.BodySent {
+		o.Err = fmt.Errorf("refused before the body: %q", o.Final.String())
 	}
-	if _, err := fmt.Fprintf(c, "MAIL FROM:<a@stress.test>\r\nRCPT TO:<b@stress.test>\r\nDATA\r\n"); err != nil {
-		return "", err
-	}
-	for i := 0; i < 3; i++ {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return "", err
-		}
-		if want := []string{"250", "250", "354"}[i]; !strings.HasPrefix(line, want) {
-			return line, fmt.Errorf("got %q, want %s", strings.TrimSpace(line), want)
-		}
-	}
-	if _, err := c.Write(body); err != nil {
-		return "", err
-	}
-	if _, err := c.Write([]byte(".\r\n")); err != nil {
-		return "", err
-	}
-	line, err := r.ReadString('\n')
-	return strings.TrimSpace(line), err
+	return o.Final, o.Err
 }
 
 // Body returns size octets of message in 100-octet lines ending in CRLF.

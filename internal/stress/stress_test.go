@@ -1,17 +1,17 @@
 package stress
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // full reports whether the sizes quoted in the README run (make stress).
@@ -71,20 +71,20 @@ func TestMemoryBudget(t *testing.T) {
 		go func() {
 			defer done.Done()
 			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
-			r := bufio.NewReader(c)
-			if _, err := r.ReadString('\n'); err != nil {
+			sc := smtptest.NewConn(c, 5*time.Minute)
+			if _, err := sc.Read(); err != nil {
 				ready.Done()
 				return
 			}
 			ready.Done()
 			start.Wait() // every body starts at once
-			reply, err := Transaction(c, r, body)
+			reply, err := Transaction(sc, body)
+			end := reply.Class()
 			if err != nil {
-				reply = "error: " + err.Error()
+				end = "error: " + err.Error()
 			}
 			mu.Lock()
-			replies[code(reply)]++
+			replies[end]++
 			mu.Unlock()
 		}()
 	}
@@ -107,13 +107,6 @@ func TestMemoryBudget(t *testing.T) {
 	if peak > budget+overhead {
 		t.Fatalf("peak RSS %d MiB over budget %d MiB + overhead %d MiB", peak>>20, budget>>20, overhead>>20)
 	}
-}
-
-func code(reply string) string {
-	if f := strings.Fields(reply); len(f) >= 2 && len(f[0]) == 3 {
-		return f[0] + " " + f[1]
-	}
-	return reply
 }
 
 // TestIdleFlood: thousands of connections that say nothing. New clients
@@ -167,14 +160,14 @@ func TestIdleFlood(t *testing.T) {
 		wg.Add(1)
 		go func(c net.Conn) {
 			defer wg.Done()
-			_ = c.SetReadDeadline(time.Now().Add(timeout + time.Minute))
-			r := bufio.NewReader(c)
-			greeting, _ := r.ReadString('\n')
-			last, _ := r.ReadString('\n')
-			_, err := r.ReadString('\n')
-			end := code(strings.TrimSpace(last))
-			if !strings.HasPrefix(greeting, "220 ") || err == nil {
-				end = fmt.Sprintf("greeting %q, then %q, then %v", greeting, last, err)
+			sc := smtptest.NewConn(c, timeout+time.Minute)
+			greeting, gerr := sc.Read()
+			last, lerr := sc.Read()
+			end := last.Class()
+			if gerr != nil || greeting.Code != 220 || lerr != nil {
+				end = fmt.Sprintf("greeting %q (%v), then %q (%v)", greeting.String(), gerr, last.String(), lerr)
+			} else if err := sc.WaitClosed(10 * time.Second); err != nil {
+				end = fmt.Sprintf("after %q: %v", last.String(), err)
 			}
 			mu.Lock()
 			ends[end]++
@@ -194,16 +187,15 @@ func TestIdleFlood(t *testing.T) {
 		if err != nil {
 			t.Fatalf("client %d: %v", i, err)
 		}
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		r := bufio.NewReader(c)
-		if _, err := r.ReadString('\n'); err != nil {
+		sc := smtptest.NewConn(c, 5*time.Second)
+		if _, err := sc.Read(); err != nil {
 			t.Fatalf("client %d greeting: %v", i, err)
 		}
-		reply, err := Transaction(c, r, Body(2048))
+		reply, err := Transaction(sc, Body(2048))
 		c.Close()
 		took := time.Since(began)
-		if err != nil || !strings.HasPrefix(reply, "250 ") {
-			t.Fatalf("client %d: %q, %v", i, reply, err)
+		if err != nil || reply.Code != 250 {
+			t.Fatalf("client %d: %q, %v", i, reply.String(), err)
 		}
 		worst = max(worst, took)
 	}
@@ -260,17 +252,16 @@ func TestFileLimitDoesNotStopServer(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial %d: %v", i, err)
 		}
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
+		greet, err := smtptest.NewConn(c, 5*time.Second).Read()
 		switch {
-		case strings.HasPrefix(line, "220 "):
+		case err == nil && greet.Code == 220:
 			greeted++
 			held = append(held, c)
-		case strings.HasPrefix(line, "421 4.7.0"):
+		case err == nil && greet.Class() == "421 4.7.0":
 			refused++
 			c.Close()
 		default:
-			t.Fatalf("connection %d: %q, %v (server log: %s)", i, line, err, dir)
+			t.Fatalf("connection %d: %q, %v (server log: %s)", i, greet.String(), err, dir)
 		}
 	}
 	t.Logf("of 400 clients with 300 descriptors: %d greeted, %d refused with 421 4.7.0", greeted, refused)
@@ -288,20 +279,19 @@ func TestFileLimitDoesNotStopServer(t *testing.T) {
 		if err != nil {
 			t.Fatalf("server gone after the flood: %v", err)
 		}
-		r := bufio.NewReader(c)
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		line, _ := r.ReadString('\n')
-		if strings.HasPrefix(line, "220 ") {
-			reply, err := Transaction(c, r, Body(1024))
+		sc := smtptest.NewConn(c, 5*time.Second)
+		greet, _ := sc.Read()
+		if greet.Code == 220 {
+			reply, err := Transaction(sc, Body(1024))
 			c.Close()
-			if err != nil || !strings.HasPrefix(reply, "250 ") {
-				t.Fatalf("transaction after the flood: %q, %v", reply, err)
+			if err != nil || reply.Code != 250 {
+				t.Fatalf("transaction after the flood: %q, %v", reply.String(), err)
 			}
 			return
 		}
 		c.Close()
 		if time.Now().After(deadline) {
-			t.Fatalf("no greeting after the flood: %q", line)
+			t.Fatalf("no greeting after the flood: %q", greet.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
