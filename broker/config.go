@@ -81,13 +81,30 @@ type Config struct {
 	Workers int
 	// Window bounds the unconfirmed publishes per worker.
 	Window int
-	// RingSize bounds the messages waiting between Submit and a worker;
-	// rounded up to a power of two. A full ring answers ErrBusy at once.
+	// RingSize bounds the messages the broker holds at once, between
+	// Submit and Complete (waiting for a worker, published and waiting for
+	// the confirm, or deferred); past it Submit answers ErrBusy at once.
+	// It is raised to MaxWaiting.
 	RingSize int
-	// ConfirmTimeout is how long a message may wait for its confirm (and
-	// how long a publish call may hang on a stuck socket) before it is
-	// answered 451.
+	// MaxWaiting is the most messages the engine can have submitted and
+	// not yet completed: its connection limit, since an SMTP session holds
+	// at most one message in the sink (its reply waits for Complete, and
+	// pipelined commands behind it wait with it, RFC 2920 §3.1). Sized
+	// from it, the hand-off never answers ErrBusy. 0: RingSize alone.
+	MaxWaiting int
+	// ConfirmTimeout is how long one publish may wait for its confirm (and
+	// how long a publish call may hang on a stuck socket).
 	ConfirmTimeout time.Duration
+	// PublishRetryWindow is how long after it was received a message
+	// RabbitMQ cannot take now (not connected, connection.blocked,
+	// basic.nack, lost with its channel or connection before the confirm,
+	// confirm timeout) is kept and republished, with backoff, before the
+	// client gets 451. The client keeps waiting for its reply meanwhile
+	// (RFC 5321 §4.5.3.2.6 gives it 10 minutes after the final dot). A
+	// ConfirmTimeout set longer widens it to ConfirmTimeout: a message's
+	// deadline is received + max(PublishRetryWindow, ConfirmTimeout). 0
+	// turns retrying off: every such failure is answered 451 at once.
+	PublishRetryWindow time.Duration
 	// DialTimeout bounds TCP connect plus the AMQP handshake.
 	DialTimeout time.Duration
 	// Heartbeat is the AMQP heartbeat interval.
@@ -109,25 +126,37 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		URLs:           []string{DefaultURL},
-		Exchange:       "lsmtp",
-		ExchangeType:   "topic",
-		Queue:          "lsmtp.inbound",
-		RoutingKey:     "inbound",
-		MaxDomains:     50,
-		Declare:        true,
-		QueueType:      QueueQuorum,
-		Workers:        2,
-		Window:         256,
-		RingSize:       4096,
-		ConfirmTimeout: 10 * time.Second,
-		DialTimeout:    5 * time.Second,
-		Heartbeat:      10 * time.Second,
-		ReconnectMin:   100 * time.Millisecond,
-		ReconnectMax:   5 * time.Second,
-		Node:           host,
+		URLs:               []string{DefaultURL},
+		Exchange:           "lsmtp",
+		ExchangeType:       "topic",
+		Queue:              "lsmtp.inbound",
+		RoutingKey:         "inbound",
+		MaxDomains:         50,
+		Declare:            true,
+		QueueType:          QueueQuorum,
+		Workers:            2,
+		Window:             256,
+		RingSize:           4096,
+		ConfirmTimeout:     10 * time.Second,
+		PublishRetryWindow: 30 * time.Second,
+		DialTimeout:        5 * time.Second,
+		Heartbeat:          10 * time.Second,
+		ReconnectMin:       100 * time.Millisecond,
+		ReconnectMax:       5 * time.Second,
+		Node:               host,
 	}
 }
+
+// maxReplyWait is how long an SMTP client waits for the reply to the
+// final dot (RFC 5321 §4.5.3.2.6).
+const maxReplyWait = 10 * time.Minute
+
+// capacity is the most messages the broker holds at once.
+func (c *Config) capacity() int { return max(c.RingSize, c.MaxWaiting) }
+
+// maxWait is how long after it was received a message may still be
+// published: received + maxWait is its deadline.
+func (c *Config) maxWait() time.Duration { return max(c.PublishRetryWindow, c.ConfirmTimeout) }
 
 // maxCopies bounds the copies of one message under a {domain} routing key:
 // the confirm channel handed to amqp091-go has room for Window+maxCopies
@@ -177,8 +206,17 @@ func (c *Config) Validate() error {
 	if c.RingSize < 2 || c.RingSize > 1<<24 {
 		return fmt.Errorf("broker: ring size %d: want 2..%d", c.RingSize, 1<<24)
 	}
+	if c.MaxWaiting < 0 || c.MaxWaiting > 1<<24 {
+		return fmt.Errorf("broker: max waiting %d: want 0..%d", c.MaxWaiting, 1<<24)
+	}
 	if c.ConfirmTimeout <= 0 || c.DialTimeout <= 0 {
 		return errors.New("broker: confirm and dial timeouts must be positive")
+	}
+	// The client stops waiting for the reply to the final dot after 10
+	// minutes (RFC 5321 §4.5.3.2.6) and sends the message again.
+	if c.PublishRetryWindow < 0 || c.PublishRetryWindow > 0 && max(c.PublishRetryWindow, c.ConfirmTimeout) >= maxReplyWait {
+		return fmt.Errorf("broker: publish retry window %s (with confirm timeout %s): want 0 or a deadline under %s",
+			c.PublishRetryWindow, c.ConfirmTimeout, maxReplyWait)
 	}
 	if c.ReconnectMin <= 0 || c.ReconnectMax < c.ReconnectMin {
 		return errors.New("broker: reconnect backoff must satisfy 0 < min <= max")
@@ -261,8 +299,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Overflow, "overflow", c.Overflow, "x-overflow of the queue: drop-head, reject-publish, reject-publish-dlx")
 	fs.IntVar(&c.Workers, "amqp-workers", c.Workers, "publisher workers, each with its own channel")
 	fs.IntVar(&c.Window, "amqp-window", c.Window, "unconfirmed publishes per worker")
-	fs.IntVar(&c.RingSize, "amqp-ring", c.RingSize, "messages waiting for a worker before Submit answers busy")
-	fs.DurationVar(&c.ConfirmTimeout, "confirm-timeout", c.ConfirmTimeout, "how long to wait for the broker's confirm before answering 451")
+	fs.IntVar(&c.RingSize, "amqp-ring", c.RingSize, "messages held at once (waiting, unconfirmed or deferred) before a new one is answered 451 4.3.2; raised to the connection limit")
+	fs.DurationVar(&c.ConfirmTimeout, "confirm-timeout", c.ConfirmTimeout, "how long one publish waits for the broker's confirm")
+	fs.DurationVar(&c.PublishRetryWindow, "publish-retry-window", c.PublishRetryWindow, "how long after the final dot a message the broker cannot take now is republished before the client gets 451 (at least the confirm timeout; 0: no retry)")
 	fs.DurationVar(&c.DialTimeout, "amqp-dial-timeout", c.DialTimeout, "bound on TCP connect plus the AMQP handshake")
 	fs.DurationVar(&c.Heartbeat, "amqp-heartbeat", c.Heartbeat, "AMQP heartbeat interval")
 	fs.DurationVar(&c.ReconnectMin, "amqp-reconnect-min", c.ReconnectMin, "first wait before reconnecting to RabbitMQ (doubles, with jitter)")
