@@ -510,6 +510,10 @@ func TestConfigValidate(t *testing.T) {
 		{"node over a short string", func(c *Config) { c.Node = strings.Repeat("n", 256) }},
 		{"no domains", func(c *Config) { c.RoutingKey = "in.{domain}"; c.MaxDomains = 0 }},
 		{"too many domains", func(c *Config) { c.RoutingKey = "in.{domain}"; c.MaxDomains = maxCopies + 1 }},
+		{"negative retry window", func(c *Config) { c.PublishRetryWindow = -time.Second }},
+		{"retry window past the client's 10 minutes", func(c *Config) { c.PublishRetryWindow = 10 * time.Minute }},
+		{"confirm timeout past the client's 10 minutes", func(c *Config) { c.ConfirmTimeout = 10 * time.Minute }},
+		{"negative max waiting", func(c *Config) { c.MaxWaiting = -1 }},
 	} {
 		cfg := DefaultConfig()
 		c.edit(&cfg)
@@ -526,6 +530,11 @@ func TestConfigValidate(t *testing.T) {
 	cfg.Exchange = strings.Repeat("x", 255)
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("255-octet names: %v", err)
+	}
+	cfg = DefaultConfig()
+	cfg.PublishRetryWindow, cfg.ConfirmTimeout = 0, time.Hour // no window: the confirm timeout alone, as before
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("window 0, confirm timeout 1h: %v", err)
 	}
 	cfg = DefaultConfig()
 	cfg.MaxDomains = 0
