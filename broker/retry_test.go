@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -73,16 +74,16 @@ func TestCutShorterThanWindowNoTempfail(t *testing.T) {
 		inFlight    = 300    // SMTP sessions, each waiting for its reply
 	)
 	rec := newTimedRecorder(inFlight)
+	body := make([]byte, 2048)
+	for i := range body {
+		body[i] = 'a' + byte(i%26)
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	sent := 0
 	go func() {
 		defer wg.Done()
-		body := make([]byte, 2048)
-		for i := range body {
-			body[i] = 'a' + byte(i%26)
-		}
 		for ; sent < maxMessages; sent++ {
 			select {
 			case <-stop:
@@ -131,9 +132,15 @@ func TestCutShorterThanWindowNoTempfail(t *testing.T) {
 	if completed != sent {
 		t.Fatalf("%d messages submitted, %d completed", sent, completed)
 	}
-	inQueue := map[string]int{}
+	inQueue, badBody := map[string]int{}, 0
 	for _, d := range consume(t, cfg.Queue, len(confirmed), 500*time.Millisecond, 30*time.Second) {
 		inQueue[d.MessageId]++
+		if !bytes.Equal(d.Body, body) {
+			badBody++ // a republish must send the body it kept, whole
+		}
+	}
+	if badBody != 0 {
+		t.Errorf("%d messages in the queue with a body other than the one submitted", badBody)
 	}
 	lost, dups := 0, 0
 	for id := range confirmed {
