@@ -351,13 +351,13 @@ func TestConfirmTimeout(t *testing.T) {
 	}
 }
 
-// TestRingFull: with the broker stalled, once RingSize messages are held
-// Submit answers ErrBusy at once, and everything taken before is
-// confirmed once the broker answers again.
+// TestRingFull: with the broker stalled and the window used up, once
+// RingSize more messages wait Submit answers ErrBusy at once, and
+// everything taken before is confirmed once the broker answers again.
 func TestRingFull(t *testing.T) {
 	p := newProxy(t)
 	cfg := testConfig(t, proxyURL(p))
-	cfg.Workers, cfg.Window, cfg.RingSize = 1, 1, 3 // RingSize now bounds all held messages, the one in the window too: 3 keeps 1 + 2
+	cfg.Workers, cfg.Window, cfg.RingSize = 1, 1, 2
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 	rec := newRecorder()

@@ -81,10 +81,11 @@ type Config struct {
 	Workers int
 	// Window bounds the unconfirmed publishes per worker.
 	Window int
-	// RingSize bounds the messages the broker holds at once, between
-	// Submit and Complete (waiting for a worker, published and waiting for
-	// the confirm, or deferred); past it Submit answers ErrBusy at once.
-	// It is raised to MaxWaiting.
+	// RingSize bounds the messages waiting for a worker (in the ring, or
+	// deferred) beyond the Workers×Window that can be unconfirmed: the
+	// broker holds at most RingSize+Workers×Window messages between
+	// Submit and Complete, or MaxWaiting if that is more; past it Submit
+	// answers ErrBusy at once.
 	RingSize int
 	// MaxWaiting is the most messages the engine can have submitted and
 	// not yet completed: its connection limit, since an SMTP session holds
@@ -152,7 +153,7 @@ func DefaultConfig() Config {
 const maxReplyWait = 10 * time.Minute
 
 // capacity is the most messages the broker holds at once.
-func (c *Config) capacity() int { return max(c.RingSize, c.MaxWaiting) }
+func (c *Config) capacity() int { return max(c.RingSize+c.Workers*c.Window, c.MaxWaiting) }
 
 // maxWait is how long after it was received a message may still be
 // published: received + maxWait is its deadline.
@@ -299,7 +300,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Overflow, "overflow", c.Overflow, "x-overflow of the queue: drop-head, reject-publish, reject-publish-dlx")
 	fs.IntVar(&c.Workers, "amqp-workers", c.Workers, "publisher workers, each with its own channel")
 	fs.IntVar(&c.Window, "amqp-window", c.Window, "unconfirmed publishes per worker")
-	fs.IntVar(&c.RingSize, "amqp-ring", c.RingSize, "messages held at once (waiting, unconfirmed or deferred) before a new one is answered 451 4.3.2; raised to the connection limit")
+	fs.IntVar(&c.RingSize, "amqp-ring", c.RingSize, "messages waiting for a publisher or deferred, beyond the unconfirmed windows, before a new one is answered 451 4.3.2 (the connection limit is always room enough)")
 	fs.DurationVar(&c.ConfirmTimeout, "confirm-timeout", c.ConfirmTimeout, "how long one publish waits for the broker's confirm")
 	fs.DurationVar(&c.PublishRetryWindow, "publish-retry-window", c.PublishRetryWindow, "how long after the final dot a message the broker cannot take now is republished before the client gets 451 (at least the confirm timeout; 0: no retry)")
 	fs.DurationVar(&c.DialTimeout, "amqp-dial-timeout", c.DialTimeout, "bound on TCP connect plus the AMQP handshake")

@@ -33,9 +33,9 @@
 // take a message now") has the design and the place of a durable spool in
 // it. PublishRetryWindow 0 turns this off: each of these is a 451 at once.
 //
-// Bounded throughout: at most max(Config.RingSize, Config.MaxWaiting)
-// messages are held (in the ring, unconfirmed, or deferred) and the ring
-// has a cell for each, so Submit answers 451 4.3.2 (sink.ErrBusy) only
+// Bounded throughout: at most max(Config.RingSize +
+// Config.Workers×Config.Window, Config.MaxWaiting) messages are held (in
+// the ring, unconfirmed, or deferred) and the ring has a cell for each, so Submit answers 451 4.3.2 (sink.ErrBusy) only
 // past that; the engine sets MaxWaiting to its connection limit, since a
 // session holds one message at a time, so that this never happens. The
 // engine counts every body against its in-flight byte budget until
