@@ -317,3 +317,47 @@ func TestRingPressure(t *testing.T) {
 		t.Errorf("stats: %+v", st)
 	}
 }
+
+// TestConfirmTimeoutRetried: RabbitMQ silent (stalled network) for longer
+// than the confirm timeout but shorter than the window: the attempt times
+// out, the message is published again, and once RabbitMQ answers the
+// client gets 250, not 451; the republish is counted as a possible
+// duplicate, and the queue holds the message (once or twice).
+func TestConfirmTimeoutRetried(t *testing.T) {
+	p := newProxy(t)
+	cfg := testConfig(t, proxyURL(p))
+	cfg.ConfirmTimeout = 300 * time.Millisecond
+	cfg.PublishRetryWindow = 5 * time.Second
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	p.Stall()
+	b.Submit(newMessage(rec, "QSTALL", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+	waitFor(t, 5*time.Second, "a confirm timeout", func() bool { return b.Stats().TimedOut > 0 })
+	time.Sleep(700 * time.Millisecond)
+	rec.mu.Lock()
+	early := rec.n
+	rec.mu.Unlock()
+	if early != 0 {
+		t.Fatalf("answered %v while RabbitMQ was silent for less than the window", rec.result(t, "QSTALL"))
+	}
+	p.Resume()
+	rec.wait(t, 1, 5*time.Second)
+	if err := rec.result(t, "QSTALL"); err != nil {
+		t.Fatalf("after RabbitMQ answered again: %v, want nil", err)
+	}
+	st := b.Stats()
+	if st.Republished == 0 || st.Confirmed != 1 || st.Failed != 0 {
+		t.Errorf("stats: %+v", st)
+	}
+	got := consume(t, cfg.Queue, 1, 500*time.Millisecond, 5*time.Second)
+	for _, d := range got {
+		if d.MessageId != "QSTALL" {
+			t.Errorf("unexpected message %q", d.MessageId)
+		}
+	}
+	t.Logf("timed out %d, republished %d, stored %d times", st.TimedOut, st.Republished, len(got))
+	if uint64(len(got)) > 1+st.Republished {
+		t.Errorf("stored %d times, with %d republishes", len(got), st.Republished)
+	}
+}
