@@ -21,6 +21,7 @@ func TestConnectionBlocked(t *testing.T) {
 	}
 	cfg := testConfig(t, rabbittest.URL)
 	cfg.ConfirmTimeout = time.Second
+	cfg.PublishRetryWindow = 0 // asserts the immediate 451s while blocked; with a window messages wait for the unblock
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 	// RabbitMQ notifies only connections that have published.

@@ -25,14 +25,18 @@ var (
 // Broker is the RabbitMQ sink. Create it with New; it is safe for
 // concurrent use.
 type Broker struct {
-	cfg   Config
-	log   *slog.Logger
-	ring  *ring
-	wake  chan struct{} // 1-buffered: "the ring has something", shared by the workers
-	epoch time.Time     // base of now()
+	cfg      Config
+	log      *slog.Logger
+	ring     *ring
+	deferred *deferredQueue
+	wake     chan struct{} // 1-buffered: "the ring has something", shared by the workers
+	epoch    time.Time     // base of now()
+
+	capacity int64 // most messages held at once (pending)
+	maxWait  int64 // Config.maxWait in ns: a message's deadline is received + maxWait
+	retry    bool  // Config.PublishRetryWindow > 0
 
 	state   atomic.Uint32 // stateReady | stateBlocked | stateClosing
-	clock   atomic.Int64  // coarse now(), refreshed by the supervisor, read by Submit
 	pending atomic.Int64  // messages between Submit and Complete
 	stats   counters
 
@@ -78,9 +82,16 @@ func New(cfg Config) (*Broker, error) {
 	}
 	log = log.With("component", "broker")
 	b := &Broker{
-		cfg:         cfg,
-		log:         log,
-		ring:        newRing(cfg.RingSize),
+		cfg: cfg,
+		log: log,
+		// One cell more than the messages that can be held, so that a
+		// push never meets a cell whose consumer has claimed it but not
+		// yet freed it (ring.go).
+		ring:        newRing(cfg.capacity() + 1),
+		deferred:    newDeferredQueue(cfg.ReconnectMin),
+		capacity:    int64(cfg.capacity()),
+		maxWait:     int64(cfg.maxWait()),
+		retry:       cfg.PublishRetryWindow > 0,
 		wake:        make(chan struct{}, 1),
 		epoch:       time.Now(),
 		connChanged: make(chan struct{}),
@@ -114,39 +125,78 @@ func (b *Broker) now() int64 { return int64(time.Since(b.epoch)) }
 func (b *Broker) Ready() bool { return b.state.Load()&stateReady != 0 }
 
 // Submit hands msg to a publisher worker. It never blocks and does not
-// allocate: when the broker is not connected or is blocked it answers
-// sink.ErrUnavailable, when the ring is full sink.ErrBusy, after Close
-// sink.ErrShuttingDown, each at once.
+// allocate. After Close it answers sink.ErrShuttingDown, and with more
+// than Config.capacity messages held sink.ErrBusy, at once. While the
+// broker is not connected or is blocked the message waits (deferred) up
+// to its deadline; with PublishRetryWindow 0 it is answered
+// sink.ErrUnavailable at once instead.
 func (b *Broker) Submit(msg *sink.Message) {
 	// Counted before the state is read, so that Close, once it has set
 	// stateClosing and seen pending reach zero, knows no Submit is between
 	// its check and its push.
-	b.pending.Add(1)
+	n := b.pending.Add(1)
 	st := b.state.Load()
 	switch {
 	case st&stateClosing != 0:
 		b.stats.rejectedShutdown.Add(1)
 		b.finish(msg, sink.ErrShuttingDown)
 		return
-	case st&stateReady == 0:
+	case !b.retry && st&stateReady == 0:
 		b.stats.rejectedDown.Add(1)
 		b.finish(msg, sink.ErrUnavailable)
 		return
-	case st&stateBlocked != 0:
+	case !b.retry && st&stateBlocked != 0:
 		b.stats.rejectedBlocked.Add(1)
 		b.finish(msg, sink.ErrUnavailable)
 		return
 	}
-	if !b.ring.push(msg, b.clock.Load()) {
+	// With pending at most capacity, the ring (capacity+1 cells) has
+	// room: push fails only when more messages are held than configured.
+	if n > b.capacity || !b.ring.push(msg, b.stamp(msg)) {
 		b.stats.rejectedBusy.Add(1)
 		if b.limits.busy.allow(b.now()) {
-			b.log.Warn("hand-off ring full, answering 451 4.3.2", "ring", len(b.ring.cell), "suppressed", b.limits.busy.suppressedSince())
+			b.log.Warn("more messages held than the broker is sized for (RingSize, MaxWaiting), answering 451 4.3.2",
+				"capacity", b.capacity, "suppressed", b.limits.busy.suppressedSince())
 		}
 		b.finish(msg, sink.ErrBusy)
 		return
 	}
 	b.stats.submitted.Add(1)
 	b.notify()
+}
+
+// stamp is when msg was handed over, on the broker clock: its deadline is
+// stamp + maxWait. The engine submits at the final dot, so this is when
+// the client started waiting for its reply; msg.Received is not used,
+// since it is the engine's to set (a test or a replay may set any time).
+func (b *Broker) stamp(*sink.Message) int64 { return b.now() }
+
+// kick makes every worker look at the deferred queue and the state again.
+func (b *Broker) kick() {
+	for _, w := range b.workers {
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// expireDeferred answers 451 to the deferred messages whose deadline passed.
+func (b *Broker) expireDeferred(now int64) {
+	for e, ok := b.deferred.takeExpired(now); ok; e, ok = b.deferred.takeExpired(now) {
+		b.expire(e.msg, now)
+	}
+}
+
+// expire answers 451 to m, whose deadline passed before RabbitMQ took it.
+func (b *Broker) expire(m *sink.Message, now int64) {
+	b.stats.expired.Add(1)
+	b.stats.failed.Add(1)
+	if b.limits.expired.allow(now) {
+		b.log.Warn("RabbitMQ did not take a message before its deadline, answering 451",
+			"deadline", b.cfg.maxWait(), "suppressed", b.limits.expired.suppressedSince())
+	}
+	b.finish(m, sink.ErrUnavailable)
 }
 
 // notify wakes one idle worker, if any is waiting; it never blocks.
@@ -199,9 +249,15 @@ func (b *Broker) close(ctx context.Context) error {
 	tick.Stop()
 	close(b.stopWorkers) // workers answer what they still hold with ErrUnavailable
 	b.workersDone.Wait()
-	// A Submit that counted itself just before stateClosing may push after
-	// the workers left: answer it here. Submit never blocks, so this ends.
+	// What is still deferred, and a Submit that counted itself just before
+	// stateClosing and pushed after the workers left: answer them here.
+	// Submit never blocks, so this ends.
 	for deadline := time.Now().Add(time.Second); b.pending.Load() > 0 && time.Now().Before(deadline); {
+		if e, ok := b.deferred.takeAny(); ok {
+			b.stats.failed.Add(1)
+			b.finish(e.msg, sink.ErrUnavailable)
+			continue
+		}
 		if m, _ := b.ring.pop(); m != nil {
 			b.stats.failed.Add(1)
 			b.finish(m, sink.ErrUnavailable)
@@ -229,6 +285,8 @@ func (b *Broker) setConn(c *connection) {
 	b.connChanged = make(chan struct{})
 	b.connMu.Unlock()
 	if c != nil {
+		// What waited for a connection goes at once on the new one.
+		b.deferred.reset()
 		b.state.Or(stateReady)
 	} else {
 		b.state.And(^uint32(stateReady | stateBlocked))

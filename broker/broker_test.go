@@ -209,6 +209,7 @@ func TestUnroutable(t *testing.T) {
 func TestMissingExchange(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
 	cfg.Declare = false
+	cfg.PublishRetryWindow = 0 // asserts the immediate 451; with a window the message waits for the exchange
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 	rec := newRecorder()
@@ -248,6 +249,7 @@ func TestMissingExchange(t *testing.T) {
 // the second message: 451, never 250.
 func TestNack(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
+	cfg.PublishRetryWindow = 0 // without a window a NACK is a 451 at once; TestNackRetried has the window
 	cfg.QueueType = QueueClassic
 	cfg.MaxLength = 1
 	cfg.Overflow = "reject-publish"
@@ -277,6 +279,7 @@ func TestBrokerDownAtStart(t *testing.T) {
 	p.Down()
 	cfg := testConfig(t, "amqp://guest:guest@127.0.0.1:1/")
 	cfg.URLs = append(cfg.URLs, proxyURL(p))
+	cfg.PublishRetryWindow = 0 // asserts the immediate 451 while down; TestDownLongerThanWindow has the window
 	b := startBroker(t, cfg)
 	if b.Ready() {
 		t.Fatal("Ready with no broker reachable")
@@ -323,6 +326,7 @@ func TestConfirmTimeout(t *testing.T) {
 	p := newProxy(t)
 	cfg := testConfig(t, proxyURL(p))
 	cfg.ConfirmTimeout = 400 * time.Millisecond
+	cfg.PublishRetryWindow = 0 // one attempt: with a window the timed-out message is republished
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 	rec := newRecorder()
@@ -347,9 +351,9 @@ func TestConfirmTimeout(t *testing.T) {
 	}
 }
 
-// TestRingFull: with the broker stalled and the window used up, the ring
-// fills, Submit answers ErrBusy at once, and everything taken before is
-// confirmed once the broker answers again.
+// TestRingFull: with the broker stalled and the window used up, once
+// RingSize more messages wait Submit answers ErrBusy at once, and
+// everything taken before is confirmed once the broker answers again.
 func TestRingFull(t *testing.T) {
 	p := newProxy(t)
 	cfg := testConfig(t, proxyURL(p))
@@ -471,6 +475,7 @@ func TestCloseDeadline(t *testing.T) {
 func TestSubmitDoesNotAllocate(t *testing.T) {
 	cfg := testConfig(t, "amqp://guest:guest@127.0.0.1:1/")
 	cfg.ReconnectMin, cfg.ReconnectMax = time.Hour, time.Hour // no dialing during the measurement
+	cfg.PublishRetryWindow = 0                                // the reject path; with a window Submit pushes (BenchmarkHandoff)
 	b := startBroker(t, cfg)
 	for b.Stats().ConnectFailures == 0 {
 		time.Sleep(time.Millisecond)
@@ -505,6 +510,10 @@ func TestConfigValidate(t *testing.T) {
 		{"node over a short string", func(c *Config) { c.Node = strings.Repeat("n", 256) }},
 		{"no domains", func(c *Config) { c.RoutingKey = "in.{domain}"; c.MaxDomains = 0 }},
 		{"too many domains", func(c *Config) { c.RoutingKey = "in.{domain}"; c.MaxDomains = maxCopies + 1 }},
+		{"negative retry window", func(c *Config) { c.PublishRetryWindow = -time.Second }},
+		{"retry window past the client's 10 minutes", func(c *Config) { c.PublishRetryWindow = 10 * time.Minute }},
+		{"confirm timeout past the client's 10 minutes", func(c *Config) { c.ConfirmTimeout = 10 * time.Minute }},
+		{"negative max waiting", func(c *Config) { c.MaxWaiting = -1 }},
 	} {
 		cfg := DefaultConfig()
 		c.edit(&cfg)
@@ -521,6 +530,11 @@ func TestConfigValidate(t *testing.T) {
 	cfg.Exchange = strings.Repeat("x", 255)
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("255-octet names: %v", err)
+	}
+	cfg = DefaultConfig()
+	cfg.PublishRetryWindow, cfg.ConfirmTimeout = 0, time.Hour // no window: the confirm timeout alone, as before
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("window 0, confirm timeout 1h: %v", err)
 	}
 	cfg = DefaultConfig()
 	cfg.MaxDomains = 0

@@ -28,6 +28,7 @@ func checkChannelRetry(t *testing.T, workers int, gap time.Duration) {
 	cfg.ReconnectMin = 100 * time.Millisecond
 	cfg.ReconnectMax = 2 * time.Second
 	cfg.Workers = workers
+	cfg.PublishRetryWindow = 0 // the outage's messages must fail fast, as the load below expects
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 	rec := newRecorder()

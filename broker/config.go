@@ -73,13 +73,31 @@ type Config struct {
 	Workers int
 	// Window bounds the unconfirmed publishes per worker.
 	Window int
-	// RingSize bounds the messages waiting between Submit and a worker;
-	// rounded up to a power of two. A full ring answers ErrBusy at once.
+	// RingSize bounds the messages waiting for a worker (in the ring, or
+	// deferred) beyond the Workers×Window that can be unconfirmed: the
+	// broker holds at most RingSize+Workers×Window messages between
+	// Submit and Complete, or MaxWaiting if that is more; past it Submit
+	// answers ErrBusy at once.
 	RingSize int
-	// ConfirmTimeout is how long a message may wait for its confirm (and
-	// how long a publish call may hang on a stuck socket) before it is
-	// answered 451.
+	// MaxWaiting is the most messages the engine can have submitted and
+	// not yet completed: its connection limit, since an SMTP session holds
+	// at most one message in the sink (its reply waits for Complete, and
+	// pipelined commands behind it wait with it, RFC 2920 §3.1). Sized
+	// from it, the hand-off never answers ErrBusy. 0: RingSize alone.
+	MaxWaiting int
+	// ConfirmTimeout is how long one publish may wait for its confirm (and
+	// how long a publish call may hang on a stuck socket).
 	ConfirmTimeout time.Duration
+	// PublishRetryWindow is how long after it was received a message
+	// RabbitMQ cannot take now (not connected, connection.blocked,
+	// basic.nack, lost with its channel or connection before the confirm,
+	// confirm timeout) is kept and republished, with backoff, before the
+	// client gets 451. The client keeps waiting for its reply meanwhile
+	// (RFC 5321 §4.5.3.2.6 gives it 10 minutes after the final dot). A
+	// ConfirmTimeout set longer widens it to ConfirmTimeout: a message's
+	// deadline is received + max(PublishRetryWindow, ConfirmTimeout). 0
+	// turns retrying off: every such failure is answered 451 at once.
+	PublishRetryWindow time.Duration
 	// DialTimeout bounds TCP connect plus the AMQP handshake.
 	DialTimeout time.Duration
 	// Heartbeat is the AMQP heartbeat interval.
@@ -101,25 +119,37 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		URLs:           []string{DefaultURL},
-		Exchange:       "lsmtp",
-		ExchangeType:   "topic",
-		Queue:          "lsmtp.inbound",
-		RoutingKey:     "inbound",
-		MaxDomains:     50,
-		Declare:        true,
-		QueueType:      QueueQuorum,
-		Workers:        2,
-		Window:         256,
-		RingSize:       4096,
-		ConfirmTimeout: 10 * time.Second,
-		DialTimeout:    5 * time.Second,
-		Heartbeat:      10 * time.Second,
-		ReconnectMin:   100 * time.Millisecond,
-		ReconnectMax:   5 * time.Second,
-		Node:           host,
+		URLs:               []string{DefaultURL},
+		Exchange:           "lsmtp",
+		ExchangeType:       "topic",
+		Queue:              "lsmtp.inbound",
+		RoutingKey:         "inbound",
+		MaxDomains:         50,
+		Declare:            true,
+		QueueType:          QueueQuorum,
+		Workers:            2,
+		Window:             256,
+		RingSize:           4096,
+		ConfirmTimeout:     10 * time.Second,
+		PublishRetryWindow: 30 * time.Second,
+		DialTimeout:        5 * time.Second,
+		Heartbeat:          10 * time.Second,
+		ReconnectMin:       100 * time.Millisecond,
+		ReconnectMax:       5 * time.Second,
+		Node:               host,
 	}
 }
+
+// maxReplyWait is how long an SMTP client waits for the reply to the
+// final dot (RFC 5321 §4.5.3.2.6).
+const maxReplyWait = 10 * time.Minute
+
+// capacity is the most messages the broker holds at once.
+func (c *Config) capacity() int { return max(c.RingSize+c.Workers*c.Window, c.MaxWaiting) }
+
+// maxWait is how long after it was received a message may still be
+// published: received + maxWait is its deadline.
+func (c *Config) maxWait() time.Duration { return max(c.PublishRetryWindow, c.ConfirmTimeout) }
 
 // maxCopies bounds the copies of one message under a {domain} routing key:
 // the confirm channel handed to amqp091-go has room for Window+maxCopies
@@ -193,6 +223,15 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconnectMin > 0 && c.ReconnectMax < c.ReconnectMin {
 		bad("ReconnectMax", "%s is less than ReconnectMin (%s)", c.ReconnectMax, c.ReconnectMin)
+	}
+	if c.MaxWaiting < 0 || c.MaxWaiting > 1<<24 {
+		bad("MaxWaiting", "%d: want 0..%d", c.MaxWaiting, 1<<24)
+	}
+	// The client stops waiting for the reply to the final dot after 10
+	// minutes (RFC 5321 §4.5.3.2.6) and sends the message again.
+	if c.PublishRetryWindow < 0 || c.PublishRetryWindow > 0 && max(c.PublishRetryWindow, c.ConfirmTimeout) >= maxReplyWait {
+		bad("PublishRetryWindow", "%s (with ConfirmTimeout %s): want 0 or a deadline under %s",
+			c.PublishRetryWindow, c.ConfirmTimeout, maxReplyWait)
 	}
 	if c.MaxLength < 0 {
 		bad("MaxLength", "must not be negative")

@@ -62,8 +62,8 @@ func (b *Broker) supervise() {
 			case !everConnected && !downLogged:
 				// The one line an operator needs when starting against a
 				// broker that is not there yet.
-				b.log.Error("RabbitMQ not reachable: answering 451 to every message until connected, retrying in the background",
-					"url", RedactURL(url), "err", err)
+				b.log.Error("RabbitMQ not reachable: messages wait up to the publish retry window, then get 451, until connected; retrying in the background",
+					"url", RedactURL(url), "err", err, "window", b.cfg.PublishRetryWindow)
 				downLogged = true
 			case b.limits.connect.allow(b.now()):
 				b.log.Warn("RabbitMQ connect failed, retrying", "url", RedactURL(url), "err", err,
@@ -185,13 +185,10 @@ func declare(conn *amqp.Connection, cfg *Config) error {
 func (b *Broker) watch(c *connection) (stopped bool) {
 	closes := c.amqp.NotifyClose(make(chan *amqp.Error, 1))
 	blocks := c.amqp.NotifyBlocked(make(chan amqp.Blocking, 4))
-	b.clock.Store(b.now())
 	b.setConn(c)
 	// The watchdog looks for publish calls hanging in a socket write (a
 	// broker that stopped reading): no confirm timeout can fire while the
 	// worker is stuck there, so the socket is closed under it.
-	// The same tick refreshes the coarse clock that stamps messages in the
-	// ring (Submit cannot afford to read the time).
 	interval := min(b.cfg.ConfirmTimeout/4, time.Second)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -207,7 +204,8 @@ func (b *Broker) watch(c *connection) (stopped bool) {
 			if ok && err != nil {
 				reason = err.Error()
 			}
-			b.log.Warn("RabbitMQ connection lost, answering 451 until reconnected", "url", c.url, "reason", reason)
+			b.log.Warn("RabbitMQ connection lost, reconnecting", "url", c.url, "reason", reason,
+				"messages_wait", b.cfg.PublishRetryWindow > 0)
 			return false
 		case bl, ok := <-blocks:
 			if !ok {
@@ -216,14 +214,15 @@ func (b *Broker) watch(c *connection) (stopped bool) {
 			}
 			if bl.Active {
 				b.state.Or(stateBlocked)
-				b.log.Warn("RabbitMQ blocked publishing (connection.blocked), answering 451 until unblocked", "url", c.url, "reason", bl.Reason)
+				b.log.Warn("RabbitMQ blocked publishing (connection.blocked)", "url", c.url, "reason", bl.Reason,
+					"messages_wait", b.cfg.PublishRetryWindow > 0)
 			} else {
 				b.state.And(^uint32(stateBlocked))
 				b.log.Info("RabbitMQ unblocked publishing", "url", c.url)
+				b.kick() // what waited for the unblock goes now
 			}
 		case <-tick.C:
 			now := b.now()
-			b.clock.Store(now)
 			for _, w := range b.workers {
 				if since := w.publishingSince.Load(); since != 0 && now-since > int64(b.cfg.ConfirmTimeout) {
 					b.log.Error("publish hung in a socket write longer than the confirm timeout, dropping the connection",

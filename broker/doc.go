@@ -10,28 +10,42 @@
 // lock-free ring (ring.go) and wakes an idle publisher worker, never
 // blocking and never allocating. Each of Config.Workers workers owns a
 // channel in confirm mode with at most Config.Window unconfirmed publishes;
-// it publishes with mandatory=true, releases the message's bytes as soon as
-// the publish call returned (amqp091-go has copied them into its frame
-// buffer by then), keeps the publish in a FIFO keyed by delivery tag, and
-// completes the message when its confirm comes back. A supervisor keeps one
-// connection up (nodes tried in turn, capped exponential backoff with
-// jitter, topology re-declared on every connect) and follows flow control.
+// it publishes with mandatory=true, keeps the publish in a FIFO keyed by
+// delivery tag, and completes the message when its confirm comes back.
+// The message keeps its body until then, since it may have to be
+// published again. A supervisor keeps one connection up (nodes tried in
+// turn, capped exponential backoff with jitter, topology re-declared on
+// every connect) and follows flow control.
+//
+// # When RabbitMQ cannot take a message now
+//
+// Not connected, connection.blocked, basic.nack (a full queue with
+// reject-publish, a quorum queue without a leader), the channel or the
+// connection lost before the confirm, no confirm within
+// Config.ConfirmTimeout, a publish call that failed: the message is
+// deferred, not failed (deferred.go). It waits, still held, its client
+// still waiting for the reply, and is republished (on the new connection,
+// on another worker's channel) with backoff, ahead of newer mail, until
+// its deadline: when it was submitted + max(Config.PublishRetryWindow,
+// Config.ConfirmTimeout). Each attempt waits for its confirm at most
+// ConfirmTimeout and not past the deadline. Only when the deadline passes
+// is it answered 451 4.3.0. docs/ARCHITECTURE.md ("When the broker cannot
+// take a message now") has the design and the place of a durable spool in
+// it. PublishRetryWindow 0 turns this off: each of these is a 451 at once.
+//
+// Bounded throughout: at most max(Config.RingSize +
+// Config.Workers×Config.Window, Config.MaxWaiting) messages are held (in
+// the ring, unconfirmed, or deferred) and the ring has a cell for each, so Submit answers 451 4.3.2 (sink.ErrBusy) only
+// past that; the engine sets MaxWaiting to its connection limit, since a
+// session holds one message at a time, so that this never happens. The
+// engine counts every body against its in-flight byte budget until
+// Complete. No goroutine or timer per message.
 //
 // # Failures
 //
-// Every failure is a 4xx for the client, logged (rate-limited) and
-// counted in Stats:
+// Answered at once, whatever the window, since another attempt cannot
+// succeed:
 //
-//   - not connected, or connection.blocked in force: Submit answers
-//     sink.ErrUnavailable (451 4.3.0) at once (and the workers answer the
-//     same for what is still in the ring instead of publishing into a
-//     connection RabbitMQ no longer reads);
-//   - ring full: sink.ErrBusy (451 4.3.2) at once;
-//   - basic.nack, channel or connection closed with the publish
-//     unconfirmed, no confirm within Config.ConfirmTimeout, a publish
-//     call hanging in a socket write longer than that (the connection is
-//     then dropped), a message that waited in the ring longer than that:
-//     451 4.3.0;
 //   - a message AMQP cannot carry (a routing key over 255 octets, a
 //     content header larger than the negotiated frame, more distinct
 //     domains than Config.MaxDomains): 451 4.3.0 for that message alone,
@@ -40,13 +54,21 @@
 //     engine the bounds, so that it refuses such envelopes at RCPT;
 //   - basic.return (no queue bound for the routing key): ErrUnroutable,
 //     451 4.3.5;
-//   - after Close: sink.ErrShuttingDown (421 4.3.2).
+//   - more messages held than configured: sink.ErrBusy, 451 4.3.2;
+//   - after Close: sink.ErrShuttingDown (421 4.3.2); what Close's context
+//     does not leave time for is answered 451 4.3.0.
+//
+// Every failure is logged (rate-limited) and counted in Stats.
 //
 // A message is never completed with nil unless RabbitMQ acked every copy
 // of it. The reverse is not guaranteed: a message RabbitMQ stored may
 // still be answered 451 (its confirm was lost with the connection, or came
-// too late), and the client sends it again. Consumers must therefore
-// expect duplicates and may drop them by message_id.
+// too late), and the client sends it again; and a message whose publish
+// may have been stored (lost with its channel or connection, timed out,
+// or with other copies acked) is published again within its window, so
+// that RabbitMQ may hold it twice (Stats.Republished counts these
+// republishes). Consumers must therefore expect duplicates and may drop
+// them by message_id.
 //
 // # Message contract
 //

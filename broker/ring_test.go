@@ -167,6 +167,8 @@ func BenchmarkHandoff(b *testing.B) {
 		new  func() handoff
 	}{
 		{"ring", func() handoff { return &ringHandoff{r: newRing(size), wake: make(chan struct{}, 1)} }},
+		// Sized for 10,000 connections (Config.MaxWaiting): 16,384 cells.
+		{"ring16k", func() handoff { return &ringHandoff{r: newRing(10001), wake: make(chan struct{}, 1)} }},
 		{"chan", func() handoff { return make(chanHandoff, size) }},
 	}
 	for _, producers := range []int{2, 4} {

@@ -9,21 +9,27 @@ import (
 type Stats struct {
 	Submitted uint64 // taken into the ring by Submit
 	Confirmed uint64 // completed with nil: every copy confirmed by RabbitMQ
-	Failed    uint64 // taken, then completed with an error (the reasons below)
+	Failed    uint64 // taken, then completed with an error
 
-	// Why taken messages (or copies of them) failed.
+	// What went wrong with publishes (or copies of them). Within the
+	// retry window each is followed by another attempt, not a failure.
 	Nacked        uint64 // publishes NACKed by the broker
-	Returned      uint64 // publishes returned unroutable (basic.return)
+	Returned      uint64 // publishes returned unroutable (basic.return): failed at once
 	TimedOut      uint64 // publishes whose confirm did not come within ConfirmTimeout
 	Lost          uint64 // publishes unconfirmed when their channel or connection closed
 	PublishErrors uint64 // publish calls that failed
-	Expired       uint64 // messages older than ConfirmTimeout before a worker reached them
-	NoChannel     uint64 // messages taken while their worker had no open channel
+	Expired       uint64 // messages failed because their deadline passed before RabbitMQ took them
+	NoChannel     uint64 // without a retry window: messages taken while no worker had a channel
+
+	// The deferred path (PublishRetryWindow > 0).
+	Deferred    uint64 // times a message was put aside to wait: not publishable now, or its attempt failed
+	Retried     uint64 // publishes of a message after a failed attempt
+	Republished uint64 // of Retried, those after an attempt that may have been stored: possible duplicates
 
 	// Submit answered at once, without taking the message.
-	RejectedBusy     uint64 // ring full: ErrBusy
-	RejectedDown     uint64 // not connected: ErrUnavailable
-	RejectedBlocked  uint64 // connection.blocked in force: ErrUnavailable (also counts messages taken just before)
+	RejectedBusy     uint64 // more messages held than RingSize/MaxWaiting: ErrBusy
+	RejectedDown     uint64 // without a retry window, not connected: ErrUnavailable
+	RejectedBlocked  uint64 // without a retry window, connection.blocked in force: ErrUnavailable (also counts messages taken just before)
 	RejectedShutdown uint64 // after Close: ErrShuttingDown
 
 	Connects        uint64 // connections established
@@ -32,16 +38,18 @@ type Stats struct {
 	ChannelFailures uint64 // worker channels that closed or could not be opened
 
 	// Gauges.
-	Ready    bool // connected
-	Blocked  bool // connection.blocked in force
-	RingLen  int  // messages waiting for a worker
-	InFlight int  // messages between Submit and Complete
+	Ready       bool // connected
+	Blocked     bool // connection.blocked in force
+	RingLen     int  // messages waiting for a worker
+	DeferredLen int  // messages deferred now
+	InFlight    int  // messages between Submit and Complete
 }
 
 type counters struct {
 	submitted, confirmed, failed                                  atomic.Uint64
 	nacked, returned, timedOut, lost, publishErrors, expired      atomic.Uint64
 	noChannel                                                     atomic.Uint64
+	deferred, retried, republished                                atomic.Uint64
 	rejectedBusy, rejectedDown, rejectedBlocked, rejectedShutdown atomic.Uint64
 	connects, connectFailures, disconnects, channelFailures       atomic.Uint64
 }
@@ -61,6 +69,9 @@ func (b *Broker) Stats() Stats {
 		PublishErrors:    c.publishErrors.Load(),
 		Expired:          c.expired.Load(),
 		NoChannel:        c.noChannel.Load(),
+		Deferred:         c.deferred.Load(),
+		Retried:          c.retried.Load(),
+		Republished:      c.republished.Load(),
 		RejectedBusy:     c.rejectedBusy.Load(),
 		RejectedDown:     c.rejectedDown.Load(),
 		RejectedBlocked:  c.rejectedBlocked.Load(),
@@ -72,6 +83,7 @@ func (b *Broker) Stats() Stats {
 		Ready:            st&stateReady != 0,
 		Blocked:          st&stateBlocked != 0,
 		RingLen:          b.ring.len(),
+		DeferredLen:      b.deferred.len(),
 		InFlight:         int(b.pending.Load()),
 	}
 }

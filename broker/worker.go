@@ -21,8 +21,9 @@ import (
 // FIFO in tag order and a confirm always settles the head: no map, no
 // goroutine per message.
 type worker struct {
-	b  *Broker
-	id int
+	b    *Broker
+	id   int
+	kick chan struct{} // 1-buffered: look at the deferred queue and the state again
 
 	// publishingSince is the broker clock when the publish call in progress
 	// started, 0 when none is; read by the supervisor's watchdog.
@@ -30,7 +31,11 @@ type worker struct {
 
 	fifo    fifo
 	nextTag uint64 // delivery tag of the next publish on the current channel
-	msgErr  error  // first failure among the settled copies of the message at the head
+	head    copies // outcomes of the settled copies of the message at the head
+	// timer wakes the worker for the deferred queue: a deadline, or the
+	// end of the backoff.
+	timer      *time.Timer
+	timerArmed bool
 	// frameMax is the frame_max negotiated on the current connection (0:
 	// unlimited), against which check measures each content header.
 	frameMax int
@@ -39,9 +44,47 @@ type worker struct {
 }
 
 func newWorker(b *Broker, id int) *worker {
-	w := &worker{b: b, id: id}
+	w := &worker{b: b, id: id, kick: make(chan struct{}, 1), timer: time.NewTimer(time.Hour)}
+	w.timer.Stop()
 	w.pub.init(b)
 	return w
+}
+
+// copies collects the outcomes of a message's copies until the last one
+// is settled.
+type copies struct {
+	acked, retry, unknown, unroutable bool
+}
+
+// outcome is how RabbitMQ answered (or did not answer) one publish.
+type outcome uint8
+
+const (
+	outAcked      outcome = iota
+	outNacked             // refused: not stored, worth another attempt
+	outUnknown            // lost with its channel or connection, or timed out: maybe stored
+	outUnroutable         // returned: another attempt would be returned too
+)
+
+// armTimer sets the worker's timer for the deferred queue's next event
+// (retry: the end of the backoff too, when the worker could publish),
+// or stops it when nothing is deferred.
+func (w *worker) armTimer(retry bool) <-chan time.Time {
+	if w.b.deferred.len() == 0 {
+		if w.timerArmed {
+			w.timer.Stop()
+			w.timerArmed = false
+		}
+		return nil
+	}
+	now := w.b.now()
+	at := w.b.deferred.next(now, retry)
+	if at == 0 {
+		return nil
+	}
+	w.timer.Reset(time.Duration(max(at-now, 0)))
+	w.timerArmed = true
+	return w.timer.C
 }
 
 // run serves connection after connection until Close.
@@ -68,7 +111,7 @@ func (w *worker) run() {
 				// The connection went; the supervisor logs that.
 			default:
 				if w.b.limits.channel.allow(w.b.now()) {
-					w.b.log.Warn("publisher channel failed, answering 451 until it is reopened",
+					w.b.log.Warn("publisher channel failed, reopening it",
 						"worker", w.id, "err", err, "suppressed", w.b.limits.channel.suppressedSince())
 				}
 			}
@@ -77,13 +120,19 @@ func (w *worker) run() {
 			retry = min(retry*2, w.b.cfg.ReconnectMax)
 		}
 		// No channel here. If no other worker has one either, whatever
-		// reaches the ring is answered at once; otherwise the ring is left
-		// (wake-ups included) to the workers that can publish. Meanwhile
-		// wait for a (new) connection or, after a channel failure on a
-		// live connection, for the retry time.
+		// reaches the ring is deferred (answered when its deadline passes
+		// unless a channel opens before), or without a retry window
+		// answered at once; otherwise the ring is left (wake-ups
+		// included) to the workers that can publish. Meanwhile wait for a
+		// (new) connection or, after a channel failure on a live
+		// connection, for the retry time.
 		var wake chan struct{}
 		if w.b.liveChannels.Load() == 0 {
-			w.failRing()
+			if w.b.retry {
+				w.deferRing()
+			} else {
+				w.failRing()
+			}
 			wake = w.b.wake
 		}
 		var retryC <-chan time.Time
@@ -103,12 +152,30 @@ func (w *worker) run() {
 				// was meant for it, so pass it on rather than swallow it.
 				w.b.notify()
 			}
+		case <-w.kick:
+		case <-w.armTimer(false):
+			w.b.expireDeferred(w.b.now())
 		case <-w.b.stopWorkers:
 			return
 		}
 		if t != nil {
 			t.Stop()
 		}
+	}
+}
+
+// deferRing moves every message in the ring to the deferred queue: no
+// worker can publish now, or older mail waits for its backoff, and newer
+// mail waits behind it. There, each is answered when its deadline passes.
+func (w *worker) deferRing() {
+	moved := false
+	for m, at := w.b.ring.pop(); m != nil; m, at = w.b.ring.pop() {
+		w.b.stats.deferred.Add(1)
+		w.b.deferred.add(deferredMsg{msg: m, due: at + w.b.maxWait})
+		moved = true
+	}
+	if moved {
+		w.b.kick() // the others arm their timers for the new deadlines
 	}
 }
 
@@ -126,7 +193,8 @@ var errChannelClosed = errors.New("channel closed")
 
 // session publishes on one channel of c until the channel or c closes
 // (error) or the broker stops the workers (nil). Whatever is unconfirmed
-// then is answered ErrUnavailable.
+// then is deferred (or, when stopping or without a retry window, answered
+// ErrUnavailable).
 func (w *worker) session(c *connection) (err error) {
 	ch, err := c.amqp.Channel()
 	if err != nil {
@@ -145,7 +213,7 @@ func (w *worker) session(c *connection) (err error) {
 	returns := ch.NotifyReturn(make(chan amqp.Return, room))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	w.nextTag = 1
-	w.msgErr = nil
+	w.head = copies{}
 	w.frameMax = c.amqp.Config.FrameSize
 	w.b.liveChannels.Add(1)
 	defer func() {
@@ -155,7 +223,7 @@ func (w *worker) session(c *connection) (err error) {
 		// Confirms that arrived before the channel went still count:
 		// every one settled here is a message its client need not resend.
 		w.drainConfirms(confirms, returns)
-		w.failInFlight(sink.ErrUnavailable, &w.b.stats.lost)
+		w.failInFlight()
 		if errors.Is(err, errChannelClosed) {
 			// The confirm or return channel closed first: the reason, if
 			// any, is in the close notification.
@@ -181,13 +249,17 @@ func (w *worker) session(c *connection) (err error) {
 			return err
 		}
 		if !armed && w.fifo.len() > 0 {
-			timer.Reset(time.Duration(w.fifo.front().deadline - w.b.now()))
+			timer.Reset(time.Duration(w.fifo.front().expiry - w.b.now()))
 			armed = true
 		}
 		var wake chan struct{}
 		if w.fifo.len() < w.b.cfg.Window {
 			wake = w.b.wake
 		}
+		// The end of the backoff matters only when this worker can
+		// publish what it frees.
+		canPublish := w.fifo.len() < w.b.cfg.Window && w.b.state.Load()&stateBlocked == 0
+		deferredC := w.armTimer(canPublish)
 		select {
 		case conf, ok := <-confirms:
 			if !ok {
@@ -211,6 +283,9 @@ func (w *worker) session(c *connection) (err error) {
 		case <-c.closed:
 			return errChannelClosed
 		case <-wake:
+		case <-w.kick:
+		case <-deferredC:
+			w.b.expireDeferred(w.b.now())
 		case <-timer.C:
 			armed = false
 			w.expire()
@@ -220,14 +295,42 @@ func (w *worker) session(c *connection) (err error) {
 	}
 }
 
-// fill publishes messages from the ring while the window has room.
+// fill publishes while the window has room: deferred messages whose
+// backoff is over first (oldest deadline first), then the ring.
 func (w *worker) fill(ch *amqp.Channel) error {
-	for w.fifo.len() < w.b.cfg.Window {
-		m, at := w.b.ring.pop()
+	b := w.b
+	for w.fifo.len() < b.cfg.Window {
+		if b.retry {
+			now := b.now()
+			if b.state.Load()&stateBlocked != 0 || b.deferred.len() > 0 && now < b.deferred.retryAt.Load() {
+				// RabbitMQ stopped reading from this connection, or older
+				// mail waits for its backoff: newer mail waits with it,
+				// in deadline order.
+				w.deferRing()
+				return nil
+			}
+			if e, ok := b.deferred.take(now); ok {
+				if e.due <= now {
+					b.expire(e.msg, now)
+					continue
+				}
+				if e.tried {
+					b.stats.retried.Add(1)
+				}
+				if e.dup {
+					b.stats.republished.Add(1)
+				}
+				if err := w.publish(ch, e.msg, e.due, e.dup); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		m, at := b.ring.pop()
 		if m == nil {
 			return nil
 		}
-		if w.b.state.Load()&stateBlocked != 0 {
+		if !b.retry && b.state.Load()&stateBlocked != 0 {
 			// RabbitMQ stopped reading from this connection: a publish
 			// now would only wait for the confirm timeout, or hang in the
 			// write. Answer like Submit does while blocked.
@@ -236,75 +339,77 @@ func (w *worker) fill(ch *amqp.Channel) error {
 			w.b.finish(m, sink.ErrUnavailable)
 			continue
 		}
-		if err := w.publish(ch, m, at); err != nil {
+		now := b.now()
+		due := at + b.maxWait
+		if now >= due {
+			// Waited in the ring longer than it may wait at all.
+			b.expire(m, now)
+			continue
+		}
+		if err := w.publish(ch, m, due, false); err != nil {
 			return err
 		}
 	}
-	if w.b.ring.len() > 0 {
-		w.b.notify() // our window is full: let another worker help
+	if b.ring.len() > 0 {
+		b.notify() // our window is full: let another worker help
 	}
 	return nil
 }
 
-// publish sends every copy of m and queues them for their confirms. It
-// releases m's data once the last publish call returned: amqp091-go has
-// copied the body into its frame buffer (or written it out) by then.
-func (w *worker) publish(ch *amqp.Channel, m *sink.Message, queued int64) error {
-	now := w.b.now()
-	if now-queued > int64(w.b.cfg.ConfirmTimeout) {
-		// Waited in the ring longer than it may wait at all.
-		w.b.stats.expired.Add(1)
-		w.b.stats.failed.Add(1)
-		if w.b.limits.expired.allow(now) {
-			w.b.log.Warn("message waited longer than the confirm timeout for a publisher, answering 451",
-				"timeout", w.b.cfg.ConfirmTimeout, "suppressed", w.b.limits.expired.suppressedSince())
-		}
-		w.b.finish(m, sink.ErrUnavailable)
-		return nil
-	}
+// publish sends every copy of m, whose deadline is due, and queues them
+// for their confirms. m keeps its data until it is completed: a message
+// that must be published again needs its body. dup says an earlier
+// publish of m may have been stored.
+func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool) error {
+	b := w.b
+	now := b.now()
 	copies := w.pub.prepare(m)
 	if pr := w.pub.check(copies, w.frameMax); pr.what != "" {
 		// Publishing it would close the connection (or, past the
 		// domains cap, store too many copies): this message alone is
-		// answered 451. Its envelope is not logged; the queue ID finds
-		// the session in the engine's log.
-		w.b.stats.failed.Add(1)
-		if w.b.limits.publish.allow(now) {
-			w.b.log.Warn("message exceeds what AMQP can carry, answering 451",
+		// answered 451, at once, since no attempt can succeed. Its
+		// envelope is not logged; the queue ID finds the session in the
+		// engine's log.
+		b.stats.failed.Add(1)
+		if b.limits.publish.allow(now) {
+			b.log.Warn("message exceeds what AMQP can carry, answering 451",
 				"worker", w.id, "queue_id", m.QueueID, "too_large", pr.what, "size", pr.size, "limit", pr.limit,
-				"suppressed", w.b.limits.publish.suppressedSince())
+				"suppressed", b.limits.publish.suppressedSince())
 		}
-		w.b.finish(m, sink.ErrUnavailable)
+		b.finish(m, sink.ErrUnavailable)
 		return nil
 	}
-	deadline := now + int64(w.b.cfg.ConfirmTimeout)
+	// One attempt waits for its confirm at most ConfirmTimeout, and a
+	// republish not past the message's deadline.
+	expiry := now + int64(b.cfg.ConfirmTimeout)
+	if b.retry {
+		expiry = min(expiry, due)
+	}
 	for i := 0; i < copies; i++ {
 		key, pub := w.pub.copyOf(m, i)
-		w.publishingSince.Store(w.b.now())
-		err := ch.Publish(w.b.cfg.Exchange, key, true, false, pub)
+		w.publishingSince.Store(b.now())
+		err := ch.Publish(b.cfg.Exchange, key, true, false, pub)
 		w.publishingSince.Store(0)
 		if err != nil {
-			m.ReleaseData()
-			w.b.stats.publishErrors.Add(1)
-			if w.b.limits.publish.allow(now) {
-				w.b.log.Warn("publish failed, answering 451", "worker", w.id, "err", err,
-					"suppressed", w.b.limits.publish.suppressedSince())
+			b.stats.publishErrors.Add(1)
+			if b.limits.publish.allow(now) {
+				b.log.Warn("publish failed", "worker", w.id, "err", err,
+					"suppressed", b.limits.publish.suppressedSince())
 			}
 			if i == 0 {
-				w.b.stats.failed.Add(1)
-				w.b.finish(m, sink.ErrUnavailable)
+				w.retryOrFail(m, due, dup, now, sink.ErrUnavailable)
 			} else {
 				// Earlier copies are queued: the message is settled with
-				// them, failed.
+				// them, and counts as not taken.
 				t := w.fifo.back()
 				t.last, t.failed = true, true
 			}
 			return err
 		}
-		w.fifo.push(inflight{tag: w.nextTag, msg: m, id: pub.MessageId, deadline: deadline, last: i == copies-1})
+		w.fifo.push(inflight{tag: w.nextTag, msg: m, id: pub.MessageId, published: now, expiry: expiry, due: due,
+			dup: dup, last: i == copies-1})
 		w.nextTag++
 	}
-	m.ReleaseData()
 	return nil
 }
 
@@ -318,48 +423,87 @@ func (w *worker) confirm(conf amqp.Confirmation) {
 		head := w.fifo.pop()
 		if head.tag < conf.DeliveryTag {
 			// Its confirm never reached us (amqp091-go drops one after
-			// waiting 5 s): the outcome is unknown, so it is a failure.
+			// waiting 5 s): the outcome is unknown.
 			w.b.stats.lost.Add(1)
-			w.settle(head, sink.ErrUnavailable)
+			w.settle(head, outUnknown)
 			continue
 		}
-		published := head.deadline - int64(w.b.cfg.ConfirmTimeout)
-		w.b.confirmLatency.Observe(float64(w.b.now()-published) / 1e9)
-		var err error
+		w.b.confirmLatency.Observe(float64(w.b.now()-head.published) / 1e9)
+		o := outAcked
 		switch {
 		case !conf.Ack:
 			w.b.stats.nacked.Add(1)
 			if w.b.limits.nack.allow(w.b.now()) {
-				w.b.log.Warn("RabbitMQ refused a message (basic.nack; queue full with reject-publish, or an internal error), answering 451",
+				w.b.log.Warn("RabbitMQ refused a message (basic.nack: queue full with reject-publish, no quorum leader, or an internal error)",
 					"worker", w.id, "suppressed", w.b.limits.nack.suppressedSince())
 			}
-			err = sink.ErrUnavailable
+			o = outNacked
 		case head.returned:
-			err = ErrUnroutable
+			o = outUnroutable
 		case head.failed:
-			err = sink.ErrUnavailable
+			o = outUnknown
+		default:
+			w.b.deferred.acked()
 		}
-		w.settle(head, err)
+		w.settle(head, o)
 		return
 	}
 }
 
 // settle records e's outcome; with the last copy of its message it
-// completes the message with the first failure of any copy.
-func (w *worker) settle(e inflight, err error) {
-	if err != nil && w.msgErr == nil {
-		w.msgErr = err
+// completes the message: nil when every copy was acked, ErrUnroutable
+// when one was returned, otherwise it is deferred for another attempt
+// (or answered ErrUnavailable when it cannot be).
+func (w *worker) settle(e inflight, o outcome) {
+	h := &w.head
+	switch o {
+	case outAcked:
+		h.acked = true
+	case outNacked:
+		h.retry = true
+	case outUnknown:
+		h.retry, h.unknown = true, true
+	case outUnroutable:
+		h.unroutable = true
 	}
 	if !e.last {
 		return
 	}
-	if err = w.msgErr; err == nil {
-		w.b.stats.confirmed.Add(1)
-	} else {
+	done := *h
+	w.head = copies{}
+	switch {
+	case done.unroutable:
 		w.b.stats.failed.Add(1)
+		w.b.finish(e.msg, ErrUnroutable)
+	case done.retry:
+		// A copy that was acked (or may have been stored) is stored again
+		// when the message is republished whole.
+		w.retryOrFail(e.msg, e.due, e.dup || done.unknown || done.acked, w.b.now(), sink.ErrUnavailable)
+	default:
+		w.b.stats.confirmed.Add(1)
+		w.b.finish(e.msg, nil)
 	}
-	w.msgErr = nil
-	w.b.finish(e.msg, err)
+}
+
+// retryOrFail defers m for another attempt if its deadline allows,
+// or answers it err.
+func (w *worker) retryOrFail(m *sink.Message, due int64, dup bool, now int64, err error) {
+	b := w.b
+	stopping := false
+	select {
+	case <-b.stopWorkers:
+		stopping = true
+	default:
+	}
+	if !b.retry || stopping || now >= due {
+		b.stats.failed.Add(1)
+		b.finish(m, err)
+		return
+	}
+	b.stats.deferred.Add(1)
+	b.deferred.add(deferredMsg{msg: m, due: due, tried: true, dup: dup})
+	b.deferred.failed(now)
+	b.kick()
 }
 
 // drainConfirms settles the confirms already received, without waiting.
@@ -408,44 +552,51 @@ func (w *worker) returned(ret amqp.Return) {
 	}
 }
 
-// expire fails the publishes at the head whose confirm is overdue.
+// expire settles the publishes at the head whose confirm is overdue. A
+// republish may expire before an older publish behind which it waits in
+// the FIFO (its deadline comes first); it is then settled with that one,
+// at most ConfirmTimeout after its own expiry.
 func (w *worker) expire() {
 	now := w.b.now()
 	n := 0
-	for w.fifo.len() > 0 && w.fifo.front().deadline <= now {
+	for w.fifo.len() > 0 && w.fifo.front().expiry <= now {
 		w.b.stats.timedOut.Add(1)
-		w.settle(w.fifo.pop(), sink.ErrUnavailable)
+		w.settle(w.fifo.pop(), outUnknown)
 		n++
 	}
 	if n > 0 && w.b.limits.timeout.allow(now) {
-		w.b.log.Warn("RabbitMQ did not confirm in time, answering 451", "worker", w.id, "publishes", n,
+		w.b.log.Warn("RabbitMQ did not confirm in time", "worker", w.id, "publishes", n,
 			"timeout", w.b.cfg.ConfirmTimeout, "suppressed", w.b.limits.timeout.suppressedSince())
 	}
 }
 
-// failInFlight fails every unconfirmed publish, counting each in c.
-func (w *worker) failInFlight(err error, c *atomic.Uint64) {
+// failInFlight settles every unconfirmed publish as lost: its channel or
+// connection closed, or the workers stop.
+func (w *worker) failInFlight() {
 	n := w.fifo.len()
 	for w.fifo.len() > 0 {
-		c.Add(1)
-		w.settle(w.fifo.pop(), err)
+		w.b.stats.lost.Add(1)
+		w.settle(w.fifo.pop(), outUnknown)
 	}
-	w.msgErr = nil
+	w.head = copies{}
 	if n > 0 && w.b.limits.lost.allow(w.b.now()) {
-		w.b.log.Warn("channel closed with publishes unconfirmed, answering 451", "worker", w.id, "publishes", n,
-			"suppressed", w.b.limits.lost.suppressedSince())
+		w.b.log.Warn("channel closed with publishes unconfirmed", "worker", w.id, "publishes", n,
+			"republish", w.b.retry, "suppressed", w.b.limits.lost.suppressedSince())
 	}
 }
 
 // inflight is one publish waiting for its confirm.
 type inflight struct {
-	tag      uint64
-	msg      *sink.Message
-	id       string // message_id, to match a basic.return
-	deadline int64  // broker clock
-	last     bool   // the message's last copy: settling it completes the message
-	returned bool   // basic.return received for it
-	failed   bool   // a later copy of its message could not be published
+	tag       uint64
+	msg       *sink.Message
+	id        string // message_id, to match a basic.return
+	published int64  // broker clock
+	expiry    int64  // broker clock: when the attempt times out
+	due       int64  // broker clock: the message's deadline
+	dup       bool   // an earlier publish of the message may have been stored
+	last      bool   // the message's last copy: settling it completes the message
+	returned  bool   // basic.return received for it
+	failed    bool   // a later copy of its message could not be published
 }
 
 // fifo is a growable circular queue of in-flight publishes. It holds at

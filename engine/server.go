@@ -523,18 +523,28 @@ func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
 // process may open become the file limit minus a reserve for listeners,
 // epoll, AMQP connections, the admin listener and logs.
 func capConnsToFileLimit(maxConns int, log *slog.Logger) int {
+	capped := ConnLimit(maxConns)
+	if capped != maxConns {
+		var l unix.Rlimit
+		_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &l)
+		log.Warn("connection limit lowered to fit the open file limit", "max_conns", capped,
+			"asked", maxConns, "nofile", l.Cur, "reserve", int(l.Cur)-capped)
+	}
+	return capped
+}
+
+// ConnLimit is the connection limit a server started now would use for
+// maxConns: at most the open file limit minus its reserve. The sink sizes
+// what it may hold from it (each connection has at most one message in
+// the sink at a time).
+func ConnLimit(maxConns int) int {
 	var l unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &l); err != nil || l.Cur > 1<<31 {
 		return maxConns
 	}
 	reserve := max(int(l.Cur)/50, 64)
-	ceiling := int(l.Cur) - reserve
-	if ceiling < 1 {
-		ceiling = 1
-	}
+	ceiling := max(int(l.Cur)-reserve, 1)
 	if maxConns == 0 || maxConns > ceiling {
-		log.Warn("connection limit lowered to fit the open file limit", "max_conns", ceiling,
-			"asked", maxConns, "nofile", l.Cur, "reserve", reserve)
 		return ceiling
 	}
 	return maxConns

@@ -79,6 +79,9 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 			bc.Node = c.o.eng.Hostname
 		}
 		bc.Logger = log
+		// Every connection may have one message in the sink: room for
+		// all of them means a full hand-off ring never refuses mail.
+		bc.MaxWaiting = engine.ConnLimit(c.o.eng.MaxConns)
 		if n.brk, err = broker.New(bc); err != nil {
 			return nil, err
 		}

@@ -54,16 +54,29 @@ func sendUntil250(t *testing.T, c *smtptest.Conn, wantMeanwhile string, tries in
 	return ""
 }
 
+// expectFinalAfter is expectFinal, and the reply must not come before
+// at least.
+func expectFinalAfter(t *testing.T, c *smtpConn, want string, atLeast time.Duration) {
+	t.Helper()
+	start := time.Now()
+	expectFinal(t, c, want)
+	if took := time.Since(start); took < atLeast {
+		t.Fatalf("%q after %s, before the retry window of %s ended", want, took, atLeast)
+	}
+}
+
 // TestBrokerClosedPort: with nothing listening at the broker's address
-// every message is answered exactly 451 4.3.0, never 5xx, and the
-// session stays usable.
+// every message is answered exactly 451 4.3.0, never 5xx, once its
+// retry window is spent, and the session stays usable.
 func TestBrokerClosedPort(t *testing.T) {
 	bc := brokerConfig(t, "amqp://guest:guest@"+closedPort(t)+"/")
 	bc.Logger = newLogger(t, 100) // the connect errors are expected; keep the log quiet
+	// The message waits up to the window now (max of window and confirm timeout), not 451 at once.
+	bc.PublishRetryWindow, bc.ConfirmTimeout = 500*time.Millisecond, 300*time.Millisecond
 	s := startStack(t, bc, false)
 	c := s.session(t, "client.example", true)
 	for i := 0; i < 3; i++ {
-		expectFinal(t, c, replyUnavailable)
+		expectFinalAfter(t, c, replyUnavailable, bc.PublishRetryWindow)
 	}
 	if _, err := c.Expect("NOOP", 250); err != nil {
 		t.Fatal(err)
@@ -71,17 +84,20 @@ func TestBrokerClosedPort(t *testing.T) {
 }
 
 // TestBrokerDownThenUp: RabbitMQ unreachable (the proxy refuses
-// connections) gives 451 4.3.0; once it is reachable again mail flows
-// on the same SMTP session without any restart; down again, 451 again;
-// up again, 250 again. Every 250 is in the queue.
+// connections) for longer than the retry window gives 451 4.3.0 once
+// the window is spent; once it is reachable again mail flows on the same
+// SMTP session without any restart; down again for less than the
+// window, the client waits and gets 250. Every 250 is in the queue.
 func TestBrokerDownThenUp(t *testing.T) {
 	p := newProxy(t)
 	p.Down()
 	bc := brokerConfig(t, proxyURL(p))
+	// Outages shorter than the window now cost the client time, not a 451.
+	bc.PublishRetryWindow, bc.ConfirmTimeout = time.Second, 500*time.Millisecond
 	s := startStack(t, bc, false)
 	c := s.session(t, "client.example", true)
 
-	expectFinal(t, c, replyUnavailable)
+	expectFinalAfter(t, c, replyUnavailable, bc.PublishRetryWindow)
 	if err := p.Up(); err != nil {
 		t.Fatal(err)
 	}
@@ -89,13 +105,20 @@ func TestBrokerDownThenUp(t *testing.T) {
 
 	p.Down()
 	// The proxy closed both sides before Down returned: nothing sent from
-	// now on can be confirmed.
-	expectFinal(t, c, replyUnavailable)
-	expectFinal(t, c, replyUnavailable)
-	if err := p.Up(); err != nil {
+	// now on is confirmed before it is up again, 300 ms later.
+	up := make(chan error, 1)
+	time.AfterFunc(300*time.Millisecond, func() { up <- p.Up() })
+	r, err := c.sendMessage("a@example.org", []string{"b@example.com"}, testContent)
+	if err != nil {
 		t.Fatal(err)
 	}
-	second := sendUntil250(t, c, replyUnavailable, 100, 50*time.Millisecond)
+	if err := <-up; err != nil {
+		t.Fatal(err)
+	}
+	second, ok := r.queueID()
+	if !ok {
+		t.Fatalf("broker down for 300 ms, inside the retry window of %s: final reply %q, want 250", bc.PublishRetryWindow, r.String())
+	}
 
 	got := map[string]int{}
 	for _, d := range consume(t, bc.Queue, 2, 500*time.Millisecond, 10*time.Second) {
@@ -148,6 +171,7 @@ func TestMissingExchange(t *testing.T) {
 	bc := brokerConfig(t, rabbittest.URL)
 	bc.Declare = false
 	bc.Logger = newLogger(t, 100) // channel failures are expected here
+	bc.PublishRetryWindow = 0     // asserts the immediate 451; with a window the message waits for the exchange
 	s := startStack(t, bc, true)
 	c := s.session(t, "client.example", true)
 	expectFinal(t, c, replyUnavailable)
@@ -179,6 +203,7 @@ func TestQueueFullNack(t *testing.T) {
 	bc.QueueType = broker.QueueClassic
 	bc.MaxLength = 1
 	bc.Overflow = "reject-publish"
+	bc.PublishRetryWindow = 0 // asserts the NACK's immediate 451; broker.TestNackRetried has the window
 	s := startStack(t, bc, true)
 	c := s.session(t, "client.example", true)
 

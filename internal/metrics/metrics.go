@@ -70,6 +70,7 @@ type Collector struct {
 	brkSubmitted, brkConfirmed, brkFailed               *prometheus.Desc
 	brkPublishFailures, brkRejected                     *prometheus.Desc
 	brkRing, brkPending, brkAwaitingConfirm, brkLatency *prometheus.Desc
+	brkDeferred, brkRetried, brkRepublished, brkWaiting *prometheus.Desc
 
 	version, goVersion string
 }
@@ -122,6 +123,10 @@ func NewCollector(src Sources) *Collector {
 		c.brkRing = desc("broker_ring_depth", "Messages in the ring waiting for a publisher worker.")
 		c.brkPending = desc("broker_pending_messages", "Messages between hand-off and verdict (ring, publishing or awaiting confirm).")
 		c.brkAwaitingConfirm = desc("broker_awaiting_confirm_messages", "Messages taken by a worker and not yet completed: published and waiting for the confirm.")
+		c.brkDeferred = desc("broker_deferred_total", "Times a message was put aside to be published again (not publishable now, or its attempt failed).")
+		c.brkRetried = desc("broker_retried_total", "Publishes of a message after a failed attempt.")
+		c.brkRepublished = desc("broker_republished_total", "Of the retried publishes, those after an attempt RabbitMQ may have stored: possible duplicates.")
+		c.brkWaiting = desc("broker_deferred_messages", "Messages waiting now to be published again, their clients still waiting for the reply.")
 		if c.latency != nil {
 			c.brkLatency = desc("broker_confirm_latency_seconds", "Time from publish to RabbitMQ's confirm.")
 		}
@@ -137,6 +142,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.brkConnected, c.brkBlocked, c.brkConnects, c.brkReconnects, c.brkConnectFailures,
 		c.brkDisconnects, c.brkChannelFailures, c.brkSubmitted, c.brkConfirmed, c.brkFailed,
 		c.brkPublishFailures, c.brkRejected, c.brkRing, c.brkPending, c.brkAwaitingConfirm, c.brkLatency,
+		c.brkDeferred, c.brkRetried, c.brkRepublished, c.brkWaiting,
 	} {
 		if d != nil {
 			ch <- d
@@ -219,6 +225,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.brkRejected, float64(r.n), r.reason)
 	}
 	gauge(c.brkRing, float64(b.RingLen))
+	counter(c.brkDeferred, float64(b.Deferred))
+	counter(c.brkRetried, float64(b.Retried))
+	counter(c.brkRepublished, float64(b.Republished))
+	gauge(c.brkWaiting, float64(b.DeferredLen))
 	gauge(c.brkPending, float64(b.InFlight))
 	// Ring and pending are read one after the other, not together; the
 	// difference is clamped rather than shown negative.
