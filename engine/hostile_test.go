@@ -119,6 +119,7 @@ const (
 	hostileNormalize                       // Config.NormalizeBareEOL
 	hostileShort                           // IdleTimeout and DataTimeout of hostileTimeout
 	hostileGreet                           // GreetDelay hostileGreetDelay
+	hostileLimits                          // a sink with envelope limits, a policy, 64 KiB lines (hostileLimitsConfig)
 	hostileNumProfiles
 )
 
@@ -142,6 +143,8 @@ func hostileConfig(p hostileProfile) Config {
 		cfg.IdleTimeout, cfg.DataTimeout = hostileTimeout, hostileTimeout
 	case hostileGreet:
 		cfg.GreetDelay = hostileGreetDelay
+	case hostileLimits:
+		cfg = hostileLimitsConfig()
 	}
 	return cfg
 }
@@ -226,7 +229,10 @@ type hostileServer struct {
 
 func (e *hostileEnv) start(t *testing.T, cfg Config) *hostileServer {
 	t.Helper()
-	hk := &smtptest.Recorder{}
+	hk, ok := cfg.Sink.(*smtptest.Recorder) // a case's own, with Limits
+	if !ok {
+		hk = &smtptest.Recorder{}
+	}
 	cfg.Sink = hk
 	srv, addr := startServer(t, cfg)
 	h := &hostileServer{srv: srv, addr: addr, sink: hk}
