@@ -101,10 +101,11 @@ func (s *session) newDomain(d []byte) bool {
 	return true
 }
 
-// holdCopies counts the copies of the body beyond the first against the
-// in-flight budget, for a sink that stores one per recipient domain: the
-// body was held once as it arrived, and the sink holds size × copies.
-// It returns false, counting nothing, when they do not fit.
+// holdCopies counts the copies of the message beyond the first against
+// the in-flight budget, for a sink that stores one per recipient domain:
+// the message was held once as it arrived, and until its verdict the sink
+// has size × copies octets on their way to the broker. It returns false,
+// counting nothing, when they do not fit.
 func (s *session) holdCopies() bool {
 	copies := len(s.domains)
 	if !s.cfg.limits.CopyPerDomain || copies <= 1 || s.msg.Data == nil {
