@@ -83,9 +83,23 @@ func isHTTP(line []byte) bool {
 }
 
 // hello handles HELO and EHLO; both reset the transaction (RFC 5321 §4.1.4).
+// The argument is one Domain or address-literal (§4.1.1.1): text with
+// blanks in it is refused, since it is no name and only serves to forge
+// the "by ... with ... id" of a trace header. A single token that is
+// neither is kept only in sanitised form (appendHeloComment).
 func (s *session) hello(ehlo bool) {
+	arg := s.cmd.Arg
+	if bytes.IndexByte(arg, ' ') >= 0 || bytes.IndexByte(arg, '\t') >= 0 {
+		s.fail(codec.ErrSyntaxHelo)
+		return
+	}
 	s.resetTransaction()
-	s.helo = append(s.helo[:0], s.cmd.Arg...)
+	s.heloOK = codec.ValidHelo(arg)
+	if s.heloOK {
+		s.helo = append(s.helo[:0], arg...)
+	} else {
+		s.helo = appendHeloComment(s.helo[:0], arg)
+	}
 	s.ehlo = ehlo
 	if ehlo {
 		s.out = append(s.out, s.cfg.replies.ehlo...)
@@ -125,7 +139,7 @@ func (s *session) mail(now time.Time) {
 	}
 	if pol := s.cfg.Policy; pol != nil && !pol.TakeMessage(s.remote.Addr(), now) {
 		s.srv.stats.Messages[OutcomeRateLimited].Add(1)
-		s.reply(replyMsgRate)
+		s.refuse(replyMsgRate)
 		return
 	}
 	s.hasMail = true
@@ -163,19 +177,48 @@ func (s *session) rcpt() {
 			s.fail(asReply(err))
 			return
 		}
+		if m := s.cfg.limits.MaxDomain; m > 0 && loweredLen(domainOf(cmd.Path)) > m {
+			s.fail(replyDomainTooLong)
+			return
+		}
 		if pol := s.cfg.Policy; pol != nil && !pol.RecipientAllowed(cmd.Path) {
-			s.reply(replyDomain)
+			s.refuse(replyDomain)
 			return
 		}
 	}
+	// RFC 5321 §4.5.3.1.10: past a limit of ours, 452; the client sends
+	// the rest in another transaction.
 	if len(s.rcpts) >= s.cfg.MaxRecipients {
-		s.reply(replyTooMany) // RFC 5321 §4.5.3.1.10: 452, the client retries the rest
+		s.reply(replyTooMany)
+		return
+	}
+	lim := &s.cfg.limits
+	domain := domainOf(cmd.Path)
+	isNew := countsDomains(lim) && s.newDomain(domain)
+	if isNew && lim.MaxDomains > 0 && len(s.domains) >= lim.MaxDomains {
+		s.reply(replyTooManyDomains)
+		return
+	}
+	// The sender is the start of env, the recipients follow it.
+	if lim.MaxEnvelope > 0 && len(s.env)+len(cmd.Path)+(len(s.rcpts)+1)*lim.RecipientOverhead > lim.MaxEnvelope {
+		s.reply(replyEnvelopeFull)
 		return
 	}
 	start := len(s.env)
 	s.env = append(s.env, cmd.Path...)
 	s.rcpts = append(s.rcpts, span{start, len(s.env)})
+	if isNew {
+		s.domains = append(s.domains, span{len(s.env) - len(domain), len(s.env)})
+	}
 	s.reply(replyRecipientOK)
+}
+
+// refuse answers a refusal of policy or rate (550 5.7.1, 450 4.7.1) and
+// counts it toward MaxErrors as fail counts a protocol error: a client
+// that keeps trying what it was refused is not a mailer making progress.
+func (s *session) refuse(r *codec.Reply) {
+	s.reply(r)
+	s.countError(r)
 }
 
 func (s *session) dataCmd(now time.Time) {
@@ -209,6 +252,8 @@ func (s *session) endData(now time.Time) {
 	case s.data.BareEOL() && !s.cfg.NormalizeBareEOL:
 		s.rejectMessage(replyBareEOL, OutcomeBareEOL, now)
 	case s.noMemory:
+		s.rejectMessage(replyNoMemory, OutcomeNoMemory, now)
+	case !s.holdCopies(): // the sink's further copies do not fit the budget
 		s.rejectMessage(replyNoMemory, OutcomeNoMemory, now)
 	default:
 		s.submit(now)
@@ -276,6 +321,11 @@ func (s *session) endChunk(now time.Time) {
 		s.out = append(s.out, "250 2.0.0 "...)
 		s.out = strconv.AppendInt(s.out, s.cmd.ChunkSize, 10)
 		s.out = append(s.out, " octets received\r\n"...)
+		return
+	}
+	if !s.holdCopies() {
+		s.fail(replyNoMemory)
+		s.endTransaction(OutcomeNoMemory, now)
 		return
 	}
 	s.submit(now)

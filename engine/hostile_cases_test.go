@@ -765,6 +765,8 @@ func hostileCases(clientHello string) []hostileCase {
 
 	// Per-client limits over IPv6: one client owns a whole /64.
 	add(hostileIPv6Cases()...)
+	// What the sink can carry, HELO arguments, refusals of policy.
+	add(hostileEnvelopeCases()...)
 	return cases
 }
 

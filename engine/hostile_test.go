@@ -118,6 +118,7 @@ const (
 	hostileNormalize                       // Config.NormalizeBareEOL
 	hostileShort                           // IdleTimeout and DataTimeout of hostileTimeout
 	hostileGreet                           // GreetDelay hostileGreetDelay
+	hostileLimits                          // a sink with envelope limits, a policy, 64 KiB lines (hostileLimitsConfig)
 	hostileNumProfiles
 )
 
@@ -141,6 +142,8 @@ func hostileConfig(p hostileProfile) Config {
 		cfg.IdleTimeout, cfg.DataTimeout = hostileTimeout, hostileTimeout
 	case hostileGreet:
 		cfg.GreetDelay = hostileGreetDelay
+	case hostileLimits:
+		cfg = hostileLimitsConfig()
 	}
 	return cfg
 }
@@ -225,7 +228,10 @@ type hostileServer struct {
 
 func (e *hostileEnv) start(t *testing.T, cfg Config) *hostileServer {
 	t.Helper()
-	hk := &smtptest.Recorder{}
+	hk, ok := cfg.Sink.(*smtptest.Recorder) // a case's own, with Limits
+	if !ok {
+		hk = &smtptest.Recorder{}
+	}
 	cfg.Sink = hk
 	srv, addr := startServer(t, cfg)
 	h := &hostileServer{srv: srv, addr: addr, sink: hk}

@@ -11,16 +11,31 @@ import (
 //		for <<recipient>>; <date>
 //
 // "for" names the recipient only when there is exactly one, so that a
-// copy of the message does not disclose the other (Bcc) recipients.
+// copy of the message does not disclose the other (Bcc) recipients. A
+// HELO argument that is no domain or address literal is not put where
+// RFC 5321 §4.4 wants one: the client's address stands there, and the
+// argument, sanitised (appendHeloComment), in a comment:
+//
+//	Received: from [<client IP>] (helo=<sanitised argument>)
+//
+// Every line stays within RFC 5322 §2.1.1's 998 octets whatever the
+// client sent: the HELO domain and the recipient are at most 255 and 256
+// octets (codec.ValidHelo, RFC 5321 §4.5.3.1), the comment 64, our
+// hostname 255 (Config.Validate).
 func (s *session) appendReceived(dst []byte, now time.Time) []byte {
 	dst = append(dst, "Received: from "...)
-	dst = appendHeaderSafe(dst, s.helo)
-	dst = append(dst, " (["...)
-	if addr := s.remote.Addr().Unmap(); addr.Is6() {
-		dst = append(dst, "IPv6:"...) // RFC 5321 §4.1.3 address literal
+	if s.heloOK {
+		dst = appendHeaderSafe(dst, s.helo)
+		dst = append(dst, " ("...)
+		dst = s.appendAddressLiteral(dst)
+		dst = append(dst, ')')
+	} else {
+		dst = s.appendAddressLiteral(dst)
+		dst = append(dst, " (helo="...)
+		dst = append(dst, s.helo...) // sanitised in hello
+		dst = append(dst, ')')
 	}
-	dst = append(dst, s.ipText...)
-	dst = append(dst, "])\r\n\tby "...)
+	dst = append(dst, "\r\n\tby "...)
 	dst = append(dst, s.cfg.Hostname...)
 	dst = append(dst, " (lsmtp) with "...)
 	dst = append(dst, s.protocol()...)
@@ -35,6 +50,17 @@ func (s *session) appendReceived(dst []byte, now time.Time) []byte {
 	dst = append(dst, ";\r\n\t"...)
 	dst = now.AppendFormat(dst, "Mon, 02 Jan 2006 15:04:05 -0700")
 	return append(dst, "\r\n"...)
+}
+
+// appendAddressLiteral appends the client's address as an RFC 5321
+// §4.1.3 address literal.
+func (s *session) appendAddressLiteral(dst []byte) []byte {
+	dst = append(dst, '[')
+	if addr := s.remote.Addr().Unmap(); addr.Is6() {
+		dst = append(dst, "IPv6:"...)
+	}
+	dst = append(dst, s.ipText...)
+	return append(dst, ']')
 }
 
 // protocol is the "with" value: RFC 3848 (SMTP, ESMTP) and RFC 6531

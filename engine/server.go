@@ -29,6 +29,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/internal/policy"
 	"github.com/lsmtp/lsmtp/internal/queueid"
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
 // Server is an SMTP server. Create it with New, run it with Serve, stop it
@@ -87,9 +88,12 @@ func New(cfg Config) (*Server, error) {
 type settings struct {
 	Config
 	replies serverReplies
+	limits  sink.Limits // what the sink can carry (sink.Limiter), asked once per configuration
 }
 
-func newSettings(cfg Config) *settings { return &settings{Config: cfg, replies: makeReplies(cfg)} }
+func newSettings(cfg Config) *settings {
+	return &settings{Config: cfg, replies: makeReplies(cfg), limits: sinkLimits(cfg.Sink)}
+}
 
 func (s *Server) settings() *settings { return s.cur.Load() }
 

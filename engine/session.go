@@ -102,9 +102,12 @@ type session struct {
 	data  codec.DataReader
 	cmd   codec.Command
 
-	// Greeting state (RFC 5321 §4.1.1.1).
-	helo []byte
-	ehlo bool
+	// Greeting state (RFC 5321 §4.1.1.1). helo is the argument when it
+	// is a domain or address literal (heloOK), else its sanitised form
+	// (appendHeloComment).
+	helo   []byte
+	heloOK bool
+	ehlo   bool
 
 	// Transaction state, cleared by resetTransaction.
 	hasMail   bool
@@ -112,6 +115,7 @@ type session struct {
 	env       []byte // sender then recipients, back to back
 	sender    span
 	rcpts     []span
+	domains   []span       // the distinct recipient domains, when the sink's Limits count them
 	bdat      bool         // a BDAT transaction has started (RFC 3030 §2: no DATA then)
 	txFailed  *codec.Reply // a BDAT chunk failed; later chunks are read, discarded and answered with this
 	txOutcome Outcome      // counted when the failed BDAT transaction ends
@@ -482,9 +486,13 @@ func (s *session) closeWith(reply []byte) {
 // fail answers a client error and counts it; too many and we hang up.
 func (s *session) fail(r *codec.Reply) {
 	s.reply(r)
-	if r.Code < 500 {
-		return
+	if r.Code >= 500 {
+		s.countError(r)
 	}
+}
+
+// countError counts an error of the client's toward MaxErrors.
+func (s *session) countError(r *codec.Reply) {
 	s.errors++
 	if log := s.cfg.Logger; log.Enabled(context.Background(), slog.LevelDebug) {
 		// Protocol detail, for debugging a client; never at info: a
@@ -505,6 +513,7 @@ func (s *session) resetTransaction() {
 	s.params = codec.MailParams{}
 	s.env = s.env[:0]
 	s.rcpts = s.rcpts[:0]
+	s.domains = s.domains[:0]
 	s.bdat = false
 	s.txFailed = nil
 	s.chunkErr = nil

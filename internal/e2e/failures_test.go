@@ -56,7 +56,7 @@ func sendUntil250(t *testing.T, c *smtptest.Conn, wantMeanwhile string, tries in
 
 // expectFinalAfter is expectFinal, and the reply must not come before
 // at least.
-func expectFinalAfter(t *testing.T, c *smtpConn, want string, atLeast time.Duration) {
+func expectFinalAfter(t *testing.T, c *smtptest.Conn, want string, atLeast time.Duration) {
 	t.Helper()
 	start := time.Now()
 	expectFinal(t, c, want)
@@ -108,14 +108,14 @@ func TestBrokerDownThenUp(t *testing.T) {
 	// now on is confirmed before it is up again, 300 ms later.
 	up := make(chan error, 1)
 	time.AfterFunc(300*time.Millisecond, func() { up <- p.Up() })
-	r, err := c.sendMessage("a@example.org", []string{"b@example.com"}, testContent)
+	r, err := c.Send("a@example.org", []string{"b@example.com"}, testContent)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := <-up; err != nil {
 		t.Fatal(err)
 	}
-	second, ok := r.queueID()
+	second, ok := r.QueueID()
 	if !ok {
 		t.Fatalf("broker down for 300 ms, inside the retry window of %s: final reply %q, want 250", bc.PublishRetryWindow, r.String())
 	}

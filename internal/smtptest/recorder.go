@@ -60,6 +60,9 @@ type Recorder struct {
 	// calls on its own goroutine: "later" for a harness that plays the
 	// event loop itself and must stay deterministic.
 	Deferred bool
+	// Envelope is what Limits reports (sink.Limiter): the limits of a
+	// real sink, for the engine to enforce. The zero value is no limit.
+	Envelope sink.Limits
 
 	mu      sync.Mutex
 	msgs    []Recorded
@@ -73,7 +76,13 @@ type pending struct {
 	err error
 }
 
-var _ sink.Sink = (*Recorder)(nil)
+var (
+	_ sink.Sink    = (*Recorder)(nil)
+	_ sink.Limiter = (*Recorder)(nil)
+)
+
+// Limits implements sink.Limiter: it reports Envelope.
+func (r *Recorder) Limits() sink.Limits { return r.Envelope }
 
 // Submit implements sink.Sink.
 func (r *Recorder) Submit(m *sink.Message) {
