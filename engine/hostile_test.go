@@ -102,13 +102,13 @@ func TestHostile(t *testing.T) {
 // about 15 MB through the servers (1 MiB messages, a 2 MB line, 100,000-
 // and 200,000-command floods, 2.8 MB of replies nobody reads); none of it
 // may stay reachable once the connections are gone. Measured growth is
-// 1.1-1.5 MiB, none of it input: the testing package's bookkeeping for
-// some 140 subtests (about 0.5 MiB), the 64 KiB read buffers of stopped
-// per-case servers' event loops that stay reachable (384 KiB, bounded by
+// 1.8-2.1 MiB (with and without -race), none of it input: the testing
+// package's bookkeeping for some 170 subtests, the 64 KiB read buffers of
+// stopped per-case servers' event loops that stay reachable (bounded by
 // the number of servers, not by what clients send) and span
 // fragmentation. Retaining the 2 MB line, the unread replies or two
-// 1 MiB messages would break the bound.
-const hostileHeapBound = 2 << 20
+// 1 MiB messages would still break the bound.
+const hostileHeapBound = 3 << 20
 
 // Shared server profiles; a case picks one, or brings its own Config.
 type hostileProfile uint8
