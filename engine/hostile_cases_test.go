@@ -765,6 +765,9 @@ func hostileCases(clientHello string) []hostileCase {
 
 	// Per-client limits over IPv6: one client owns a whole /64.
 	add(hostileIPv6Cases()...)
+
+	// Server-wide bounds: the balancer's own sessions, session buffers.
+	add(hostileBudgetCases()...)
 	return cases
 }
 

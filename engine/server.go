@@ -342,7 +342,8 @@ func trusted(proxies []netip.Prefix, ip netip.Addr) bool {
 }
 
 // bindIP counts a proxied session against its client's per-IP limit,
-// once the PROXY header named the client. On refusal nothing changes.
+// once the PROXY header named the client (the load balancer, for a
+// header that names none). On refusal nothing changes.
 func (s *Server) bindIP(ip netip.Addr) bool {
 	limit, key := s.settings().MaxConnsPerIP, s.clientKey(ip)
 	s.perIPMu.Lock()

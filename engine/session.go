@@ -87,7 +87,8 @@ type session struct {
 	remote netip.AddrPort
 	ipText string // remote IP as text, made once per connection
 	// countedIP: remote counts against MaxConnsPerIP (false for a load
-	// balancer's connection until its PROXY header names the client).
+	// balancer's connection until its PROXY header names the client, or
+	// the balancer itself for LOCAL and UNKNOWN).
 	countedIP bool
 
 	state      state
@@ -291,17 +292,21 @@ func (s *session) readProxyHeader(in []byte, now time.Time) (int, bool) {
 		}
 		return 0, false
 	}
+	// LOCAL (v2) and UNKNOWN (v1) name no client: the balancer's own
+	// health check, or a source it could not tell. Such a session may
+	// still send mail, so it counts against the balancer's address.
+	client := s.remote
 	if !hdr.Local && hdr.Source.IsValid() {
-		client := netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
-		if !s.srv.bindIP(client.Addr()) {
-			s.srv.stats.Refused[RefusedPerIP].Add(1)
-			s.closeWith(s.cfg.replies.tooMany)
-			return n, false
-		}
-		s.countedIP = true
-		s.remote = client
-		s.ipText = client.Addr().String()
+		client = netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
 	}
+	if !s.srv.bindIP(client.Addr()) {
+		s.srv.stats.Refused[RefusedPerIP].Add(1)
+		s.closeWith(s.cfg.replies.tooMany)
+		return n, false
+	}
+	s.countedIP = true
+	s.remote = client
+	s.ipText = client.Addr().Unmap().String()
 	if reply, ok := s.admitClient(now); !ok {
 		s.closeWith(reply)
 		return n, false
