@@ -5,7 +5,7 @@
 // connection and is touched only there, except for the fields through
 // which the sink hands a message back (session.handoff, sinkErr, and msg
 // and held at the moments they say) and those the ticker reads
-// (session.deadline, paused); each says who may touch it where it is
+// (session.deadline, paused, buffered); each says who may touch it where it is
 // declared. The ticker goroutine (gnet's OnTick) never changes a session;
 // it only wakes the connection (gnet Conn.Wake), and the loop does the
 // rest.
@@ -445,7 +445,7 @@ func (r *registry) each(f func(*session)) {
 
 func (r *registry) wakeExpired(now int64) {
 	r.each(func(s *session) {
-		if d := s.deadline.Load(); (d != 0 && now >= d) || s.paused.Load() {
+		if d := s.deadline.Load(); (d != 0 && now >= d) || s.paused.Load() || s.buffered.Load() > bufferShare {
 			_ = s.conn.Wake(nil)
 		}
 	})
