@@ -27,9 +27,10 @@ import (
 // complete a whole transaction: one client's attack never stops the
 // server from serving the others.
 //
-// After the suite every server's in-flight byte count is back to 0 and
-// the process heap is within hostileHeapBound (and hostileHeapPerServer
-// for every server of a case's own) of what it was before.
+// After the suite every server's in-flight byte and session buffer
+// counts are back to 0 and the process heap is within hostileHeapBound
+// (and hostileHeapPerServer for every server of a case's own) of what it
+// was before.
 //
 // The cases are in hostile_cases_test.go.
 func TestHostile(t *testing.T) {
@@ -105,15 +106,15 @@ func TestHostile(t *testing.T) {
 // about 15 MB through the servers (1 MiB messages, a 2 MB line, 100,000-
 // and 200,000-command floods, 2.8 MB of replies nobody reads); none of it
 // may stay reachable once the connections are gone. Measured growth is
-// 1.9-2.1 MiB with 8 servers of their own, none of it input: the testing
+// 1.9-2.1 MiB with 11 servers of their own, none of it input: the testing
 // package's bookkeeping for some 150 subtests (about 0.5 MiB), the event
-// loop buffers of stopped servers that stay reachable (about 160 KiB a
+// loop buffers of stopped servers that stay reachable (about 120 KiB a
 // server, bounded by the number of servers, not by what clients send)
 // and span fragmentation. Retaining the 2 MB line, the unread replies or
 // two 1 MiB messages would break the bound.
 const (
 	hostileHeapBound     = 1 << 20
-	hostileHeapPerServer = 192 << 10
+	hostileHeapPerServer = 128 << 10
 )
 
 // Shared server profiles; a case picks one, or brings its own Config.
@@ -255,6 +256,9 @@ func (e *hostileEnv) finalChecks(t *testing.T, before runtime.MemStats) {
 		}
 		if n := h.stats.InFlightBytes.Load(); n != 0 {
 			t.Errorf("server %s: InFlightBytes %d after the suite, want 0", h.addr, n)
+		}
+		if n := h.stats.SessionBuffers.Load(); n != 0 {
+			t.Errorf("server %s: SessionBuffers %d after the suite, want 0", h.addr, n)
 		}
 		recv += h.stats.BytesRecv.Load()
 	}
