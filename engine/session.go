@@ -39,7 +39,10 @@ const outputHighMark = 64 << 10
 // buffers between passes: input it has not taken (pipelined behind a
 // command that waits, or while paused), replies gnet has not sent, and
 // the array of out. At the end of every pass it charges what it holds to
-// Stats.SessionBuffers.
+// Stats.SessionBuffers. gnet (v2.9.7) gives an inbound ring back to its
+// pool whenever a pass takes all the input, and frees its outbound
+// buffer as it drains, so what is counted is what stays; a ring never
+// shrinks while it holds a byte, which the per-session bounds keep small.
 const (
 	// bufferShare is what a session may always hold: past the budget it
 	// neither waits nor is closed below it, so that a budget used up by
