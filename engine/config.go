@@ -48,9 +48,21 @@ type Config struct {
 	// answer 421 and close.
 	MaxErrors int
 	// MaxPipelineBacklog bounds the input a client may send while one of
-	// its commands waits for the sink (RFC 2920 pipelining); past it the
-	// session is closed with 421 4.7.0.
+	// its commands waits for the sink (RFC 2920 pipelining), or while it
+	// does not read its replies; past it the session is closed with
+	// 421 4.7.0. A pipelined group is a few commands (RFC 2920 §3.1), so
+	// the default of 64 KiB is far more than a client needs.
 	MaxPipelineBacklog int
+	// MaxSessionBuffers bounds the octets all sessions hold at once in
+	// their buffers: input not taken yet (pipelined behind a command
+	// that waits, or from a client whose replies go unread), replies
+	// not sent yet, and reply arrays. An honest client holds next to
+	// nothing between reads, so what counts is what clients that do not
+	// read pile up. Past it a session holding more than a small share
+	// (16 KiB) takes no more commands, and one that keeps growing is
+	// closed with 421 4.7.0. Sessions within their share are never
+	// held back, so the total may pass it by that share per session.
+	MaxSessionBuffers int64
 
 	// MaxInFlightBytes bounds the message octets held at once, over all
 	// sessions, from DATA/BDAT until the sink's verdict. A body that would pass it is read to its end, kept nowhere, and
@@ -119,10 +131,15 @@ var Defaults = Config{
 	MaxConnsPerIP:      50,
 	IPv6Prefix:         64,
 	MaxErrors:          10,
-	MaxPipelineBacklog: 1 << 20,
-	MaxInFlightBytes:   1 << 30,
-	IdleTimeout:        5 * time.Minute,
-	DataTimeout:        5 * time.Minute,
+	MaxPipelineBacklog: 64 << 10,
+	// At the per-session bounds (MaxPipelineBacklog of input and
+	// outputHighMark of replies, 128 KiB) 256 MiB is 2,000 clients that
+	// do not read, a fifth of MaxConns; without it those 10,000 could
+	// hold 1.3 GB. Size memory for it next to MaxInFlightBytes.
+	MaxSessionBuffers: 256 << 20,
+	MaxInFlightBytes:  1 << 30,
+	IdleTimeout:       5 * time.Minute,
+	DataTimeout:       5 * time.Minute,
 }
 
 // defaultTick is the TickInterval when none is set and the greeting is
@@ -144,6 +161,7 @@ func (c Config) withDefaults() (Config, error) {
 	orDefault(&c.MaxErrors, d.MaxErrors)
 	orDefault(&c.MaxInFlightBytes, d.MaxInFlightBytes)
 	orDefault(&c.MaxPipelineBacklog, d.MaxPipelineBacklog)
+	orDefault(&c.MaxSessionBuffers, d.MaxSessionBuffers)
 	orDefault(&c.IdleTimeout, d.IdleTimeout)
 	orDefault(&c.DataTimeout, d.DataTimeout)
 	if c.TickInterval == 0 {
@@ -195,7 +213,8 @@ func (c *Config) Validate() (warnings []string, err error) {
 	}{
 		{"MaxMessageSize", c.MaxMessageSize}, {"MaxInFlightBytes", c.MaxInFlightBytes},
 		{"MaxRecipients", int64(c.MaxRecipients)}, {"MaxLineLength", int64(c.MaxLineLength)},
-		{"MaxPipelineBacklog", int64(c.MaxPipelineBacklog)}, {"MaxErrors", int64(c.MaxErrors)},
+		{"MaxPipelineBacklog", int64(c.MaxPipelineBacklog)}, {"MaxSessionBuffers", c.MaxSessionBuffers},
+		{"MaxErrors", int64(c.MaxErrors)},
 		{"IdleTimeout", int64(c.IdleTimeout)}, {"DataTimeout", int64(c.DataTimeout)},
 	} {
 		if p.v <= 0 {
@@ -224,6 +243,10 @@ func (c *Config) Validate() (warnings []string, err error) {
 	}
 	if c.MaxPipelineBacklog > 1<<30 {
 		bad("MaxPipelineBacklog", "%s: at most 1G", FormatSize(int64(c.MaxPipelineBacklog)))
+	}
+	if c.MaxSessionBuffers > 0 && c.MaxSessionBuffers < int64(c.MaxPipelineBacklog) {
+		warn("MaxSessionBuffers", "%s is less than MaxPipelineBacklog (%s): one client's backlog could spend it",
+			FormatSize(c.MaxSessionBuffers), FormatSize(int64(c.MaxPipelineBacklog)))
 	}
 	if c.MaxRecipients > 0 && c.MaxRecipients < 100 {
 		warn("MaxRecipients", "%d is below the 100 RFC 5321 §4.5.3.1.8 asks servers to accept", c.MaxRecipients)

@@ -41,6 +41,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		{func(c *Config) { c.MaxConns = -1 }, "engine: MaxConns: must not be negative"},
 		{func(c *Config) { c.MaxLineLength = 100 }, "engine: MaxLineLength: 100 is below the 512 octets"},
 		{func(c *Config) { c.MaxPipelineBacklog = 2 << 30 }, "engine: MaxPipelineBacklog: 2G: at most 1G"},
+		{func(c *Config) { c.MaxSessionBuffers = -1 }, "engine: MaxSessionBuffers: must be more than 0"},
 	}
 	for _, tc := range cases {
 		c := Defaults
@@ -55,5 +56,11 @@ func TestValidateNamesTheField(t *testing.T) {
 	warnings, err := c.Validate()
 	if err != nil || len(warnings) != 3 || !strings.HasPrefix(warnings[0], "engine: MaxRecipients: 5 is below the 100") {
 		t.Errorf("warnings %q, err %v; want three, the first about MaxRecipients", warnings, err)
+	}
+	c = Defaults
+	c.MaxSessionBuffers = 32 << 10
+	if warnings, err := c.Validate(); err != nil || len(warnings) != 1 ||
+		warnings[0] != "engine: MaxSessionBuffers: 32K is less than MaxPipelineBacklog (64K): one client's backlog could spend it" {
+		t.Errorf("warnings %q, err %v; want one about MaxSessionBuffers", warnings, err)
 	}
 }

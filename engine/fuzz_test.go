@@ -13,7 +13,7 @@ import (
 )
 
 // fuzzMaxInput bounds a fuzz input: the byte-by-byte run costs one
-// callback per octet. It stays far below MaxPipelineBacklog (1 MiB): the
+// callback per octet. It stays below MaxPipelineBacklog (64 KiB): the
 // 421 for too much pipelined input depends on how much arrived while the
 // sink was busy, so it is the one reply that may rightly depend on timing.
 const fuzzMaxInput = 16 << 10

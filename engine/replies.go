@@ -51,6 +51,7 @@ type serverReplies struct {
 	rate        []byte // the client policy's connection rate
 	tooManyErrs []byte // MaxErrors protocol errors
 	backlog     []byte // MaxPipelineBacklog input unread behind a reply
+	buffers     []byte // past MaxSessionBuffers and still growing
 	nonSMTP     []byte // an HTTP request line first
 	proxy       []byte // a PROXY header from an address we do not trust
 	tls         []byte // a TLS ClientHello on a port that does not speak TLS
@@ -83,6 +84,7 @@ func makeReplies(cfg Config) serverReplies {
 		rate:        reply(421, "4.7.0", "Connection rate limit exceeded, try again later"),
 		tooManyErrs: reply(421, "4.7.0", "Too many errors, closing"),
 		backlog:     reply(421, "4.7.0", "Too much pipelined input, closing"),
+		buffers:     reply(421, "4.7.0", "Too much unread data buffered, try again later"),
 		nonSMTP:     reply(421, "4.7.0", "Not an SMTP client, closing"),
 		proxy:       reply(421, "4.7.0", "PROXY header not accepted from this address, closing"),
 		tls:         reply(421, "4.7.0", "TLS is not spoken here, closing"),

@@ -5,7 +5,7 @@
 // connection and is touched only there, except for the fields through
 // which the sink hands a message back (session.handoff, sinkErr, and msg
 // and held at the moments they say) and those the ticker reads
-// (session.deadline, paused); each says who may touch it where it is
+// (session.deadline, paused, buffered); each says who may touch it where it is
 // declared. The ticker goroutine (gnet's OnTick) never changes a session;
 // it only wakes the connection (gnet Conn.Wake), and the loop does the
 // rest.
@@ -346,7 +346,8 @@ func trusted(proxies []netip.Prefix, ip netip.Addr) bool {
 }
 
 // bindIP counts a proxied session against its client's per-IP limit,
-// once the PROXY header named the client. On refusal nothing changes.
+// once the PROXY header named the client (the load balancer, for a
+// header that names none). On refusal nothing changes.
 func (s *Server) bindIP(ip netip.Addr) bool {
 	limit, key := s.settings().MaxConnsPerIP, s.clientKey(ip)
 	s.perIPMu.Lock()
@@ -450,7 +451,7 @@ func (r *registry) each(f func(*session)) {
 
 func (r *registry) wakeExpired(now int64) {
 	r.each(func(s *session) {
-		if d := s.deadline.Load(); (d != 0 && now >= d) || s.paused.Load() {
+		if d := s.deadline.Load(); (d != 0 && now >= d) || s.paused.Load() || s.buffered.Load() > bufferShare {
 			_ = s.conn.Wake(nil)
 		}
 	})

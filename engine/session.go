@@ -31,8 +31,29 @@ var sessionIDs atomic.Uint64
 
 // outputHighMark is how many octets of unsent replies a session may have
 // before it stops taking commands. A client that pipelines (RFC 2920) but
-// reads its replies never comes near it.
-const outputHighMark = 256 << 10
+// reads its replies never comes near it: a pipelined group is a few
+// commands, and gnet writes their replies to the socket at once.
+const outputHighMark = 64 << 10
+
+// Session buffers against Config.MaxSessionBuffers. A session holds
+// buffers between passes: input it has not taken (pipelined behind a
+// command that waits, or while paused), replies gnet has not sent, and
+// the array of out. At the end of every pass it charges what it holds to
+// Stats.SessionBuffers. gnet (v2.9.7) gives an inbound ring back to its
+// pool whenever a pass takes all the input, and frees its outbound
+// buffer as it drains, so what is counted is what stays; a ring never
+// shrinks while it holds a byte, which the per-session bounds keep small.
+const (
+	// bufferShare is what a session may always hold: past the budget it
+	// neither waits nor is closed below it, so that a budget used up by
+	// clients that do not read leaves the others served. An honest
+	// client holds nothing between passes, or a partial line.
+	bufferShare = 16 << 10
+	// outKeep is the largest array of out kept from one pass to the next;
+	// a larger one (a flood of pipelined commands) is dropped after its
+	// write rather than held for the life of the connection.
+	outKeep = 4 << 10
+)
 
 // conn is what a session needs of its connection: the part of gnet.Conn
 // it uses, so that tests and the session fuzzer can drive a session
@@ -41,6 +62,7 @@ type conn interface {
 	Peek(n int) ([]byte, error)
 	Discard(n int) (int, error)
 	Write(b []byte) (int, error)
+	InboundBuffered() int
 	OutboundBuffered() int
 	Wake(callback gnet.AsyncCallback) error // any goroutine
 }
@@ -87,7 +109,8 @@ type session struct {
 	remote netip.AddrPort
 	ipText string // remote IP as text, made once per connection
 	// countedIP: remote counts against MaxConnsPerIP (false for a load
-	// balancer's connection until its PROXY header names the client).
+	// balancer's connection until its PROXY header names the client, or
+	// the balancer itself for LOCAL and UNKNOWN).
 	countedIP bool
 
 	state      state
@@ -147,6 +170,14 @@ type session struct {
 	// deadline (Unix ns) is when the ticker should wake us; 0 for never.
 	// Written by the loop, read by the ticker.
 	deadline atomic.Int64
+	// buffered is the octets this session counts in
+	// Stats.SessionBuffers (see charge). Written by the loop, read by the
+	// ticker, which wakes a session holding more than bufferShare so that
+	// its count follows what gnet sent meanwhile.
+	buffered atomic.Int64
+	// resume: readCommand stopped at outputHighMark because of replies
+	// of this pass, not unread ones; onTraffic writes them and goes on.
+	resume bool
 }
 
 func newSession(srv *Server, c conn, remote netip.AddrPort) *session {
@@ -200,6 +231,9 @@ func (s *session) open(now time.Time) []byte {
 // stays the sink's until it completes.
 func (s *session) closed() {
 	s.deadline.Store(0)
+	if n := s.buffered.Swap(0); n != 0 {
+		s.srv.stats.SessionBuffers.Add(-n)
+	}
 	if s.handoff.CompareAndSwap(withSink, abandoned) {
 		return // the sink still has the message; Complete releases
 	}
@@ -260,8 +294,24 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 			more = s.awaitSink(in, now)
 		}
 		in = in[n:]
-		if !more || s.closeAfter {
+		if s.closeAfter {
 			break
+		}
+		if !more {
+			// A pass that stopped at outputHighMark with replies of its
+			// own writes them, and goes on if the socket took them: a
+			// client that reads keeps up with a flood of pipelined
+			// commands without its input piling up in gnet's buffer.
+			if !s.resume {
+				break
+			}
+			s.resume = false
+			if !s.write(c) {
+				return gnet.Close // gnet closed the connection
+			}
+			if c.OutboundBuffered() > outputHighMark/2 {
+				break // unread after all: paused, the ticker looks again
+			}
 		}
 	}
 	if used := len(buf) - len(in); used > 0 {
@@ -273,7 +323,54 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 		// the client sent in this pass moved the deadline past now.
 		s.closeWith(s.cfg.replies.timeout)
 	}
-	return s.flush(c)
+	if s.flush(c) == gnet.Close {
+		return gnet.Close
+	}
+	if !s.charge(c) {
+		// It grew past its share with the budget spent: what it holds is
+		// what a client that does not read piles up, and pausing it no
+		// longer stops the growth (gnet reads its input regardless).
+		s.srv.stats.BufferCloses.Add(1)
+		_, _ = c.Write(s.cfg.replies.buffers)
+		s.deadline.Store(0)
+		return gnet.Close
+	}
+	return gnet.None
+}
+
+// charge counts what the session holds after a pass in
+// Stats.SessionBuffers: its unread input, its unsent replies and the
+// array of out, by the difference from its last charge, so that a pass
+// costs at most one atomic step, none for a session whose buffers did
+// not change. It fails, counting nothing, when the session would grow
+// past bufferShare and the total past Config.MaxSessionBuffers.
+func (s *session) charge(c conn) bool {
+	held := int64(c.InboundBuffered() + c.OutboundBuffered() + cap(s.out))
+	prev := s.buffered.Load()
+	delta := held - prev
+	if delta == 0 {
+		return true
+	}
+	total := &s.srv.stats.SessionBuffers
+	for {
+		cur := total.Load()
+		if delta > 0 && held > bufferShare && cur+delta > s.cfg.MaxSessionBuffers {
+			return false
+		}
+		if total.CompareAndSwap(cur, cur+delta) {
+			s.buffered.Store(held)
+			return true
+		}
+	}
+}
+
+// starved: the session holds more than its share while the budget has
+// no room for another pass of replies (outputHighMark), so it takes no
+// commands until it drains or others give buffers back. The budget is
+// read only by sessions over their share.
+func (s *session) starved() bool {
+	return s.buffered.Load() > bufferShare &&
+		s.srv.stats.SessionBuffers.Load() > s.cfg.MaxSessionBuffers-outputHighMark
 }
 
 // readProxyHeader consumes a trusted load balancer's PROXY header
@@ -295,17 +392,21 @@ func (s *session) readProxyHeader(in []byte, now time.Time) (int, bool) {
 		}
 		return 0, false
 	}
+	// LOCAL (v2) and UNKNOWN (v1) name no client: the balancer's own
+	// health check, or a source it could not tell. Such a session may
+	// still send mail, so it counts against the balancer's address.
+	client := s.remote
 	if !hdr.Local && hdr.Source.IsValid() {
-		client := netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
-		if !s.srv.bindIP(client.Addr()) {
-			s.srv.stats.Refused[RefusedPerIP].Add(1)
-			s.closeWith(s.cfg.replies.tooMany)
-			return n, false
-		}
-		s.countedIP = true
-		s.remote = client
-		s.ipText = client.Addr().String()
+		client = netip.AddrPortFrom(hdr.Source.Addr().Unmap(), hdr.Source.Port())
 	}
+	if !s.srv.bindIP(client.Addr()) {
+		s.srv.stats.Refused[RefusedPerIP].Add(1)
+		s.closeWith(s.cfg.replies.tooMany)
+		return n, false
+	}
+	s.countedIP = true
+	s.remote = client
+	s.ipText = client.Addr().Unmap().String()
 	if reply, ok := s.admitClient(now); !ok {
 		s.closeWith(reply)
 		return n, false
@@ -344,13 +445,18 @@ func (s *session) readCommand(in []byte, now time.Time) (int, bool) {
 		// speak TLS: no line ending will come, so do not wait for one.
 		s.closeWith(s.cfg.replies.tls)
 		return 0, false
-	case s.conn.OutboundBuffered()+len(s.out) > outputHighMark:
+	case s.conn.OutboundBuffered()+len(s.out) > outputHighMark, s.starved():
 		// The client does not read its replies as fast as it pipelines
-		// commands: take no more until they drain. Its input waits in
-		// gnet's buffer, bounded here.
+		// commands, or it holds more than its share of a spent budget:
+		// take no more until they drain. Its input waits in gnet's
+		// buffer, bounded here.
 		s.paused.Store(true)
-		if len(in) > s.cfg.MaxPipelineBacklog {
+		switch {
+		case len(in) > s.cfg.MaxPipelineBacklog:
 			s.closeWith(s.cfg.replies.backlog)
+		case len(s.out) > 0 && s.conn.OutboundBuffered() <= outputHighMark/2 && !s.starved():
+			// Replies of this pass filled the mark, not unread ones.
+			s.resume = true
 		}
 		return 0, false
 	}
@@ -441,19 +547,32 @@ func (s *session) awaitSink(in []byte, now time.Time) bool {
 	return false
 }
 
-// flush writes every reply gathered in this pass at once.
+// write hands the replies gathered so far to gnet; false when the
+// connection failed, which gnet closed (OnClose ran).
+func (s *session) write(c conn) bool {
+	if len(s.out) == 0 {
+		return true
+	}
+	_, err := c.Write(s.out)
+	s.out = s.out[:0]
+	return err == nil
+}
+
+// flush writes every reply gathered in this pass at once (RFC 2920
+// §3.2), unless the pass stopped at outputHighMark and wrote some
+// already.
 func (s *session) flush(c conn) gnet.Action {
-	if len(s.out) > 0 {
-		_, err := c.Write(s.out)
-		s.out = s.out[:0]
-		if err != nil {
-			return gnet.Close
-		}
-		// A client that does not read its replies must not make us
-		// buffer them without end.
-		if c.OutboundBuffered() > s.cfg.MaxPipelineBacklog {
-			return gnet.Close
-		}
+	if !s.write(c) {
+		return gnet.Close
+	}
+	if cap(s.out) > outKeep {
+		s.out = nil
+	}
+	// A client that does not read its replies must not make us buffer
+	// them without end. readCommand stops at outputHighMark; this is the
+	// backstop for replies that come without a command.
+	if c.OutboundBuffered() > 2*outputHighMark {
+		return gnet.Close
 	}
 	if s.closeAfter {
 		s.deadline.Store(0)

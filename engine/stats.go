@@ -64,6 +64,13 @@ type Stats struct {
 	// InFlightBytes is the bytes of message bodies held now, between
 	// the start of DATA/BDAT and the sink's verdict.
 	InFlightBytes atomic.Int64
+	// SessionBuffers is the octets sessions hold in their buffers, as
+	// each charged them at the end of its last pass: input not taken yet,
+	// replies not sent yet, reply arrays (Config.MaxSessionBuffers).
+	SessionBuffers atomic.Int64
+	// BufferCloses counts sessions closed with 421 4.7.0 because they
+	// grew past their share with MaxSessionBuffers spent.
+	BufferCloses atomic.Int64
 }
 
 func newStats() *Stats {

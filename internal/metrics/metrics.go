@@ -63,6 +63,7 @@ type Collector struct {
 	connOpen, connAccepted, connRefused, connLimit *prometheus.Desc
 	commands, messages, bytesRecv, msgSize         *prometheus.Desc
 	inFlight, inFlightLimit, trackedClients        *prometheus.Desc
+	sessionBuffers, sessionBuffersLimit, bufCloses *prometheus.Desc
 
 	brkConnected, brkBlocked                            *prometheus.Desc
 	brkConnects, brkReconnects, brkConnectFailures      *prometheus.Desc
@@ -105,6 +106,9 @@ func NewCollector(src Sources) *Collector {
 	c.msgSize = desc("message_size_bytes", "Size of accepted messages, octets.")
 	c.inFlight = desc("in_flight_bytes", "Message octets held now, from DATA/BDAT until the broker's verdict.")
 	c.inFlightLimit = desc("in_flight_bytes_limit", "max-in-flight-bytes in force; past it messages get 451 4.3.1.")
+	c.sessionBuffers = desc("session_buffer_bytes", "Octets sessions hold in their buffers (input not taken, replies not sent), as charged at the end of each session's last read.")
+	c.sessionBuffersLimit = desc("session_buffer_bytes_limit", "max-session-buffers in force; past it sessions over their share take no commands, or get 421 4.7.0 if they still grow.")
+	c.bufCloses = desc("session_buffer_closes_total", "Sessions closed with 421 4.7.0 for growing past their share with max-session-buffers spent.")
 	c.trackedClients = desc("policy_tracked_clients", "Client IPs with rate-limit state (at most max-tracked-clients); absent without client controls.")
 
 	if src.Broker != nil {
@@ -139,6 +143,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.build, c.connOpen, c.connAccepted, c.connRefused, c.connLimit, c.commands, c.messages,
 		c.bytesRecv, c.msgSize, c.inFlight, c.inFlightLimit, c.trackedClients,
+		c.sessionBuffers, c.sessionBuffersLimit, c.bufCloses,
 		c.brkConnected, c.brkBlocked, c.brkConnects, c.brkReconnects, c.brkConnectFailures,
 		c.brkDisconnects, c.brkChannelFailures, c.brkSubmitted, c.brkConfirmed, c.brkFailed,
 		c.brkPublishFailures, c.brkRejected, c.brkRing, c.brkPending, c.brkAwaitingConfirm, c.brkLatency,
@@ -183,11 +188,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- constHistogram(c.msgSize, st.MessageSize.Snapshot())
 		}
 		gauge(c.inFlight, float64(st.InFlightBytes.Load()))
+		gauge(c.sessionBuffers, float64(st.SessionBuffers.Load()))
+		counter(c.bufCloses, float64(st.BufferCloses.Load()))
 	}
 	if c.src.Config != nil {
 		cfg := c.src.Config()
 		gauge(c.connLimit, float64(cfg.MaxConns))
 		gauge(c.inFlightLimit, float64(cfg.MaxInFlightBytes))
+		gauge(c.sessionBuffersLimit, float64(cfg.MaxSessionBuffers))
 		if p, ok := cfg.Policy.(tracker); ok {
 			gauge(c.trackedClients, float64(p.Tracked()))
 		}

@@ -187,6 +187,9 @@ func TestScrapeCountsWhatHappenedOnTheWire(t *testing.T) {
 		{"bytes received", delta("lsmtp_received_bytes_total"), float64(written.Load())},
 		{"in flight after", after.Value("lsmtp_in_flight_bytes"), 0},
 		{"in-flight limit", after.Value("lsmtp_in_flight_bytes_limit"), float64(engine.Defaults.MaxInFlightBytes)},
+		{"session buffers after", after.Value("lsmtp_session_buffer_bytes"), 0},
+		{"session buffer limit", after.Value("lsmtp_session_buffer_bytes_limit"), float64(engine.Defaults.MaxSessionBuffers)},
+		{"session buffer closes", delta("lsmtp_session_buffer_closes_total"), 0},
 		{"build info", after.Value("lsmtp_build_info", "version", "(devel)", "go_version", runtimeVersion(after)), 1},
 	}
 	for _, c := range checks {
