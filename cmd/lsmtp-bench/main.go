@@ -42,6 +42,8 @@ func main() {
 		err = runSuite(ctx, os.Args[2:])
 	case "factors":
 		err = runFactors(ctx, os.Args[2:])
+	case "peers":
+		err = runPeers(ctx, os.Args[2:])
 	case "worker": // one generator process of a run split over several
 		err = bench.WorkerMain(ctx, os.Stdin, os.Stdout)
 	case "-h", "--help", "help":
