@@ -113,6 +113,7 @@ type FactorConfig struct {
 	Window     int      // unconfirmed publishes in all, split over a row's channels
 	Rcpts      int      // recipients of the envelope
 	Rows       string   // regexp on row IDs; "" runs all
+	Title      string   // the section's heading; "" for the factor table's
 	Progress   io.Writer
 }
 
@@ -160,6 +161,7 @@ type FactorReport struct {
 	BodySize map[string]int // envelope → body octets published
 	Started  time.Time
 	Took     time.Duration
+	Load     [2]float64 // load average at the start and the end
 	Notes    []string
 }
 
@@ -177,6 +179,8 @@ func RunFactors(ctx context.Context, cfg FactorConfig) (*FactorReport, error) {
 		shapes = slices.DeleteFunc(shapes, func(f FactorShape) bool { return !re.MatchString(f.ID) })
 	}
 	rep := &FactorReport{Config: cfg, Shapes: shapes, Runs: map[string]map[string][]FactorRun{}, Started: time.Now(), BodySize: map[string]int{}}
+	rep.Load[0] = loadAvg()
+	defer func() { rep.Load[1] = loadAvg() }()
 	admin, err := amqp.Dial(cfg.AMQPURL)
 	if err != nil {
 		return nil, fmt.Errorf("factors: dial %s: %w", broker.RedactURL(cfg.AMQPURL), err)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -11,13 +12,17 @@ func (r *FactorReport) Markdown() string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	c := r.Config
-	w("## What a publish costs RabbitMQ (factor table)\n\n")
-	w("Measured by `lsmtp-bench factors` on %s with RabbitMQ %s on the same machine (%s in all). ",
-		r.Started.UTC().Format("2006-01-02 15:04 MST"), orUnknown(r.RabbitMQ), r.Took.Round(time.Second))
+	title := c.Title
+	if title == "" {
+		title = "What a publish costs RabbitMQ (factor table)"
+	}
+	w("## %s\n\n", title)
+	w("Measured by `lsmtp-bench factors` on %s with RabbitMQ %s on the same machine (%s in all; load average %.1f at the start, %.1f at the end, on %d cores). ",
+		r.Started.UTC().Format("2006-01-02 15:04 MST"), orUnknown(r.RabbitMQ), r.Took.Round(time.Second), r.Load[0], r.Load[1], runtime.NumCPU())
 	w("A plain amqp091-go publisher (`broker.RawPublish`, no SMTP) sends %s persistent messages per row and run, "+
 		"%d unconfirmed in all (split over the row's channels), to a durable queue, exchange and, where named, alternate exchange "+
 		"of the row's own, declared before and deleted after every run. The body is %d octets (Received: field, a few header fields, filler); "+
-		"the trace rows prepend Return-Path: and one X-Original-To: per recipient (%d recipient(s)), %d octets in all. "+
+		"the trace rows prepend Return-Path: and one X-Original-To: per recipient (%d here), %d octets in all. "+
 		"Every run must find all its messages confirmed, none returned and all in the queue.\n\n",
 		num(float64(c.Messages)), c.Window, r.BodySize[EnvNone], c.Rcpts, r.BodySize[EnvTrace])
 	w("The %d runs go round all rows in turn (run 1 of every row, then run 2, ...), so drift on the shared machine falls on every row alike; "+
@@ -73,8 +78,12 @@ func (r *FactorReport) Markdown() string {
 		}
 		w("\n")
 	}
-	w("Repeat with `lsmtp-bench factors -messages %d -runs %d -queue-types %s -size %d -window %d -rcpts %d`.\n\n",
-		c.Messages, c.Runs, strings.Join(c.QueueTypes, ","), c.Size, c.Window, c.Rcpts)
+	rows := ""
+	if c.Rows != "" {
+		rows = fmt.Sprintf(" -rows '%s'", c.Rows)
+	}
+	w("Repeat with `lsmtp-bench factors -messages %d -runs %d -queue-types %s -size %d -window %d -rcpts %d%s`.\n\n",
+		c.Messages, c.Runs, strings.Join(c.QueueTypes, ","), c.Size, c.Window, c.Rcpts, rows)
 	if len(r.Notes) > 0 {
 		w("Notes from the run:\n\n")
 		for _, n := range r.Notes {

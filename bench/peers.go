@@ -126,6 +126,7 @@ type PeersReport struct {
 	RabbitMQ    string
 	Started     time.Time
 	Took        time.Duration
+	Load        [2]float64 // load average at the start and the end
 	Notes       []string
 	bridgeBuilt string // where the bridge binary was built
 }
@@ -144,7 +145,8 @@ func RunPeers(ctx context.Context, cfg PeersConfig) (*PeersReport, error) {
 	cfg.setDefaults()
 	rep := &PeersReport{Config: cfg, Loads: cfg.loads(), Runs: map[string]map[string]map[string][]PeerRun{},
 		LsmtpArgs: map[string]string{}, BridgeArgs: map[string]string{}, Started: time.Now()}
-	defer func() { rep.Took = time.Since(rep.Started) }()
+	rep.Load[0] = loadAvg()
+	defer func() { rep.Took, rep.Load[1] = time.Since(rep.Started), loadAvg() }()
 	if cfg.LogDir == "" {
 		dir, err := os.MkdirTemp("", "lsmtp-peers-")
 		if err != nil {

@@ -21,6 +21,8 @@ func runFactors(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.Window, "window", 512, "unconfirmed publishes in all, split over a row's channels")
 	fs.IntVar(&cfg.Rcpts, "rcpts", 1, "envelope recipients")
 	fs.StringVar(&cfg.Rows, "rows", "", "run only rows whose ID matches this regexp")
+	fs.StringVar(&cfg.Title, "title", "", "the section's heading (default: the factor table's)")
+	name := fs.String("section", "factors", "name of the section in -out: a run under another name leaves the factor table in place")
 	out := fs.String("out", "bench/factors.md", "file the section is written into (its earlier version replaced, the rest kept); - for standard output")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -29,7 +31,7 @@ func runFactors(ctx context.Context, args []string) error {
 	cfg.Progress = os.Stderr
 	rep, err := bench.RunFactors(ctx, cfg)
 	if rep != nil {
-		if werr := bench.WriteSection(*out, "factors", rep); werr != nil && err == nil {
+		if werr := bench.WriteSection(*out, *name, rep); werr != nil && err == nil {
 			err = werr
 		}
 	}
