@@ -29,7 +29,7 @@ func (r *FactorReport) Markdown() string {
 		"each cell is the median and, in brackets, the range over the runs. "+
 		"*RabbitMQ CPU* is utime+stime of the oldest `beam.smp` (/proc/PID/stat) from the first publish to the last confirm and until the broker "+
 		"is quiet again (at most 1 s more), per confirmed message; *syscalls* are syscr+syscw of /proc/PID/io over the same span; *publisher* is "+
-		"this process's own. *× bare* is RabbitMQ CPU per message ÷ that of the first row.\n\n", c.Runs)
+		"this process's own. *× bare* is RabbitMQ CPU per message ÷ that of the first row in the same round, median and range over the rounds.\n\n", c.Runs)
 	for _, qt := range c.QueueTypes {
 		runs := r.Runs[qt]
 		if runs == nil {
@@ -38,7 +38,6 @@ func (r *FactorReport) Markdown() string {
 		w("### %s queue\n\n", qt)
 		w("| row | publish | RabbitMQ CPU-ms/msg | × bare | RabbitMQ syscalls/msg | msg/s | publisher CPU-ms/msg | publisher syscalls/msg |\n")
 		w("|---|---|---|---|---|---|---|---|\n")
-		var bare float64
 		for _, f := range r.Shapes {
 			rs, ok := runs[f.ID]
 			if !ok {
@@ -62,13 +61,16 @@ func (r *FactorReport) Markdown() string {
 				}
 			}
 			rc := spreadOf(rcpu)
-			if bare == 0 && f.ID == "bare" {
-				bare = rc.Med
+			// Each run of a row is compared with the bare row's run of
+			// the same round, minutes apart at most: drift of the shared
+			// machine between rounds cancels out.
+			var paired []float64
+			for i, fr := range rs {
+				if bareRuns := runs["bare"]; i < len(bareRuns) && fr.Err == "" && bareRuns[i].Err == "" && bareRuns[i].RabbitCPUms > 0 {
+					paired = append(paired, fr.RabbitCPUms/bareRuns[i].RabbitCPUms)
+				}
 			}
-			ratio := "–"
-			if bare > 0 && rc.N > 0 {
-				ratio = fmt.Sprintf("%.2f", rc.Med/bare)
-			}
+			ratio := spreadOf(paired).format(fmt2)
 			label := f.Label
 			if failed > 0 {
 				label += fmt.Sprintf(" (**%d of %d runs failed**, see notes)", failed, len(rs))

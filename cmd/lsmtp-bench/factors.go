@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"os"
 	"strings"
@@ -23,6 +24,7 @@ func runFactors(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Rows, "rows", "", "run only rows whose ID matches this regexp")
 	fs.StringVar(&cfg.Title, "title", "", "the section's heading (default: the factor table's)")
 	name := fs.String("section", "factors", "name of the section in -out: a run under another name leaves the factor table in place")
+	raw := fs.String("json", "", "also write every run's figures to this file as JSON")
 	out := fs.String("out", "bench/factors.md", "file the section is written into (its earlier version replaced, the rest kept); - for standard output")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -33,6 +35,15 @@ func runFactors(ctx context.Context, args []string) error {
 	if rep != nil {
 		if werr := bench.WriteSection(*out, *name, rep); werr != nil && err == nil {
 			err = werr
+		}
+		if *raw != "" {
+			b, jerr := json.MarshalIndent(rep, "", " ")
+			if jerr == nil {
+				jerr = os.WriteFile(*raw, b, 0o644)
+			}
+			if jerr != nil && err == nil {
+				err = jerr
+			}
 		}
 	}
 	return err
