@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := ./...
 FUZZTIME ?= 30s
 
-.PHONY: stress run test test-short bench bench-quick fuzz lint build chaos
+.PHONY: stress run test test-short bench bench-quick bench-factors bench-peers fuzz lint build chaos
 
 build:
 	$(GO) build -o bin/lsmtp ./cmd/lsmtp
@@ -42,8 +42,10 @@ fuzz:
 	  done; \
 	done
 
-# The benchmark suite (about 10 minutes): Table I of the paper and beyond,
-# every row checked against RabbitMQ; writes BENCHMARKS.md and bench/*.png.
+# The benchmark suite (about 25 minutes): Table I of the paper and beyond,
+# every row checked against RabbitMQ, then the factor table and lsmtp
+# side by side with the go-smtp bridge (BENCHFLAGS='-sections none' skips
+# those); writes BENCHMARKS.md and bench/*.png.
 # BENCHFLAGS passes extra flags, e.g. BENCHFLAGS='-profile /tmp/prof -rows pipe'.
 bench: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
@@ -55,6 +57,23 @@ bench-quick: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
 	@tools/rabbitmq-up
 	./bin/lsmtp-bench suite -quick -lsmtp bin/lsmtp -out bench/quick/BENCHMARKS.md -plots bench/quick $(BENCHFLAGS)
+
+# What each part of a publish costs RabbitMQ (about 8 minutes): a plain
+# amqp091-go publisher, one row per publish shape, classic and quorum
+# queues; writes its section of bench/factors.md (make bench includes it).
+bench-factors:
+	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
+	@tools/rabbitmq-up
+	./bin/lsmtp-bench factors -out bench/factors.md $(BENCHFLAGS)
+
+# lsmtp against the go-smtp bridge in ../shared/peers/gosmtp-amqp (built
+# from there for the run), alternating, on classic and quorum queues
+# (about 5 minutes; Postfix's smtp-source rows need postfix installed);
+# writes its section of bench/factors.md (make bench includes it).
+bench-peers: build
+	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
+	@tools/rabbitmq-up
+	./bin/lsmtp-bench peers -lsmtp bin/lsmtp -out bench/factors.md $(BENCHFLAGS)
 
 # Chaos (about 3.5 minutes): the short variant with every fault (go test
 # ./internal/chaos), then lsmtp-chaos with its defaults: lsmtp under load while its

@@ -40,6 +40,7 @@ type LsmtpOptions struct {
 	RoutingKey    string
 	MaxConnsPerIP int // 0: no limit
 	LogDir        string
+	ExtraArgs     []string // appended to the command line, e.g. --queue-type classic
 }
 
 // StartLsmtp starts lsmtp and waits until it greets (and, with the amqp
@@ -57,6 +58,7 @@ func StartLsmtp(ctx context.Context, o LsmtpOptions) (*Server, error) {
 	if o.Sink == "amqp" {
 		args = append(args, "--amqp-url", o.AMQPURL, "--exchange", o.Exchange, "--queue", o.Queue, "--routing-key", o.RoutingKey)
 	}
+	args = append(args, o.ExtraArgs...)
 	_, port, _ := net.SplitHostPort(o.Listen)
 	var s *Server
 	// A port that served many connections a moment ago may still have

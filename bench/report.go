@@ -53,6 +53,9 @@ func (s *Suite) writeReport(out string, failure error) error {
 	s.writeScale(w)
 	s.writeLoopback(w)
 	s.writePostfix(w)
+	for _, sec := range s.sections {
+		w("%s", sec.Markdown())
+	}
 	s.writeCPU(w)
 	s.writePlots(w, out)
 	s.writeProfile(w)

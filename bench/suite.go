@@ -115,6 +115,11 @@ type SuiteConfig struct {
 	LogDir        string        // server logs; "" makes a temporary directory
 	Command       string        // how the suite was started, for the report
 	Progress      io.Writer     // progress lines; nil for none
+	// Factors and Peers, when set, add the factor table and the
+	// side-by-side comparison, run after the rows (their Progress is
+	// the suite's).
+	Factors *FactorConfig
+	Peers   *PeersConfig
 }
 
 func (sc *SuiteConfig) setDefaults() {
@@ -267,8 +272,9 @@ type Suite struct {
 	profiled []*RowResult // profiled re-runs of the busiest loopback rows
 	notes    []string
 
-	genProfile string   // while set, runRow profiles the generator itself into this file
-	started    []string // command lines of the servers started
+	genProfile string    // while set, runRow profiles the generator itself into this file
+	started    []string  // command lines of the servers started
+	sections   []Section // measured after the rows
 }
 
 // RunSuite runs the suite and writes the report and plots. A broker count
@@ -326,6 +332,9 @@ func RunSuite(ctx context.Context, cfg SuiteConfig) error {
 		s.profileBusiestLoopback(ctx)
 	}
 	s.stopServers()
+	if failure == nil && ctx.Err() == nil {
+		failure = s.runSections(ctx)
+	}
 
 	out := cfg.Out
 	if failure != nil {
@@ -336,6 +345,44 @@ func RunSuite(ctx context.Context, cfg SuiteConfig) error {
 	}
 	s.progressf("report written to %s\n", out)
 	return failure
+}
+
+// runSections runs the factor table and the comparison with the bridge,
+// when configured, for the report.
+func (s *Suite) runSections(ctx context.Context) error {
+	if f := s.cfg.Factors; f != nil {
+		f.Progress = s.cfg.Progress
+		if f.AMQPURL == "" {
+			f.AMQPURL = s.cfg.AMQPURL
+		}
+		rep, err := RunFactors(ctx, *f)
+		if rep != nil {
+			s.sections = append(s.sections, rep)
+		}
+		if err != nil {
+			return fmt.Errorf("factor table: %w", err)
+		}
+	}
+	if p := s.cfg.Peers; p != nil {
+		p.Progress = s.cfg.Progress
+		if p.Lsmtp == "" {
+			p.Lsmtp = s.cfg.Lsmtp
+		}
+		if p.AMQPURL == "" {
+			p.AMQPURL = s.cfg.AMQPURL
+		}
+		if p.LogDir == "" {
+			p.LogDir = s.cfg.LogDir
+		}
+		rep, err := RunPeers(ctx, *p)
+		if rep != nil {
+			s.sections = append(s.sections, rep)
+		}
+		if err != nil {
+			return fmt.Errorf("side by side: %w", err)
+		}
+	}
+	return nil
 }
 
 func (s *Suite) progressf(format string, args ...any) {

@@ -88,31 +88,121 @@ func (r ceilingResult) rate() float64 {
 
 // runCeiling publishes from cfg.Workers channels on conn to exchange with
 // key until n messages were sent (n > 0) or duration passed, and waits for
-// their confirms.
+// their confirms: the broker's publish shape (CeilingPublishing,
+// mandatory, cfg.Window unconfirmed per channel).
 func runCeiling(ctx context.Context, conn *amqp.Connection, cfg *Config, exchange, key string, size, n int, duration time.Duration) (ceilingResult, error) {
+	res, err := RawPublish(ctx, []*amqp.Connection{conn}, RawShape{
+		Exchange: exchange, Key: key, Mandatory: true,
+		Msg:      CeilingPublishing(cfg.Node, size),
+		Channels: cfg.Workers, Window: cfg.Window,
+		Count: n, Duration: duration, ConfirmTimeout: cfg.ConfirmTimeout,
+	})
+	return ceilingResult{confirmed: res.Confirmed, nacked: res.Nacked, elapsed: res.Elapsed}, err
+}
+
+// CeilingPublishing is a message shaped like the broker's publishes: the
+// contract's ten headers (one recipient), its properties, and a body of
+// size bytes.
+func CeilingPublishing(node string, size int) amqp.Publishing {
 	body := make([]byte, size)
 	for i := range body {
 		body[i] = 'a' + byte(i%26)
 	}
+	now := time.Now()
+	return amqp.Publishing{
+		Headers:      CeilingHeaders(node, size, now),
+		ContentType:  ContentType,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    "ceiling",
+		Timestamp:    now,
+		AppId:        AppID,
+		Body:         body,
+	}
+}
+
+// CeilingHeaders is a header table like the one the broker builds for a
+// message of size bytes from one sender to one recipient.
+func CeilingHeaders(node string, size int, received time.Time) amqp.Table {
+	return amqp.Table{
+		HeaderSender:       "sender@example.org",
+		HeaderRecipients:   []any{"rcpt@example.com"},
+		HeaderClientIP:     "127.0.0.1",
+		HeaderClientPort:   40000,
+		HeaderHelo:         "client.example.org",
+		HeaderDeclaredSize: int64(size),
+		HeaderBody:         "8BITMIME",
+		HeaderUTF8:         false,
+		HeaderReceivedAt:   received.UTC().Format(ReceivedAtLayout),
+		HeaderNode:         node,
+	}
+}
+
+// RawShape is what RawPublish sends and how.
+type RawShape struct {
+	Exchange  string
+	Key       string
+	Mandatory bool
+	// Msg is published as is, every time (amqp091-go encodes it during
+	// the call and keeps no reference).
+	Msg amqp.Publishing
+	// Channels publish concurrently, each in confirm mode with at most
+	// Window unconfirmed publishes; channel i is opened on conns[i%len(conns)].
+	Channels int
+	Window   int
+	// Count > 0 stops after that many messages, else Duration ends the run.
+	Count    int
+	Duration time.Duration
+	// ConfirmTimeout bounds the wait for any one confirm.
+	ConfirmTimeout time.Duration
+}
+
+// RawResult is what a RawPublish run got back from the broker.
+type RawResult struct {
+	Confirmed, Nacked int64
+	// Returned counts basic.return frames (mandatory messages the broker
+	// could not route); RabbitMQ still confirms them, after the return.
+	Returned int64
+	Elapsed  time.Duration // from the first publish to the last confirm
+}
+
+// Rate is confirmed messages per second.
+func (r RawResult) Rate() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Confirmed) / r.Elapsed.Seconds()
+}
+
+// RawPublish is a plain amqp091-go publisher: shape.Channels goroutines,
+// each with its own channel on one of conns, publish shape.Msg and wait
+// for confirms, keeping shape.Window unconfirmed. It is the yardstick the
+// broker's own publishing is measured against.
+func RawPublish(ctx context.Context, conns []*amqp.Connection, shape RawShape) (RawResult, error) {
+	if len(conns) == 0 || shape.Channels < 1 || shape.Window < 1 {
+		return RawResult{}, errors.New("broker: raw publish needs a connection, a channel and a window")
+	}
+	if shape.ConfirmTimeout <= 0 {
+		shape.ConfirmTimeout = 10 * time.Second
+	}
 	var (
-		sent, confirmed, nacked atomic.Int64
-		wg                      sync.WaitGroup
-		errMu                   sync.Mutex
-		firstErr                error
+		sent, confirmed, nacked, returned atomic.Int64
+		wg                                sync.WaitGroup
+		errMu                             sync.Mutex
+		firstErr                          error
 	)
 	start := time.Now()
-	stopAt := start.Add(duration)
+	stopAt := start.Add(shape.Duration)
 	more := func() bool {
-		if n > 0 {
-			return sent.Add(1) <= int64(n)
+		if shape.Count > 0 {
+			return sent.Add(1) <= int64(shape.Count) && ctx.Err() == nil
 		}
 		return time.Now().Before(stopAt) && ctx.Err() == nil
 	}
-	for w := 0; w < cfg.Workers; w++ {
+	for w := 0; w < shape.Channels; w++ {
 		wg.Add(1)
-		go func(w int) {
+		go func(conn *amqp.Connection) {
 			defer wg.Done()
-			err := ceilingWorker(conn, cfg, exchange, key, body, w, more, &confirmed, &nacked)
+			err := rawWorker(conn, &shape, more, &confirmed, &nacked, &returned)
 			if err != nil {
 				errMu.Lock()
 				if firstErr == nil {
@@ -120,57 +210,47 @@ func runCeiling(ctx context.Context, conn *amqp.Connection, cfg *Config, exchang
 				}
 				errMu.Unlock()
 			}
-		}(w)
+		}(conns[w%len(conns)])
 	}
 	wg.Wait()
-	res := ceilingResult{confirmed: confirmed.Load(), nacked: nacked.Load(), elapsed: time.Since(start)}
+	res := RawResult{Confirmed: confirmed.Load(), Nacked: nacked.Load(), Returned: returned.Load(), Elapsed: time.Since(start)}
 	return res, firstErr
 }
 
-func ceilingWorker(conn *amqp.Connection, cfg *Config, exchange, key string, body []byte, w int,
-	more func() bool, confirmed, nacked *atomic.Int64) error {
+func rawWorker(conn *amqp.Connection, shape *RawShape, more func() bool, confirmed, nacked, returned *atomic.Int64) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
+	// amqp091-go's reader goroutine delivers returns and confirms; both
+	// channels are drained so that it never waits on us.
+	returns := ch.NotifyReturn(make(chan amqp.Return, 64))
+	drained := make(chan struct{})
+	go func() {
+		for range returns {
+			returned.Add(1)
+		}
+		close(drained)
+	}()
+	defer func() {
+		ch.Close()
+		<-drained
+	}()
 	if err := ch.Confirm(false); err != nil {
 		return err
 	}
-	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, cfg.Window+1))
-	now := time.Now()
-	headers := amqp.Table{
-		HeaderSender:       "sender@example.org",
-		HeaderRecipients:   []any{"rcpt@example.com"},
-		HeaderClientIP:     "127.0.0.1",
-		HeaderClientPort:   40000 + w,
-		HeaderHelo:         "client.example.org",
-		HeaderDeclaredSize: int64(len(body)),
-		HeaderBody:         "8BITMIME",
-		HeaderUTF8:         false,
-		HeaderReceivedAt:   now.UTC().Format(ReceivedAtLayout),
-		HeaderNode:         cfg.Node,
-	}
-	timeout := time.NewTimer(cfg.ConfirmTimeout)
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, shape.Window+1))
+	timeout := time.NewTimer(shape.ConfirmTimeout)
 	defer timeout.Stop()
 	outstanding := 0
 	done := false
 	for {
-		for !done && outstanding < cfg.Window {
+		for !done && outstanding < shape.Window {
 			if !more() {
 				done = true
 				break
 			}
-			err := ch.Publish(exchange, key, true, false, amqp.Publishing{
-				Headers:      headers,
-				ContentType:  ContentType,
-				DeliveryMode: amqp.Persistent,
-				MessageId:    "ceiling",
-				Timestamp:    now,
-				AppId:        AppID,
-				Body:         body,
-			})
-			if err != nil {
+			if err := ch.Publish(shape.Exchange, shape.Key, shape.Mandatory, false, shape.Msg); err != nil {
 				return err
 			}
 			outstanding++
@@ -178,7 +258,7 @@ func ceilingWorker(conn *amqp.Connection, cfg *Config, exchange, key string, bod
 		if outstanding == 0 {
 			return nil
 		}
-		timeout.Reset(cfg.ConfirmTimeout)
+		timeout.Reset(shape.ConfirmTimeout)
 		select {
 		case c, ok := <-confirms:
 			if !ok {
@@ -191,7 +271,7 @@ func ceilingWorker(conn *amqp.Connection, cfg *Config, exchange, key string, bod
 				nacked.Add(1)
 			}
 		case <-timeout.C:
-			return fmt.Errorf("no confirm within %s", cfg.ConfirmTimeout)
+			return fmt.Errorf("no confirm within %s", shape.ConfirmTimeout)
 		}
 	}
 }

@@ -1,5 +1,6 @@
 // Command lsmtp-bench is lsmtp's load generator ("run") and benchmark
-// suite ("suite", what make bench runs). See BENCHMARKS.md.
+// suite ("suite", what make bench runs), with the factor table
+// ("factors") and the side-by-side comparison ("peers"). See BENCHMARKS.md.
 package main
 
 import (
@@ -20,6 +21,8 @@ func usage() {
 	fmt.Fprintf(os.Stderr, `usage:
   lsmtp-bench run [flags]     drive load at a running SMTP server
   lsmtp-bench suite [flags]   run the benchmark suite and write BENCHMARKS.md
+  lsmtp-bench factors [flags] what each part of a publish costs RabbitMQ (the factor table)
+  lsmtp-bench peers [flags]   lsmtp side by side with the go-smtp bridge
   lsmtp-bench <command> -h    flags of a command
 `)
 }
@@ -37,6 +40,10 @@ func main() {
 		err = runLoad(ctx, os.Args[2:])
 	case "suite":
 		err = runSuite(ctx, os.Args[2:])
+	case "factors":
+		err = runFactors(ctx, os.Args[2:])
+	case "peers":
+		err = runPeers(ctx, os.Args[2:])
 	case "worker": // one generator process of a run split over several
 		err = bench.WorkerMain(ctx, os.Stdin, os.Stdout)
 	case "-h", "--help", "help":

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"strings"
 
@@ -29,8 +30,25 @@ func runSuite(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Rows, "rows", "", "run only rows whose ID matches this regexp (e.g. 'loop|pipe-300')")
 	fs.DurationVar(&cfg.Window, "window", 0, "measurement window per row (default 10s, 4s with -quick)")
 	fs.StringVar(&cfg.LogDir, "logs", "", "directory for server logs (default: a new temporary directory)")
+	sections := fs.String("sections", "factors,peers", "sections measured after the rows: factors (lsmtp-bench factors), peers (lsmtp-bench peers); none with -quick unless given")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "sections" })
+	if cfg.Quick && !given {
+		*sections = ""
+	}
+	for _, name := range strings.Split(*sections, ",") {
+		switch name {
+		case "factors":
+			cfg.Factors = &bench.FactorConfig{}
+		case "peers":
+			cfg.Peers = &bench.PeersConfig{}
+		case "", "none":
+		default:
+			return fmt.Errorf("suite: unknown section %q (want factors, peers)", name)
+		}
 	}
 	cfg.Listen = strings.Split(*listen, ",")
 	cfg.Admin = strings.Split(*admin, ",")
