@@ -8,10 +8,8 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/valyala/bytebufferpool"
 
-	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
@@ -185,55 +183,10 @@ func newMessage(done sink.Completion, id, sender string, rcpts []string, body []
 	return m
 }
 
-// consume reads messages from queue until want arrived and then idle
-// passed without another one, or within passed.
-func consume(t testing.TB, queue string, want int, idle, within time.Duration) []amqp.Delivery {
-	t.Helper()
-	ch := rabbittest.AdminChannel(t)
-	if err := ch.Qos(1000, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	dc, err := ch.Consume(queue, "", true, false, false, false, nil)
-	if err != nil {
-		t.Fatalf("consume %s: %v", queue, err)
-	}
-	var got []amqp.Delivery
-	deadline := time.NewTimer(within)
-	defer deadline.Stop()
-	for {
-		wait := within
-		if len(got) >= want {
-			wait = idle
-		}
-		select {
-		case d, ok := <-dc:
-			if !ok {
-				t.Fatalf("consuming %s: channel closed after %d messages", queue, len(got))
-			}
-			got = append(got, d)
-		case <-time.After(wait):
-			if len(got) < want {
-				t.Fatalf("consumed %d of %d messages from %s", len(got), want, queue)
-			}
-			return got
-		case <-deadline.C:
-			if len(got) < want {
-				t.Fatalf("consumed %d of %d messages from %s within %s", len(got), want, queue, within)
-			}
-			return got
-		}
-	}
-}
-
-// proxyURL is an AMQP URL through p.
-func proxyURL(p *faultproxy.Proxy) string { return "amqp://guest:guest@" + p.Addr() + "/" }
-
-func newProxy(t testing.TB) *faultproxy.Proxy {
-	t.Helper()
-	p, err := faultproxy.New(rabbittest.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
+// The broker's own suite and this one share these with every test that
+// talks to RabbitMQ.
+var (
+	consume  = rabbittest.Consume
+	newProxy = rabbittest.Proxy
+	proxyURL = rabbittest.ProxyURL
+)

@@ -16,7 +16,6 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
-	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
@@ -234,19 +233,6 @@ func (s *stack) session(t testing.TB, helo string, ehlo bool) *smtptest.Conn {
 	return c
 }
 
-// newProxy starts a fault proxy in front of RabbitMQ, closed at the end.
-func newProxy(t testing.TB) *faultproxy.Proxy {
-	t.Helper()
-	p, err := faultproxy.New(rabbittest.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
-
-func proxyURL(p *faultproxy.Proxy) string { return "amqp://guest:guest@" + p.Addr() + "/" }
-
 // closedPort returns a loopback address nothing listens on.
 func closedPort(t testing.TB) string {
 	t.Helper()
@@ -259,56 +245,10 @@ func closedPort(t testing.TB) string {
 	return addr
 }
 
-// consume reads queue until want messages arrived and then idle passed
-// without another one; it fails the test when fewer than want arrive
-// within the time given. Its consumer is cancelled on return, and only
-// the messages returned are acknowledged: whatever else was on its way
-// stays in the queue.
-func consume(t testing.TB, queue string, want int, idle, within time.Duration) []amqp.Delivery {
-	t.Helper()
-	conn, err := amqp.Dial(rabbittest.URL)
-	if err != nil {
-		t.Fatalf("RabbitMQ at %s is needed for this test: %v", rabbittest.Addr, err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.Qos(2000, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	dc, err := ch.Consume(queue, "", false, false, false, false, nil)
-	if err != nil {
-		t.Fatalf("consume %s: %v", queue, err)
-	}
-	var got []amqp.Delivery
-	deadline := time.NewTimer(within)
-	defer deadline.Stop()
-	for {
-		wait := within
-		if len(got) >= want {
-			wait = idle
-		}
-		select {
-		case d, ok := <-dc:
-			if !ok {
-				t.Fatalf("consumer of %s closed after %d messages", queue, len(got))
-			}
-			if err := d.Ack(false); err != nil {
-				t.Fatalf("ack: %v", err)
-			}
-			got = append(got, d)
-		case <-time.After(wait):
-			if len(got) < want {
-				t.Fatalf("consumed %d of %d messages from %s", len(got), want, queue)
-			}
-			return got
-		case <-deadline.C:
-			if len(got) < want {
-				t.Fatalf("consumed %d of %d messages from %s within %s", len(got), want, queue, within)
-			}
-			return got
-		}
-	}
-}
+// The broker's own suite and this one share these with every test that
+// talks to RabbitMQ.
+var (
+	consume  = rabbittest.Consume
+	newProxy = rabbittest.Proxy
+	proxyURL = rabbittest.ProxyURL
+)
