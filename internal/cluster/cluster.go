@@ -487,19 +487,33 @@ func (c *Cluster) Members(ctx context.Context, ask int, q string) (online []stri
 }
 
 // Connected returns the indexes of the nodes that have a client
-// connection named name (AMQP client property connection_name).
-func (c *Cluster) Connected(ctx context.Context, name string) []int {
-	var at []int
+// connection named name (AMQP client property connection_name). The
+// list is the cluster's; the server port of each connection tells the
+// node.
+func (c *Cluster) Connected(ctx context.Context, name string) ([]int, error) {
 	for i := range c.Nodes {
 		if !c.Running(i) {
 			continue
 		}
-		out, err := c.Ctl(ctx, i, "rabbitmqctl", "list_connections", "--no-table-headers", "client_properties")
-		if err == nil && strings.Contains(out, name) {
-			at = append(at, i)
+		out, err := c.Ctl(ctx, i, "rabbitmqctl", "list_connections", "--no-table-headers", "port", "client_properties")
+		if err != nil {
+			return nil, err
 		}
+		var at []int
+		for _, line := range strings.Split(out, "\n") {
+			port, props, ok := strings.Cut(line, "\t")
+			if !ok || !strings.Contains(props, name) {
+				continue
+			}
+			for j, n := range c.Nodes {
+				if strconv.Itoa(n.Port) == strings.TrimSpace(port) {
+					at = append(at, j)
+				}
+			}
+		}
+		return at, nil
 	}
-	return at
+	return nil, errors.New("no node running")
 }
 
 // KillNodes sends SIGKILL to every Erlang VM running one of the named
