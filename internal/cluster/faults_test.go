@@ -140,7 +140,9 @@ type result struct {
 	noReply    int
 	connErrs   int
 	gap        time.Duration // longest time without a 250 from the fault on
-	resumed    time.Duration // fault start to the end of that gap
+	resumed    time.Duration // fault start to the end of that gap: 250s flow again
+	tempFrom   time.Duration // first and last 4xx, from the fault start
+	tempTo     time.Duration
 	p99, pmax  time.Duration // end of body to 250
 	lost       int
 	duplicates int
@@ -152,9 +154,13 @@ func (r result) String() string {
 		tf = append(tf, fmt.Sprintf("%s x%d", k, v))
 	}
 	sort.Strings(tf)
-	return fmt.Sprintf("%-15s outage %6s  attempts %6d  250 %6d  4xx %5d %v  no-reply %d  conn-errors %d  longest gap without 250 %6s (resumed %6s after the fault)  250 latency p99 %s max %s  lost %d  duplicates %d",
-		r.name, r.outage.Round(100*time.Millisecond), r.attempts, r.acked, r.tempfailed, tf, r.noReply, r.connErrs,
-		r.gap.Round(10*time.Millisecond), r.resumed.Round(10*time.Millisecond), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond), r.lost, r.duplicates)
+	window := ""
+	if r.tempfailed > 0 {
+		window = fmt.Sprintf(" from %+.2fs to %+.2fs", r.tempFrom.Seconds(), r.tempTo.Seconds())
+	}
+	return fmt.Sprintf("%-15s outage %5s  attempts %6d  250 %6d  4xx %5d %v%s  no-reply %d  conn-errors %d  longest gap without a 250 %6s (250s flow again %+.2fs after the fault)  250 latency p99 %s max %s  lost %d  duplicates %d",
+		r.name, r.outage.Round(100*time.Millisecond), r.attempts, r.acked, r.tempfailed, tf, window, r.noReply, r.connErrs,
+		r.gap.Round(10*time.Millisecond), r.resumed.Seconds(), r.p99.Round(time.Millisecond), r.pmax.Round(time.Millisecond), r.lost, r.duplicates)
 }
 
 // TestClusterFaults runs lsmtp against the cluster under load from
@@ -266,6 +272,9 @@ func runFault(t *testing.T, c *Cluster, f fault, duration time.Duration, session
 	r := result{name: f.name, outage: outage, attempts: l.attempts.Load(), acked: len(l.acked), tempfailed: l.tempfailed(),
 		tempfails: l.tempfails, noReply: l.noReply, connErrs: l.connErrs}
 	problems, permfails := l.problems, l.permfails
+	if r.tempfailed > 0 {
+		r.tempFrom, r.tempTo = l.firstTemp.Sub(faultAt), l.lastTemp.Sub(faultAt)
+	}
 	l.mu.Unlock()
 	gap, resumedAt := l.longestGap(faultAt, stopAt)
 	r.gap = gap

@@ -28,6 +28,8 @@ type ledger struct {
 	ackTimes  []time.Time       // when each 250 arrived
 	latencies []time.Duration   // end of body to 250
 	tempfails map[string]int    // final 4xx by code and enhanced code
+	firstTemp time.Time         // when the first and the last 4xx came
+	lastTemp  time.Time
 	permfails map[string]int    // final 5xx: never for lsmtp's own trouble
 	noReply   int               // body sent, connection lost before the reply
 	connErrs  int               // connect, greeting, EHLO or command failures
@@ -191,6 +193,10 @@ func (ld *load) session(ctx context.Context, id int) {
 		case r.code >= 400 && r.code < 500:
 			ld.ledger.mu.Lock()
 			ld.ledger.tempfails[r.class()]++
+			if ld.ledger.firstTemp.IsZero() {
+				ld.ledger.firstTemp = now
+			}
+			ld.ledger.lastTemp = now
 			ld.ledger.mu.Unlock()
 			if r.code == 421 {
 				c.conn.Close() // RFC 5321 §3.8: the server closes
