@@ -30,10 +30,10 @@ type ledger struct {
 	tempfails map[string]int    // final 4xx by code and enhanced code
 	firstTemp time.Time         // when the first and the last 4xx came
 	lastTemp  time.Time
-	permfails map[string]int    // final 5xx: never for lsmtp's own trouble
-	noReply   int               // body sent, connection lost before the reply
-	connErrs  int               // connect, greeting, EHLO or command failures
-	problems  []string          // impossible events (a queue ID answered twice)
+	permfails map[string]int // final 5xx: never for lsmtp's own trouble
+	noReply   int            // body sent, connection lost before the reply
+	connErrs  int            // connect, greeting, EHLO or command failures
+	problems  []string       // impossible events (a queue ID answered twice)
 	attempts  atomic.Int64
 }
 
