@@ -567,3 +567,30 @@ func portFree(p int) bool {
 	ln.Close()
 	return true
 }
+
+// CPUTime is the CPU time (user and system) node i's Erlang VM has used
+// since it started.
+func (c *Cluster) CPUTime(i int) (time.Duration, error) {
+	pids := FindNodes(c.Nodes[i].Name)
+	if len(pids) != 1 {
+		return 0, fmt.Errorf("%s: %d VMs found", c.Nodes[i].Name, len(pids))
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pids[0]))
+	if err != nil {
+		return 0, err
+	}
+	// proc(5): the fields after the command's closing parenthesis; utime
+	// and stime are the 14th and 15th of the line, in clock ticks (100 Hz
+	// on Linux).
+	_, rest, ok := bytes.Cut(b, []byte(") "))
+	f := strings.Fields(string(rest))
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("%s: unexpected /proc stat %q", c.Nodes[i].Name, b)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("%s: unexpected /proc stat %q", c.Nodes[i].Name, b)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
