@@ -144,13 +144,29 @@ func TestClusterStartStop(t *testing.T) {
 	if m, err := c.Members(ctx, 1, q); err != nil || len(m) != 3 {
 		t.Errorf("queue members %v (%v), want all 3", m, err)
 	}
+	// As lsmtp declares it (no group size): where RabbitMQ puts members
+	// then, for docs/SCALING.md.
+	conn, err := amqp.Dial(c.Nodes[1].URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(q+".plain", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	m, err := c.Members(ctx, 1, q+".plain")
+	t.Logf("a quorum queue declared without x-quorum-initial-group-size has members %v (%v)", m, err)
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if left := FindNodes(c.names()...); len(left) != 0 {
 		t.Errorf("processes left after Close: %v", left)
 	}
-	conn, err := amqp.Dial("amqp://guest:guest@127.0.0.1:5672/")
+	conn, err = amqp.Dial("amqp://guest:guest@127.0.0.1:5672/")
 	if err != nil {
 		t.Errorf("the machine's RabbitMQ at 5672 does not answer after the cluster ran: %v", err)
 	} else {
