@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,6 +48,10 @@ type Options struct {
 	Prefix   string // node name prefix, "rabbit-c" when empty: rabbit-c1@localhost …
 	// Logf receives progress lines (node started, joined); nil drops them.
 	Logf func(format string, args ...any)
+	// Register, when set, is called with the cluster before its first
+	// node starts, so that a signal handler can Close it even while
+	// Start is still running.
+	Register func(*Cluster)
 }
 
 // Node is one RabbitMQ node of the cluster.
@@ -74,6 +79,7 @@ type Cluster struct {
 	home     string // HOME of every node and CLI call: holds the cookie
 	uid, gid uint32
 	logf     func(string, ...any)
+	closed   atomic.Bool // set by Close: no node starts after it
 }
 
 // Start starts opts.Nodes nodes in parallel, waits for each, joins all to
@@ -109,6 +115,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			Port:     port,
 			DistPort: port + 20000,
 		})
+	}
+	if opts.Register != nil {
+		opts.Register(c)
 	}
 	// A run that was killed before its cleanup leaves its nodes behind.
 	KillNodes(c.names()...)
@@ -257,6 +266,10 @@ func (c *Cluster) asRabbit(cmd *exec.Cmd, n *Node, server bool) {
 func (c *Cluster) StartNode(ctx context.Context, i int) error {
 	n := c.Nodes[i]
 	n.mu.Lock()
+	if c.closed.Load() {
+		n.mu.Unlock()
+		return fmt.Errorf("%s: the cluster is closed", n.Name)
+	}
 	if n.cmd != nil {
 		n.mu.Unlock()
 		return fmt.Errorf("%s: already running", n.Name)
@@ -406,6 +419,7 @@ func (c *Cluster) Stop(ctx context.Context, i int) error {
 // directories. It is safe to call more than once and from a signal
 // handler's goroutine.
 func (c *Cluster) Close() error {
+	c.closed.Store(true)
 	KillNodes(c.names()...)
 	var errs []error
 	for _, n := range c.Nodes {

@@ -99,11 +99,17 @@ func startCluster(t *testing.T) *Cluster {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c, err := Start(ctx, Options{Logf: t.Logf})
+	var started *Cluster
+	c, err := Start(ctx, Options{Logf: t.Logf, Register: func(c *Cluster) {
+		started = c
+		running.Store(c, struct{}{})
+	}})
 	if err != nil {
+		if started != nil {
+			running.Delete(started)
+		}
 		t.Fatal(err)
 	}
-	running.Store(c, struct{}{})
 	if dl, ok := t.Deadline(); ok {
 		guard := time.AfterFunc(time.Until(dl)-10*time.Second, func() { c.Close() })
 		t.Cleanup(func() { guard.Stop() })
