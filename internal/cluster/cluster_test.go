@@ -166,6 +166,7 @@ func TestClusterStartStop(t *testing.T) {
 	conn.Close()
 	m, err := c.Members(ctx, 1, q+".plain")
 	t.Logf("a quorum queue declared without x-quorum-initial-group-size has members %v (%v)", m, err)
+	checkDrain(t, c, q)
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -291,4 +292,42 @@ func testLogger(t testing.TB, level slog.Level) *slog.Logger {
 	done := &atomic.Bool{}
 	t.Cleanup(func() { done.Store(true) })
 	return slog.New(slog.NewTextHandler(testLog{t: t, done: done}, &slog.HandlerOptions{Level: level}))
+}
+
+// checkDrain shows that the faults' verdict can fail: drain matches a
+// queue holding queue IDs A, B, B and C (C's token again under D) against
+// 250s for A, B, C and E, and must find E lost and two duplicates (B's
+// second copy, and the token stored under both C and D).
+func checkDrain(t *testing.T, c *Cluster, q string) {
+	t.Helper()
+	conn, err := amqp.Dial(c.Nodes[0].URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 8))
+	stored := []struct{ id, token string }{{"A", "ta"}, {"B", "tb"}, {"B", "tb"}, {"C", "tc"}, {"D", "tc"}}
+	for _, m := range stored {
+		err := ch.Publish("", q, false, false, amqp.Publishing{MessageId: m.id, Body: body(m.token, 200), DeliveryMode: amqp.Persistent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cf := <-confirms; !cf.Ack {
+			t.Fatalf("publish %s not confirmed", m.id)
+		}
+	}
+	got, err := drain(c.Nodes[1].URL(), q, map[string]string{"A": "ta", "B": "tb", "C": "tc", "E": "te"}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.inQueue != 5 || len(got.lost) != 1 || got.lost[0] != "E" || got.duplicates != 2 || got.foreign != 0 {
+		t.Errorf("drain: %+v, want 5 in the queue, E lost, 2 duplicates", got)
+	}
 }
