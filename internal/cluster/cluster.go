@@ -387,9 +387,27 @@ func (c *Cluster) Kill(i int) error {
 	}
 	select {
 	case <-done:
-		return nil
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("%s did not exit 30 s after SIGKILL", n.Name)
+	}
+	return waitGone(30*time.Second, n.Name)
+}
+
+// waitGone waits until no Erlang VM of the named nodes is left, killing
+// again whatever it finds: the script that started a VM can be gone while
+// the VM, killed, still tears down its memory and holds its ports.
+func waitGone(within time.Duration, names ...string) error {
+	deadline := time.Now().Add(within)
+	for {
+		left := FindNodes(names...)
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes of %v still running %s after SIGKILL: %v", names, within, left)
+		}
+		KillNodes(names...)
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -409,10 +427,10 @@ func (c *Cluster) Stop(ctx context.Context, i int) error {
 	}
 	select {
 	case <-done:
-		return nil
 	case <-time.After(60 * time.Second):
 		return fmt.Errorf("%s did not exit 60 s after rabbitmqctl stop", n.Name)
 	}
+	return waitGone(30*time.Second, n.Name)
 }
 
 // Close kills every node, waits for their servers and removes the
@@ -437,8 +455,8 @@ func (c *Cluster) Close() error {
 			errs = append(errs, fmt.Errorf("%s: server did not exit", n.Name))
 		}
 	}
-	if left := FindNodes(c.names()...); len(left) > 0 {
-		errs = append(errs, fmt.Errorf("processes of the cluster still running: %v", left))
+	if err := waitGone(30*time.Second, c.names()...); err != nil {
+		errs = append(errs, err)
 	}
 	if c.dir != "" && len(errs) == 0 {
 		if err := os.RemoveAll(c.dir); err != nil {
