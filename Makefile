@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := ./...
 FUZZTIME ?= 30s
 
-.PHONY: stress run test test-short bench bench-quick bench-factors bench-peers fuzz lint build chaos
+.PHONY: stress run test test-short bench bench-quick bench-factors bench-peers fuzz lint build chaos cluster
 
 build:
 	$(GO) build -o bin/lsmtp ./cmd/lsmtp
@@ -21,6 +21,8 @@ RACEPKGS ?= ./engine ./broker ./internal/e2e ./internal/chaos ./internal/faultpr
 
 # The whole suite, then RACEPKGS with -race; broker tests need RabbitMQ on
 # 127.0.0.1:5672 (installed or started if need be, see tools/rabbitmq-up).
+# LSMTP_CLUSTER=1 make test adds internal/cluster's 20 s fault runs against
+# a three-node cluster of its own (about 3 minutes more).
 test:
 	@command -v "$$($(GO) env CC)" >/dev/null || { echo "go test -race needs a C compiler for cgo: 'apt-get install gcc' (Debian/Ubuntu)" >&2; exit 1; }
 	@tools/rabbitmq-up
@@ -75,10 +77,12 @@ bench-peers: build
 	@tools/rabbitmq-up
 	./bin/lsmtp-bench peers -lsmtp bin/lsmtp -out bench/factors.md $(BENCHFLAGS)
 
-# Chaos (about 3.5 minutes): the short variant with every fault (go test
-# ./internal/chaos), then lsmtp-chaos with its defaults: lsmtp under load while its
-# broker connection is cut, RabbitMQ's application is stopped and started
-# (rabbitmqctl; always started again), and lsmtp is restarted with SIGTERM.
+# Chaos (about 7 minutes): the short variant with every fault (go test
+# ./internal/chaos), then lsmtp-chaos with its defaults, then make cluster
+# with 20 s around each fault (below). lsmtp-chaos puts lsmtp under load
+# while its broker connection is cut, RabbitMQ's application is stopped
+# and started (rabbitmqctl; always started again), and lsmtp is restarted
+# with SIGTERM.
 # Fails if a message answered 250 is not in the queue. Other users of the
 # local RabbitMQ see its outages. CHAOSFLAGS passes flags to lsmtp-chaos,
 # e.g. CHAOSFLAGS='--duration 2m --sessions 40'.
@@ -86,6 +90,21 @@ chaos:
 	@tools/rabbitmq-up
 	LSMTP_CHAOS_RABBIT_RESTART=1 $(GO) test -count=1 -run '^TestChaosShort$$' -v ./internal/chaos
 	$(GO) run ./cmd/lsmtp-chaos $(CHAOSFLAGS)
+	$(MAKE) cluster CLUSTER_DURATION=20s
+
+# Broker failover (about 6 minutes): three RabbitMQ nodes of its own on
+# 127.0.0.1:5681-5683 (rabbit-c1..c3@localhost, data in a temporary
+# directory, always stopped), a quorum queue with three replicas, and
+# lsmtp in-process given all three under load from 30 sessions through
+# kill -9 of the node it is connected to, kill -9 of the queue's leader,
+# a node restarted, and a rolling restart. The machine's RabbitMQ on 5672
+# is not touched. Fails if a message answered 250 is not in the queue; the
+# last line sums up. CLUSTER_DURATION is the load around each fault,
+# CLUSTERFLAGS passes test flags (e.g. CLUSTERFLAGS='-test.run Faults/rolling').
+CLUSTER_DURATION ?= 60s
+cluster:
+	$(GO) test -c -o bin/cluster.test ./internal/cluster
+	LSMTP_CLUSTER=1 LSMTP_CLUSTER_DURATION=$(CLUSTER_DURATION) bin/cluster.test -test.v -test.count=1 -test.timeout 30m $(CLUSTERFLAGS)
 
 # The in-flight budget under 500 simultaneous 25 MiB messages and a flood of
 # idle connections, on the real binary (the small versions run in make test).
