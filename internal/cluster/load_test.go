@@ -1,22 +1,19 @@
 package cluster
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // ledger records what the load's sessions were told: the queue ID of
@@ -130,10 +127,10 @@ func (ld *load) session(ctx context.Context, id int) {
 	}
 	next := time.Now()
 	seq := 0
-	var c *client
+	var c *smtptest.Conn
 	defer func() {
 		if c != nil {
-			c.conn.Close()
+			c.Close()
 		}
 	}()
 	fail := func() {
@@ -141,7 +138,7 @@ func (ld *load) session(ctx context.Context, id int) {
 		ld.ledger.connErrs++
 		ld.ledger.mu.Unlock()
 		if c != nil {
-			c.conn.Close()
+			c.Close()
 			c = nil
 		}
 		sleep(ctx, 20*time.Millisecond)
@@ -167,52 +164,52 @@ func (ld *load) session(ctx context.Context, id int) {
 		}
 		token := fmt.Sprintf("s%03d-%07d", id, seq)
 		ld.ledger.attempts.Add(1)
-		r, bodyAt, err := c.send(token, ld.size)
+		r, bodyAt, err := send(c, token, ld.size)
 		now := time.Now()
 		switch {
 		case err != nil && !bodyAt.IsZero():
 			ld.ledger.mu.Lock()
 			ld.ledger.noReply++
 			ld.ledger.mu.Unlock()
-			c.conn.Close()
+			c.Close()
 			c = nil
 			continue
 		case err != nil:
 			fail()
 			continue
-		case r.code == 250:
-			qid, ok := strings.CutPrefix(r.text, sink.QueuedPrefix)
-			if !ok || qid == "" {
+		case r.Code == 250:
+			qid, ok := r.QueueID()
+			if !ok {
 				ld.ledger.mu.Lock()
-				ld.ledger.problems = append(ld.ledger.problems, fmt.Sprintf("250 without a queue ID: %q", r.text))
+				ld.ledger.problems = append(ld.ledger.problems, fmt.Sprintf("250 without a queue ID: %q", r.String()))
 				ld.ledger.mu.Unlock()
 				break
 			}
 			ld.ledger.ack(qid, token, now, now.Sub(bodyAt))
 			seq++
-		case r.code >= 400 && r.code < 500:
+		case r.Code >= 400 && r.Code < 500:
 			ld.ledger.mu.Lock()
-			ld.ledger.tempfails[r.class()]++
+			ld.ledger.tempfails[r.Class()]++
 			if ld.ledger.firstTemp.IsZero() {
 				ld.ledger.firstTemp = now
 			}
 			ld.ledger.lastTemp = now
 			ld.ledger.mu.Unlock()
-			if r.code == 421 {
-				c.conn.Close() // RFC 5321 §3.8: the server closes
+			if r.Code == 421 {
+				c.Close() // RFC 5321 §3.8: the server closes
 				c = nil
 				continue
 			}
 			sleep(ctx, 10*time.Millisecond)
 		default:
 			ld.ledger.mu.Lock()
-			ld.ledger.permfails[r.text]++
+			ld.ledger.permfails[r.Last()]++
 			ld.ledger.mu.Unlock()
 			sleep(ctx, 10*time.Millisecond)
 		}
 		if sent++; sent >= 50 {
-			c.cmd("QUIT")
-			c.conn.Close()
+			c.Cmd("QUIT")
+			c.Close()
 			c = nil
 		}
 	}
@@ -227,101 +224,49 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// client is a plain SMTP client, every read and write under a deadline
-// longer than any reply lsmtp may take (RFC 5321 §4.5.3.2.6 gives the
-// final reply 10 minutes; the tests' confirm timeout is far below).
-type client struct {
-	conn net.Conn
-	r    *bufio.Reader
-}
-
+// clientTimeout bounds every read and write: longer than any reply lsmtp
+// may take (RFC 5321 §4.5.3.2.6 gives the final reply 10 minutes; the
+// tests' confirm timeout and retry window are far below).
 const clientTimeout = 2 * time.Minute
 
-type reply struct {
-	code int
-	text string // last line
-}
-
-// class is "451 4.3.0": the code and the enhanced code, without the text.
-func (r reply) class() string {
-	f := strings.Fields(r.text)
-	if len(f) >= 2 && strings.Count(f[1], ".") == 2 {
-		return f[0] + " " + f[1]
-	}
-	return strconv.Itoa(r.code)
-}
-
-func dialClient(addr string, local func() net.Addr, helo string) (*client, error) {
+func dialClient(addr string, local func() net.Addr, helo string) (*smtptest.Conn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if local != nil {
 		d.LocalAddr = local()
 	}
-	conn, err := d.Dial("tcp", addr)
+	nc, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	c := &client{conn: conn, r: bufio.NewReader(conn)}
-	if g, err := c.read(); err != nil || g.code != 220 {
-		conn.Close()
-		return nil, fmt.Errorf("greeting %q: %v", g.text, err)
+	c := smtptest.NewConn(nc, clientTimeout)
+	if g, err := c.Read(); err != nil || g.Code != 220 {
+		nc.Close()
+		return nil, fmt.Errorf("greeting %q: %v", g.String(), err)
 	}
-	if r, err := c.cmd("EHLO " + helo); err != nil || r.code != 250 {
-		conn.Close()
-		return nil, fmt.Errorf("EHLO %q: %v", r.text, err)
+	if _, err := c.Expect("EHLO "+helo, 250); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	return c, nil
 }
 
-func (c *client) read() (reply, error) {
-	c.conn.SetReadDeadline(time.Now().Add(clientTimeout))
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			return reply{}, err
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 3 {
-			return reply{}, fmt.Errorf("short reply %q", line)
-		}
-		code, err := strconv.Atoi(line[:3])
-		if err != nil {
-			return reply{}, fmt.Errorf("bad reply %q", line)
-		}
-		if len(line) == 3 || line[3] == ' ' {
-			return reply{code: code, text: line}, nil
-		}
-	}
-}
-
-func (c *client) cmd(line string) (reply, error) {
-	c.conn.SetWriteDeadline(time.Now().Add(clientTimeout))
-	if _, err := c.conn.Write([]byte(line + "\r\n")); err != nil {
-		return reply{}, err
-	}
-	return c.read()
-}
-
 // send runs one transaction and returns the reply that decided it and,
 // once the body went out, when it did.
-func (c *client) send(token string, size int) (reply, time.Time, error) {
+func send(c *smtptest.Conn, token string, size int) (smtptest.Reply, time.Time, error) {
 	for _, cmd := range []struct {
 		line string
 		want int
 	}{{"MAIL FROM:<load@cluster.invalid>", 250}, {"RCPT TO:<rcpt@lsmtp.invalid>", 250}, {"DATA", 354}} {
-		r, err := c.cmd(cmd.line)
-		if err != nil {
+		r, err := c.Cmd(cmd.line)
+		if err != nil || r.Code != cmd.want {
 			return r, time.Time{}, err
 		}
-		if r.code != cmd.want {
-			return r, time.Time{}, nil
-		}
 	}
-	c.conn.SetWriteDeadline(time.Now().Add(clientTimeout))
-	if _, err := c.conn.Write(body(token, size)); err != nil {
-		return reply{}, time.Now(), err
+	if err := c.Write(body(token, size)); err != nil {
+		return smtptest.Reply{}, time.Now(), err
 	}
 	at := time.Now()
-	r, err := c.read()
+	r, err := c.Read()
 	return r, at, err
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
 // The client address the HAProxy tests connect from: loopback, but not
@@ -107,18 +108,18 @@ func haproxyBin(t *testing.T) string {
 	return ""
 }
 
-// dialFrom is dialSMTP from a given local address.
-func dialFrom(local, addr string, timeout time.Duration) (*smtpConn, reply, error) {
+// dialFrom is smtptest.Dial from a given local address.
+func dialFrom(local, addr string, timeout time.Duration) (*smtptest.Conn, smtptest.Reply, error) {
 	d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
 	c, err := d.Dial("tcp", addr)
 	if err != nil {
-		return nil, reply{}, err
+		return nil, smtptest.Reply{}, err
 	}
-	s := &smtpConn{c: c, r: bufio.NewReader(c), timeout: timeout}
-	greet, err := s.read()
+	s := smtptest.NewConn(c, timeout)
+	greet, err := s.Read()
 	if err != nil {
 		c.Close()
-		return nil, reply{}, fmt.Errorf("greeting: %w", err)
+		return nil, smtptest.Reply{}, fmt.Errorf("greeting: %w", err)
 	}
 	return s, greet, nil
 }
@@ -127,7 +128,7 @@ func dialFrom(local, addr string, timeout time.Duration) (*smtpConn, reply, erro
 func proxiedClient(ctx context.Context, addr string, id int, tally *loadTally) {
 	payload := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-.\r\n", 32)
 	seq := 0
-	var c *smtpConn
+	var c *smtptest.Conn
 	defer func() {
 		if c != nil {
 			c.Close()
@@ -137,11 +138,11 @@ func proxiedClient(ctx context.Context, addr string, id int, tally *loadTally) {
 		if c == nil {
 			conn, greet, err := dialFrom(haproxyClientIP, addr, 2*time.Second)
 			if err == nil {
-				conn.timeout = ioTimeout
+				conn.Timeout = ioTimeout
 				if greet.Code != 220 {
 					conn.Close()
 					err = fmt.Errorf("greeting %q", greet.String())
-				} else if _, err = conn.expect("EHLO load.example", 250); err != nil {
+				} else if _, err = conn.Expect("EHLO load.example", 250); err != nil {
 					conn.Close()
 				}
 			}
@@ -156,7 +157,8 @@ func proxiedClient(ctx context.Context, addr string, id int, tally *loadTally) {
 		}
 		token := fmt.Sprintf("p%d-%d", id, seq)
 		content := []byte("X-Load-Token: " + token + "\r\nSubject: load\r\n\r\n" + payload)
-		final, bodySent, err := c.transact("load@example.org", []string{"rcpt@example.com"}, content)
+		o := c.Transact("load@example.org", []string{"rcpt@example.com"}, content, true)
+		final, bodySent, err := o.Final, o.BodySent, o.Err
 		now := time.Now()
 		tally.mu.Lock()
 		switch {
@@ -165,7 +167,7 @@ func proxiedClient(ctx context.Context, addr string, id int, tally *loadTally) {
 		case err != nil:
 			tally.connErrs++
 		case final.Code == 250:
-			if qid, ok := final.queueID(); ok {
+			if qid, ok := final.QueueID(); ok {
 				tally.acked[qid] = token
 				tally.ackedAt[qid] = now
 			} else {
@@ -188,13 +190,13 @@ func proxiedClient(ctx context.Context, addr string, id int, tally *loadTally) {
 		// A new session now and then, so that the balancer has new
 		// connections to place.
 		if c != nil && seq%10 == 0 && final.Code == 250 {
-			c.cmd("QUIT")
+			c.Cmd("QUIT")
 			c.Close()
 			c = nil
 		}
 	}
 	if c != nil {
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 	}
 }
 
