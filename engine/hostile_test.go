@@ -328,12 +328,16 @@ type hostileConn struct {
 	*smtptest.Conn
 	conn      net.Conn // the same connection, for writes a step shapes itself
 	lastReply time.Time
+	// sentAt is when the previous step began writing (the dial, before
+	// the first): the server's timeout clock cannot have started before.
+	sentAt time.Time
 }
 
 func (h *hostileServer) dial(t *testing.T, greeting bool) *hostileConn {
 	t.Helper()
+	start := time.Now()
 	c := dialNoGreeting(t, h.addr)
-	hc := &hostileConn{Conn: c.smtp, conn: c.conn, lastReply: time.Now()}
+	hc := &hostileConn{Conn: c.smtp, conn: c.conn, lastReply: time.Now(), sentAt: start}
 	hc.Timeout = 10 * time.Second
 	if greeting {
 		lines, err := hc.reply()
@@ -422,6 +426,8 @@ func hostileDialog(t *testing.T, h *hostileServer, id string, tc hostileCase) {
 func (c *hostileConn) steps(t *testing.T, id string, steps []hostileStep, closes bool) {
 	t.Helper()
 	for i, st := range steps {
+		since := c.sentAt
+		c.sentAt = time.Now()
 		written := make(chan error, 1)
 		go func() { written <- hostileWrite(c.conn, st, id) }()
 		for j, want := range st.want {
@@ -434,8 +440,14 @@ func (c *hostileConn) steps(t *testing.T, id string, steps []hostileStep, closes
 				t.Fatalf("step %d (%q), reply %d of %d: %v", i, trim(hostileShow(st)), j+1, len(st.want), err)
 			}
 			if st.after > 0 && j == len(st.want)-1 {
-				el := c.lastReply.Sub(prev)
-				if el < st.after-20*time.Millisecond || el > st.after+hostileLate {
+				// Not early: the clock started after the previous step
+				// began writing, or later. Not late: it started before
+				// the previous reply was read. (From the previous reply
+				// both ways, a client scheduled late reads "early".)
+				if el := c.lastReply.Sub(since); el < st.after-20*time.Millisecond {
+					t.Fatalf("step %d: %q came %v after the previous step began writing, want %v at least", i, lines, el, st.after)
+				}
+				if el := c.lastReply.Sub(prev); el > st.after+hostileLate {
 					t.Fatalf("step %d: %q came %v after the previous reply, want %v (+%v at most)", i, lines, el, st.after, hostileLate)
 				}
 			}
