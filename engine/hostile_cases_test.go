@@ -3,6 +3,7 @@ package engine
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"syscall"
@@ -325,6 +326,10 @@ func hostileCases(clientHello string) []hostileCase {
 		// default backlog (64 KiB) closes it; this server allows 1 MiB.
 		cfg: &Config{MaxMessageSize: hostileMaxSize, MaxPipelineBacklog: 1 << 20},
 		run: hostileNoopFlood,
+	}, hostileCase{
+		name: "100,000 pipelined NOOPs and QUIT, read slowly",
+		cfg:  &Config{MaxMessageSize: hostileMaxSize, MaxPipelineBacklog: 1 << 20},
+		run:  hostileSlowReader,
 	}, hostileCase{
 		name: "200,000 pipelined NOOPs never read",
 		// Its own server: BytesRecv counts this client only.
@@ -813,6 +818,56 @@ func hostileNoopFlood(t *testing.T, h *hostileServer, id string) {
 	}
 	if err := <-written; err != nil {
 		t.Fatalf("write: %v", err)
+	}
+}
+
+// hostileSlowReader pipelines 100,000 NOOPs and a QUIT (600 KB, under
+// this server's MaxPipelineBacklog) and reads the 1.4 MB of replies
+// slowly through a small receive buffer, so that replies still wait in
+// the server's outbound buffer when it takes the QUIT. It must send all of them and
+// the 221 before it closes (RFC 5321 §4.1.1.10), not drop what the
+// socket had not taken yet.
+func hostileSlowReader(t *testing.T, h *hostileServer, _ string) {
+	const n = 100_000
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	conn, err := d.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	r := bufio.NewReaderSize(conn, 512)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != "220 mx.test ESMTP\r\n" {
+		t.Fatalf("greeting %q, %v", line, err)
+	}
+	if err := hostileWrite(conn, hostileStep{send: strings.Repeat("NOOP\r\n", n) + "QUIT\r\n"}, ""); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond) // the server fills its outbound buffer and pauses
+	for i := 1; i <= n; i++ {
+		line, err := r.ReadString('\n')
+		if err != nil || line != "250 2.0.0 OK\r\n" {
+			t.Fatalf("reply %d: %q, %v", i, line, err)
+		}
+		if i > n-20_000 && i%100 == 0 {
+			// 1.4 KB a millisecond: less than the server's
+			// outputHighMark drains between two ticks.
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "221 2.0.0 ") {
+		t.Fatalf("QUIT: %q, %v", line, err)
+	}
+	if line, err := r.ReadString('\n'); err != io.EOF {
+		t.Fatalf("after 221: %q, %v; want the end", line, err)
 	}
 }
 

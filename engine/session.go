@@ -178,6 +178,9 @@ type session struct {
 	// resume: readCommand stopped at outputHighMark because of replies
 	// of this pass, not unread ones; onTraffic writes them and goes on.
 	resume bool
+	// lingering: the session is done (closeAfter) but its last replies
+	// still wait in gnet's outbound buffer; it closes once they drained.
+	lingering bool
 }
 
 func newSession(srv *Server, c conn, remote netip.AddrPort) *session {
@@ -274,6 +277,9 @@ func (s *session) releaseHeld() {
 func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 	s.cfg = s.srv.settings()
 	s.lines.MaxLine = s.cfg.MaxLineLength // Reload may have changed it
+	if s.lingering {
+		return s.linger(c, now)
+	}
 	buf, _ := c.Peek(-1)
 	in := buf
 	for {
@@ -318,13 +324,30 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 		_, _ = c.Discard(used)
 		s.srv.stats.BytesRecv.Add(int64(used))
 	}
+	expired := false
 	if d := s.deadline.Load(); d != 0 && now.UnixNano() >= d && !s.closeAfter {
 		// RFC 5321 §4.5.3.2: we may close a session that went quiet. What
 		// the client sent in this pass moved the deadline past now.
 		s.closeWith(s.cfg.replies.timeout)
+		expired = true
 	}
 	if s.flush(c) == gnet.Close {
 		return gnet.Close
+	}
+	if s.closeAfter {
+		// gnet's close writes what the socket takes at once and drops the
+		// rest: a client still reading the replies to its pipelined
+		// commands would lose their tail, the 221 to QUIT (RFC 5321
+		// §4.1.1.10) or our 421 (§3.8) with it. So wait until they are
+		// sent, unless the client has not read for a whole timeout.
+		if expired || c.OutboundBuffered() == 0 || c.InboundBuffered() > s.cfg.MaxPipelineBacklog {
+			s.deadline.Store(0)
+			return gnet.Close
+		}
+		s.lingering = true
+		s.paused.Store(true) // the ticker wakes us to look at the buffer
+		s.deadline.Store(now.Add(s.cfg.IdleTimeout).UnixNano())
+		_ = c.Wake(nil) // and one look right after gnet's next writes
 	}
 	if !s.charge(c) {
 		// It grew past its share with the budget spent: what it holds is
@@ -570,11 +593,30 @@ func (s *session) flush(c conn) gnet.Action {
 	}
 	// A client that does not read its replies must not make us buffer
 	// them without end. readCommand stops at outputHighMark; this is the
-	// backstop for replies that come without a command.
+	// backstop for replies that come without a command. The 421 goes
+	// after them, for a client that reads after all (gnet sends what the
+	// socket takes as it closes).
 	if c.OutboundBuffered() > 2*outputHighMark {
+		_, _ = c.Write(s.cfg.replies.buffers)
+		s.deadline.Store(0)
 		return gnet.Close
 	}
-	if s.closeAfter {
+	return gnet.None
+}
+
+// linger runs the passes of a session that is done but whose last
+// replies gnet has not sent yet. What the client sends now is never
+// read; the session closes once the replies are out, at its deadline,
+// on a forced shutdown, or when that input passes MaxPipelineBacklog
+// (a client that writes without reading).
+func (s *session) linger(c conn, now time.Time) gnet.Action {
+	if c.OutboundBuffered() == 0 || now.UnixNano() >= s.deadline.Load() || s.srv.force.Load() ||
+		c.InboundBuffered() > s.cfg.MaxPipelineBacklog {
+		s.deadline.Store(0)
+		return gnet.Close
+	}
+	if !s.charge(c) {
+		s.srv.stats.BufferCloses.Add(1)
 		s.deadline.Store(0)
 		return gnet.Close
 	}
