@@ -123,7 +123,13 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	KillNodes(c.names()...)
 	for _, n := range c.Nodes {
 		for _, p := range []int{n.Port, n.DistPort} {
-			if !portFree(p) {
+			// A cluster stopped just before may still be letting go of
+			// its sockets.
+			free := portFree(p)
+			for deadline := time.Now().Add(15 * time.Second); !free && time.Now().Before(deadline); free = portFree(p) {
+				time.Sleep(250 * time.Millisecond)
+			}
+			if !free {
 				return nil, fmt.Errorf("port %d for %s is in use", p, n.Name)
 			}
 		}
