@@ -38,8 +38,8 @@ var magic = [4]byte{'L', 'S', 'P', '1'}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// errCorrupt: the record fails its checks.
-var errCorrupt = errors.New("spool: corrupt record")
+// ErrCorrupt: the record fails its checks.
+var ErrCorrupt = errors.New("spool: corrupt record")
 
 // recordSize is the octets m takes on disk.
 func recordSize(m *sink.Message) int {
@@ -102,18 +102,18 @@ func recordCRC(length, payload []byte) uint32 {
 }
 
 // check reports the length of the valid record at the start of b, or
-// errCorrupt: a wrong magic, a length past b or maxPayload, a CRC that
+// ErrCorrupt: a wrong magic, a length past b or maxPayload, a CRC that
 // does not match. A record cut short by the end of b is corrupt too.
 func check(b []byte) (int, error) {
 	if len(b) < headerSize || [4]byte(b[:4]) != magic {
-		return 0, errCorrupt
+		return 0, ErrCorrupt
 	}
 	n := int(binary.LittleEndian.Uint32(b[4:]))
 	if n > maxPayload || headerSize+n > len(b) {
-		return 0, errCorrupt
+		return 0, ErrCorrupt
 	}
 	if recordCRC(b[4:8], b[headerSize:headerSize+n]) != binary.LittleEndian.Uint32(b[8:]) {
-		return 0, errCorrupt
+		return 0, ErrCorrupt
 	}
 	return headerSize + n, nil
 }
@@ -174,7 +174,7 @@ func (d *decoder) u64() uint64 {
 func decode(rec []byte, m *sink.Message, data bool) (time.Time, error) {
 	d := decoder{b: rec[headerSize:]}
 	if d.u8() != recordVersion {
-		return time.Time{}, errCorrupt
+		return time.Time{}, ErrCorrupt
 	}
 	m.Received = time.Unix(0, int64(d.u64()))
 	spooled := time.Unix(0, int64(d.u64()))
@@ -182,7 +182,7 @@ func decode(rec []byte, m *sink.Message, data bool) (time.Time, error) {
 	m.Sender = d.take(d.u32())
 	n := d.u32()
 	if n > len(d.b)/4 {
-		return time.Time{}, errCorrupt
+		return time.Time{}, ErrCorrupt
 	}
 	m.Recipients = make([][]byte, 0, n)
 	for i := 0; i < n && !d.bad; i++ {
@@ -195,7 +195,7 @@ func decode(rec []byte, m *sink.Message, data bool) (time.Time, error) {
 	m.Body = sink.BodyType(d.u8())
 	m.SMTPUTF8 = d.u8() == 1
 	if d.bad {
-		return time.Time{}, errCorrupt
+		return time.Time{}, ErrCorrupt
 	}
 	m.Data = nil
 	if data {

@@ -117,6 +117,8 @@ type Spool struct {
 	acks    []Loc // acknowledged, not yet written to their .ack files
 	ackKick chan struct{}
 
+	writeFailing atomic.Bool // the last group could not be written
+
 	// The writer's own state.
 	active    *os.File
 	activeSeg uint32
@@ -326,9 +328,12 @@ func (s *Spool) quarantine(seg uint32, off int, region []byte) {
 		return
 	}
 	s.corruptRegions.Add(1)
-	err := os.WriteFile(name, region, 0o600)
-	s.log.Error("spool: damaged record moved aside", "segment", seg, "offset", off, "octets", len(region),
-		"file", name, "write_err", err)
+	if err := os.WriteFile(name, region, 0o600); err != nil {
+		s.log.Error("spool: damaged record skipped, and it cannot be copied aside", "segment", seg, "offset", off,
+			"octets", len(region), "err", err)
+		return
+	}
+	s.log.Error("spool: damaged record moved aside", "segment", seg, "offset", off, "octets", len(region), "file", name)
 }
 
 // Append writes m (its envelope and Data) to the spool and calls done
@@ -454,10 +459,9 @@ func (s *Spool) writeGroup(group []appendReq) {
 			}
 		}
 	}
+	s.writeFailing.Store(err != nil)
 	if err != nil {
-		if s.cfg.Logger != nil {
-			s.log.Warn("spool: write failed", "records", len(group), "err", err)
-		}
+		s.log.Warn("spool: write failed", "records", len(group), "err", err)
 		for _, r := range group {
 			s.reserved.Add(-int64(r.size))
 			s.failed.Add(1)
@@ -560,6 +564,27 @@ func (s *Spool) Read(loc Loc) (*sink.Message, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// Reject moves the record at loc, which no sink can take, to the
+// quarantine and acknowledges it.
+func (s *Spool) Reject(loc Loc) {
+	s.filesMu.Lock()
+	f := s.files[loc.Seg]
+	s.filesMu.Unlock()
+	if f != nil {
+		rec := make([]byte, loc.Len)
+		if _, err := f.ReadAt(rec, int64(loc.Off)); err == nil {
+			s.quarantine(loc.Seg, int(loc.Off), rec)
+		}
+	}
+	s.Ack(loc)
+}
+
+// Taking reports whether the spool takes records now: it is not full and
+// its last write succeeded.
+func (s *Spool) Taking() bool {
+	return !s.writeFailing.Load() && s.reserved.Load() < s.cfg.MaxBytes
 }
 
 // Ack records that the record at loc was delivered. The acknowledgement
