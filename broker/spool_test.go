@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -269,4 +270,105 @@ func TestSpoolRestartAfterCrash(t *testing.T) {
 	if n != 199 {
 		t.Fatalf("%d messages in the queue, want 199", n)
 	}
+}
+
+// mountTmpfs mounts a tmpfs of size at a new directory, unmounted when the
+// test ends; it skips the test where mounting is not allowed.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%v): %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
+	return dir
+}
+
+// A disk that fills: with RabbitMQ down, messages are spooled until the
+// 8 MiB file system is full; the next waits in memory and its deadline
+// answers it 451 4.3.1 (never a crash, never a 250 it cannot keep). Once
+// RabbitMQ is back and the spool drained, its space is free again and a
+// message is spooled with 250.
+func TestSpoolDiskFull(t *testing.T) {
+	p := newProxy(t)
+	cfg := spoolConfig(t, proxyURL(p))
+	cfg.PublishRetryWindow = 500 * time.Millisecond
+	cfg.ConfirmTimeout = 500 * time.Millisecond
+	cfg.SpoolDir = filepath.Join(mountTmpfs(t, "8M"), "spool")
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	p.Down()
+	for b.Ready() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	body := testBody(256 << 10)
+	var ok []string
+	var full error
+	for i := 0; i < 100 && full == nil; i++ {
+		id := fmt.Sprintf("full-%03d", i)
+		if err := send(b, id, "full@example.org", body); err != nil {
+			full = err
+			break
+		}
+		ok = append(ok, id)
+	}
+	if full != ErrSpoolFull {
+		t.Fatalf("after %d messages of 256 KiB on 8 MiB: %v, want %v", len(ok), full, ErrSpoolFull)
+	}
+	if len(ok) < 20 {
+		t.Fatalf("only %d messages spooled before the disk was full", len(ok))
+	}
+	if b.SpoolTaking() {
+		t.Fatal("SpoolTaking true with the disk full")
+	}
+	st := b.Stats()
+	t.Logf("%d spooled, then full; SpoolFailed %d", len(ok), st.SpoolFailed)
+	if err := p.Up(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the spool drained", func() bool {
+		st := b.Stats()
+		return st.SpoolMessages == 0 && st.SpoolDiskBytes == 0
+	})
+	p.Down()
+	for b.Ready() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := send(b, "after", "full@example.org", body); err != nil {
+		t.Fatalf("after the spool drained: %v, want 250", err)
+	}
+	if err := p.Up(); err != nil {
+		t.Fatal(err)
+	}
+	checkDelivered(t, []*sender{{name: "full@example.org", ids: append(ok, "after")}}, bySender(t, cfg.Queue, len(ok)+1))
+}
+
+// A queue full with x-overflow reject-publish NACKs: with a spool, the
+// messages it refuses are spooled and answered 250, and they reach the
+// queue as a consumer makes room.
+func TestSpoolQueueFull(t *testing.T) {
+	cfg := spoolConfig(t, "amqp://guest:guest@127.0.0.1:5672/")
+	cfg.QueueType = QueueClassic
+	cfg.MaxLength = 20
+	cfg.Overflow = "reject-publish"
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	senders := runSenders(t, b, "qfull", 10, 20, testBody(1024))
+	for _, s := range senders {
+		if len(s.errs) > 0 {
+			t.Fatalf("tempfail with a full queue: %v", s.errs[0])
+		}
+	}
+	st := b.Stats()
+	if st.Nacked == 0 || st.Spooled == 0 {
+		t.Fatalf("Nacked %d, Spooled %d: the queue did not fill", st.Nacked, st.Spooled)
+	}
+	t.Logf("nacked %d, spooled %d", st.Nacked, st.Spooled)
+	// The consumer drains what is there; the rest follows from the spool.
+	checkDelivered(t, senders, bySender(t, cfg.Queue, 200))
+	waitFor(t, 10*time.Second, "the spool drained", func() bool { return b.Stats().SpoolMessages == 0 })
 }
