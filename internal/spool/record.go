@@ -118,16 +118,6 @@ func check(b []byte) (int, error) {
 	return headerSize + n, nil
 }
 
-// Envelope is a record's metadata.
-type Envelope struct {
-	QueueID  string
-	Received time.Time
-	Spooled  time.Time
-	Sender   string
-	Rcpts    []string
-	Size     int // octets of the body
-}
-
 // decoder reads the payload of a checked record.
 type decoder struct {
 	b   []byte
@@ -206,17 +196,18 @@ func decode(rec []byte, m *sink.Message, data bool) (time.Time, error) {
 	return spooled, nil
 }
 
-// envelopeOf decodes the metadata of the checked record rec.
-func envelopeOf(rec []byte) (Envelope, error) {
-	var m sink.Message
-	spooled, err := decode(rec, &m, false)
-	if err != nil {
-		return Envelope{}, err
+// entryOf reads what the queue needs from the checked record rec: its
+// received time and queue ID, without decoding the rest.
+func entryOf(rec []byte) (time.Time, string, error) {
+	d := decoder{b: rec[headerSize:]}
+	if d.u8() != recordVersion {
+		return time.Time{}, "", ErrCorrupt
 	}
-	e := Envelope{QueueID: m.QueueID, Received: m.Received, Spooled: spooled, Sender: string(m.Sender)}
-	for _, r := range m.Recipients {
-		e.Rcpts = append(e.Rcpts, string(r))
+	received := int64(d.u64())
+	d.u64() // spooled
+	id := d.take(d.u16())
+	if d.bad {
+		return time.Time{}, "", ErrCorrupt
 	}
-	e.Size = len(rec) - recordSize(&m) // what is left after the envelope
-	return e, nil
+	return time.Unix(0, received), string(id), nil
 }

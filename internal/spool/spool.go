@@ -292,14 +292,14 @@ func scanSegment(dir string, n uint32, live func(Entry, []byte), bad func(seg ui
 		}
 		rec := data[off : off+size]
 		if !acked[uint32(off)] {
-			env, err := envelopeOf(rec)
+			received, id, err := entryOf(rec)
 			if err != nil {
 				if bad != nil {
 					bad(n, off, rec)
 				}
 			} else {
 				count++
-				live(Entry{Loc: Loc{Seg: n, Off: uint32(off), Len: uint32(size)}, QueueID: env.QueueID, Received: env.Received}, rec)
+				live(Entry{Loc: Loc{Seg: n, Off: uint32(off), Len: uint32(size)}, QueueID: id, Received: received}, rec)
 			}
 		}
 		off += size
