@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -196,9 +197,10 @@ func (s *Spool) recover() ([]Entry, uint32, error) {
 	}
 	var entries []Entry
 	var last uint32
+	var buf []byte
 	for _, n := range nums {
 		last = max(last, n)
-		live, size, err := scanSegment(s.cfg.Dir, n, func(e Entry, _ []byte) {
+		live, size, err := scanSegment(s.cfg.Dir, n, &buf, func(e Entry, _ []byte) {
 			entries = append(entries, e)
 			s.bytes.Add(int64(e.Loc.Len))
 		}, s.quarantine)
@@ -273,8 +275,9 @@ func readAcks(dir string, n uint32) map[uint32]bool {
 // scanSegment calls live for every valid record of segment n that is not
 // acknowledged and bad for every damaged region; it returns the count of
 // live records and the segment's size.
-func scanSegment(dir string, n uint32, live func(Entry, []byte), bad func(seg uint32, off int, region []byte)) (int, int64, error) {
-	data, err := os.ReadFile(segName(dir, n))
+// buf is reused from segment to segment.
+func scanSegment(dir string, n uint32, buf *[]byte, live func(Entry, []byte), bad func(seg uint32, off int, region []byte)) (int, int64, error) {
+	data, err := readInto(segName(dir, n), buf)
 	if err != nil {
 		return 0, 0, fmt.Errorf("spool: %w", err)
 	}
@@ -305,6 +308,28 @@ func scanSegment(dir string, n uint32, live func(Entry, []byte), bad func(seg ui
 		off += size
 	}
 	return count, int64(len(data)), nil
+}
+
+// readInto reads the file name into *buf, growing it if need be.
+func readInto(name string, buf *[]byte) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if int64(cap(*buf)) < fi.Size() {
+		*buf = make([]byte, fi.Size())
+	}
+	data := (*buf)[:fi.Size()]
+	k, err := io.ReadFull(f, data)
+	if err == io.ErrUnexpectedEOF {
+		err = nil // shorter than it was: a scan beside a writer
+	}
+	return data[:k], err
 }
 
 // resync returns the offset of the next valid record at or after from,
@@ -737,8 +762,9 @@ func Scan(dir string, fn func(Entry, *sink.Message) error) (damaged int, err err
 		return 0, err
 	}
 	var ferr error
+	var buf []byte
 	for _, n := range nums {
-		_, _, err := scanSegment(dir, n, func(e Entry, rec []byte) {
+		_, _, err := scanSegment(dir, n, &buf, func(e Entry, rec []byte) {
 			if ferr != nil {
 				return
 			}
