@@ -158,7 +158,6 @@ func TestSpoolBrokerDown(t *testing.T) {
 	}
 }
 
-
 // copyDir copies the files of src (not its subdirectories) to dst: the
 // spool as a crash would leave it, since a record is fsynced before its
 // 250 and nothing else is needed to find it.
