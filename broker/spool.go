@@ -77,8 +77,15 @@ func (b *Broker) spoolDefer(m *sink.Message, due int64, dup, tried bool) {
 				b.log.Warn("cannot spool a message: it waits in memory until its deadline",
 					"err", err, "suppressed", b.limits.spool.suppressedSince())
 			}
-			b.deferred.add(deferredMsg{msg: m, due: due, tried: tried, dup: dup, spoolErr: true})
-			b.kick()
+			select {
+			case <-b.stopWorkers:
+				// Closing, and no worker is left to answer it later.
+				b.stats.failed.Add(1)
+				b.finish(m, ErrSpoolFull)
+			default:
+				b.deferred.add(deferredMsg{msg: m, due: due, tried: tried, dup: dup, spoolErr: true})
+				b.kick()
+			}
 			return
 		}
 		b.stats.spooled.Add(1)
