@@ -43,6 +43,9 @@ const (
 	// maxGroupBytes ends a group early: one write of at most this much
 	// (or one record, if larger).
 	maxGroupBytes = 16 << 20
+	// writeLogEvery is the least time between two lines about failed
+	// writes.
+	writeLogEvery = 5 * time.Second
 )
 
 // Errors.
@@ -121,6 +124,8 @@ type Spool struct {
 	writeFailing atomic.Bool // the last group could not be written
 
 	// The writer's own state.
+	lastWriteLog time.Time
+	failedGroups int
 	active    *os.File
 	activeSeg uint32
 	activeOff int64
@@ -486,7 +491,12 @@ func (s *Spool) writeGroup(group []appendReq) {
 	}
 	s.writeFailing.Store(err != nil)
 	if err != nil {
-		s.log.Warn("spool: write failed", "records", len(group), "err", err)
+		// A full disk fails every group: one line per writeLogEvery.
+		s.failedGroups++
+		if now := time.Now(); now.Sub(s.lastWriteLog) >= writeLogEvery {
+			s.log.Warn("spool: write failed", "records", len(group), "err", err, "failed_groups", s.failedGroups)
+			s.lastWriteLog, s.failedGroups = now, 0
+		}
 		for _, r := range group {
 			s.reserved.Add(-int64(r.size))
 			s.failed.Add(1)
