@@ -126,10 +126,10 @@ type Spool struct {
 	// The writer's own state.
 	lastWriteLog time.Time
 	failedGroups int
-	active    *os.File
-	activeSeg uint32
-	activeOff int64
-	buf       []byte
+	active       *os.File
+	activeSeg    uint32
+	activeOff    int64
+	buf          []byte
 
 	records, bytes, diskBytes                       atomic.Int64
 	appended, acked, fsyncs, failed, corruptRegions atomic.Uint64
