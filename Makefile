@@ -9,10 +9,12 @@ build:
 	$(GO) build -o bin/lsmtp ./cmd/lsmtp
 
 # Runs the server against the local RabbitMQ (installed or started if need
-# be, see tools/rabbitmq-up).
+# be, see tools/rabbitmq-up), spooling to $(SPOOL); ARGS come after, so
+# ARGS=--spool-dir=... wins, and SPOOL= runs without a spool.
+SPOOL ?= ./var/spool
 run: build
 	@tools/rabbitmq-up
-	./bin/lsmtp $(ARGS)
+	./bin/lsmtp $(if $(SPOOL),--spool-dir $(SPOOL)) $(ARGS)
 
 # Packages where goroutines cross (event loops and sink completions, the
 # broker's confirm readers, the node's reload and admin, the harnesses'

@@ -11,6 +11,7 @@ import (
 	"github.com/lsmtp/lsmtp/codec"
 	"github.com/lsmtp/lsmtp/internal/hist"
 	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/spool"
 )
 
 // Errors the broker answers with besides sink.ErrUnavailable, sink.ErrBusy
@@ -42,6 +43,12 @@ type Broker struct {
 
 	workers      []*worker
 	liveChannels atomic.Int32 // workers with an open channel
+
+	// The durable backing of the deferred queue (spool.go); nil without
+	// Config.SpoolDir.
+	spool      *spool.Spool
+	spoolShare int          // most spooled records in the replaying worker's window
+	replayer   atomic.Int32 // worker id+1 holding the replay lease, 0 for none
 
 	// confirmLatency is publish call to confirm (ack or nack), seconds.
 	confirmLatency *hist.Histogram
@@ -103,6 +110,11 @@ func New(cfg Config) (*Broker, error) {
 		supDone:     make(chan struct{}),
 
 		confirmLatency: hist.New(hist.Exponential(0.0005, 2, 16)...), // 0.5 ms .. 16 s
+	}
+	if cfg.SpoolDir != "" {
+		if err := b.openSpool(); err != nil {
+			return nil, err
+		}
 	}
 	for i := 0; i < cfg.Workers; i++ {
 		w := newWorker(b, i)
@@ -184,17 +196,22 @@ func (b *Broker) kick() {
 // expireDeferred answers 451 to the deferred messages whose deadline passed.
 func (b *Broker) expireDeferred(now int64) {
 	for e, ok := b.deferred.takeExpired(now); ok; e, ok = b.deferred.takeExpired(now) {
-		b.expire(e.msg, now)
+		b.expire(e.msg, now, e.spoolErr)
 	}
 }
 
-// expire answers 451 to m, whose deadline passed before RabbitMQ took it.
-func (b *Broker) expire(m *sink.Message, now int64) {
+// expire answers 451 to m, whose deadline passed before RabbitMQ took it:
+// ErrSpoolFull when the spool could not take it (spoolErr).
+func (b *Broker) expire(m *sink.Message, now int64, spoolErr bool) {
 	b.stats.expired.Add(1)
 	b.stats.failed.Add(1)
 	if b.limits.expired.allow(now) {
 		b.log.Warn("RabbitMQ did not take a message before its deadline, answering 451",
 			"deadline", b.cfg.maxWait(), "suppressed", b.limits.expired.suppressedSince())
+	}
+	if spoolErr {
+		b.finish(m, ErrSpoolFull)
+		return
 	}
 	b.finish(m, sink.ErrUnavailable)
 }
@@ -267,6 +284,12 @@ func (b *Broker) close(ctx context.Context) error {
 	}
 	close(b.stopSup)
 	<-b.supDone
+	if b.spool != nil {
+		// What is spooled and not confirmed stays for the next start.
+		if serr := b.spool.Close(); serr != nil && err == nil {
+			err = fmt.Errorf("broker: close spool: %w", serr)
+		}
+	}
 	return err
 }
 

@@ -514,6 +514,9 @@ func TestConfigValidate(t *testing.T) {
 		{"retry window past the client's 10 minutes", func(c *Config) { c.PublishRetryWindow = 10 * time.Minute }},
 		{"confirm timeout past the client's 10 minutes", func(c *Config) { c.ConfirmTimeout = 10 * time.Minute }},
 		{"negative max waiting", func(c *Config) { c.MaxWaiting = -1 }},
+		{"spool without a retry window", func(c *Config) { c.SpoolDir = "/tmp/x"; c.PublishRetryWindow = 0 }},
+		{"spool smaller than 1 MiB", func(c *Config) { c.SpoolDir = "/tmp/x"; c.SpoolMaxBytes = 1<<20 - 1 }},
+		{"spool max age 0", func(c *Config) { c.SpoolDir = "/tmp/x"; c.SpoolMaxAge = 0 }},
 	} {
 		cfg := DefaultConfig()
 		c.edit(&cfg)
@@ -540,6 +543,11 @@ func TestConfigValidate(t *testing.T) {
 	cfg.MaxDomains = 0
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("static key, max domains 0: %v", err)
+	}
+	cfg = DefaultConfig()
+	cfg.SpoolDir, cfg.SpoolMaxBytes = "/tmp/x", 1<<20
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("spool of 1 MiB: %v", err)
 	}
 }
 

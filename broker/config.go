@@ -107,6 +107,19 @@ type Config struct {
 	ReconnectMin time.Duration
 	ReconnectMax time.Duration
 
+	// SpoolDir, when not empty, is the durable spool (internal/spool): a
+	// message RabbitMQ cannot take now is written there, fsynced, and
+	// answered 250 at once instead of waiting in memory; the workers
+	// publish it from there and remove it after its confirm. Empty: no
+	// spool, the deferred path is memory only. Needs PublishRetryWindow.
+	SpoolDir string
+	// SpoolMaxBytes bounds the spool's files on disk; past it a message
+	// waits in memory as without a spool.
+	SpoolMaxBytes int64
+	// SpoolMaxAge: a spooled message older than this is alarmed on
+	// (logged, and in Stats.SpoolOverAge), never dropped.
+	SpoolMaxAge time.Duration
+
 	// Node names this lsmtp node in the smtp-node header (the hostname by default).
 	Node string
 	// Logger receives the broker's logs; nil means slog.Default().
@@ -136,6 +149,8 @@ func DefaultConfig() Config {
 		Heartbeat:          10 * time.Second,
 		ReconnectMin:       100 * time.Millisecond,
 		ReconnectMax:       5 * time.Second,
+		SpoolMaxBytes:      10 << 30,
+		SpoolMaxAge:        7 * 24 * time.Hour,
 		Node:               host,
 	}
 }
@@ -155,6 +170,10 @@ func (c *Config) maxWait() time.Duration { return max(c.PublishRetryWindow, c.Co
 // the confirm channel handed to amqp091-go has room for Window+maxCopies
 // confirms, so that its reader goroutine never waits for a worker.
 const maxCopies = 1024
+
+// minSpoolBytes is the least SpoolMaxBytes: below it the spool would
+// refuse most messages anyway.
+const minSpoolBytes = 1 << 20
 
 // Validate reports every unusable setting, each as "broker: Field: what
 // is wrong", Field naming the field of Config, joined. Its messages never
@@ -238,6 +257,17 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxLengthBytes < 0 {
 		bad("MaxLengthBytes", "must not be negative")
+	}
+	if c.SpoolDir != "" {
+		if c.PublishRetryWindow == 0 {
+			bad("SpoolDir", "needs PublishRetryWindow: the spool backs the retry path, which 0 turns off")
+		}
+		if c.SpoolMaxBytes < minSpoolBytes {
+			bad("SpoolMaxBytes", "%d: want at least %d", c.SpoolMaxBytes, minSpoolBytes)
+		}
+		if c.SpoolMaxAge <= 0 {
+			bad("SpoolMaxAge", "must be more than 0")
+		}
 	}
 	switch c.Overflow {
 	case "", "drop-head", "reject-publish", "reject-publish-dlx":

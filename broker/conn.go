@@ -59,6 +59,10 @@ func (b *Broker) supervise() {
 		if err != nil {
 			b.stats.connectFailures.Add(1)
 			switch {
+			case !everConnected && !downLogged && b.spool != nil:
+				b.log.Error("RabbitMQ not reachable: messages are spooled and answered 250, and published once connected; retrying in the background",
+					"url", RedactURL(url), "err", err, "spool", b.cfg.SpoolDir)
+				downLogged = true
 			case !everConnected && !downLogged:
 				// The one line an operator needs when starting against a
 				// broker that is not there yet.

@@ -40,6 +40,14 @@ type deferredQueue struct {
 	raised  atomic.Bool  // backoff is above its minimum
 
 	backoff, min time.Duration // under mu
+
+	// The spool's backing (spool.go): records waiting to be published,
+	// in the order they were spooled (sp from spHead), and those whose
+	// attempt failed (back, a min-heap on seq), under mu; ns counts both.
+	sp     []spooledEntry
+	spHead int
+	back   []spooledEntry
+	ns     atomic.Int64
 }
 
 // deferredMsg is one message waiting to be (re)published.
@@ -52,13 +60,20 @@ type deferredMsg struct {
 	// connection, or it timed out, or other copies of it were acked), so
 	// that republishing it may store it twice.
 	tried, dup bool
+	// spoolErr: the spool could not take it; its deadline answers
+	// ErrSpoolFull.
+	spoolErr bool
 }
 
 func newDeferredQueue(min time.Duration) *deferredQueue {
 	return &deferredQueue{backoff: min, min: min}
 }
 
-func (q *deferredQueue) len() int { return int(q.n.Load()) }
+// len counts the messages in memory and the spooled records queued.
+func (q *deferredQueue) len() int { return int(q.n.Load() + q.ns.Load()) }
+
+// memLen counts the messages in memory, whose clients wait.
+func (q *deferredQueue) memLen() int { return int(q.n.Load()) }
 
 // add queues e.
 func (q *deferredQueue) add(e deferredMsg) {
@@ -104,19 +119,22 @@ func (q *deferredQueue) takeAny() (deferredMsg, bool) {
 }
 
 // next returns when the workers must look again: the earliest deadline,
-// or the end of the backoff if retry is set and that comes first. It
-// returns 0 when the queue is empty.
+// or the end of the backoff if retry is set and that comes first (or if
+// only spooled records, which have no deadline, wait). It returns 0 when
+// there is nothing to wait for.
 func (q *deferredQueue) next(now int64, retry bool) int64 {
-	if q.n.Load() == 0 {
+	if q.len() == 0 {
 		return 0
 	}
-	q.mu.Lock()
 	at := int64(0)
-	if len(q.heap) > 0 {
-		at = q.heap[0].due
+	if q.n.Load() > 0 {
+		q.mu.Lock()
+		if len(q.heap) > 0 {
+			at = q.heap[0].due
+		}
+		q.mu.Unlock()
 	}
-	q.mu.Unlock()
-	if r := q.retryAt.Load(); retry && at != 0 && r > now && r < at {
+	if r := q.retryAt.Load(); retry && r > now && (at == 0 && q.ns.Load() > 0 || at != 0 && r < at) {
 		at = r
 	}
 	return at

@@ -30,8 +30,25 @@
 // Config.ConfirmTimeout). Each attempt waits for its confirm at most
 // ConfirmTimeout and not past the deadline. Only when the deadline passes
 // is it answered 451 4.3.0. docs/ARCHITECTURE.md ("When the broker cannot
-// take a message now") has the design and the place of a durable spool in
-// it. PublishRetryWindow 0 turns this off: each of these is a 451 at once.
+// take a message now") has the design. PublishRetryWindow 0 turns this
+// off: each of these is a 451 at once.
+//
+// # The spool
+//
+// With Config.SpoolDir, the deferred queue has a durable backing
+// (spool.go, internal/spool): at the moment of deferral the message is
+// written to the spool, fsynced in a group with the others of that
+// moment, and completed with nil, so that its client gets 250 at once;
+// the queue keeps the record's location. The workers publish spooled
+// records in the order they were spooled (one worker at a time, with at
+// most Window/2 of them in its window, so that live mail keeps the rest),
+// with the same backoff and the same message contract, and remove a
+// record only after RabbitMQ acked every copy of it; what a process
+// leaves is published by the next one. A message the spool cannot take
+// (full, disk full, failing) waits in memory as without a spool and is
+// answered ErrSpoolFull (451 4.3.1) when its deadline passes. So a 250 is
+// RabbitMQ's confirm, or a record fsynced in the spool and then delivered
+// at least once.
 //
 // Bounded throughout: at most max(Config.RingSize +
 // Config.Workers×Config.Window, Config.MaxWaiting) messages are held (in
@@ -61,7 +78,7 @@
 // Every failure is logged (rate-limited) and counted in Stats.
 //
 // A message is never completed with nil unless RabbitMQ acked every copy
-// of it. The reverse is not guaranteed: a message RabbitMQ stored may
+// of it, or it is fsynced in the spool. The reverse is not guaranteed: a message RabbitMQ stored may
 // still be answered 451 (its confirm was lost with the connection, or came
 // too late), and the client sends it again; and a message whose publish
 // may have been stored (lost with its channel or connection, timed out,

@@ -26,6 +26,14 @@ type Stats struct {
 	Retried     uint64 // publishes of a message after a failed attempt
 	Republished uint64 // of Retried, those after an attempt that may have been stored: possible duplicates
 
+	// The spool (Config.SpoolDir).
+	Spooled       uint64 // messages written to the spool and answered 250 from there
+	Replayed      uint64 // spooled messages confirmed by RabbitMQ and removed from the spool
+	SpoolFailed   uint64 // messages the spool could not take (full, disk full, I/O error): kept in memory
+	SpoolRejected uint64 // spooled messages AMQP cannot carry, moved to the quarantine
+	SpoolCorrupt  uint64 // damaged spool records found and quarantined
+	SpoolFsyncs   uint64 // fsyncs of the spool (one per group of records)
+
 	// Submit answered at once, without taking the message.
 	RejectedBusy     uint64 // more messages held than RingSize/MaxWaiting: ErrBusy
 	RejectedDown     uint64 // without a retry window, not connected: ErrUnavailable
@@ -43,12 +51,21 @@ type Stats struct {
 	RingLen     int  // messages waiting for a worker
 	DeferredLen int  // messages deferred now
 	InFlight    int  // messages between Submit and Complete
+
+	Spool          bool          // a spool is configured
+	SpoolTaking    bool          // it takes messages now
+	SpoolMessages  int64         // messages in the spool, not yet confirmed by RabbitMQ
+	SpoolBytes     int64         // their octets on disk
+	SpoolDiskBytes int64         // octets of the spool's files, against SpoolMaxBytes
+	SpoolOldestAge time.Duration // age of the oldest spooled message waiting; 0 for none
+	SpoolOverAge   bool          // SpoolOldestAge is past SpoolMaxAge
 }
 
 type counters struct {
 	submitted, confirmed, failed                                  atomic.Uint64
 	nacked, returned, timedOut, lost, publishErrors, expired      atomic.Uint64
 	noChannel                                                     atomic.Uint64
+	spooled, replayed, spoolFailed, spoolRejected                 atomic.Uint64
 	deferred, retried, republished                                atomic.Uint64
 	rejectedBusy, rejectedDown, rejectedBlocked, rejectedShutdown atomic.Uint64
 	connects, connectFailures, disconnects, channelFailures       atomic.Uint64
@@ -58,7 +75,7 @@ type counters struct {
 func (b *Broker) Stats() Stats {
 	c := &b.stats
 	st := b.state.Load()
-	return Stats{
+	s := Stats{
 		Submitted:        c.submitted.Load(),
 		Confirmed:        c.confirmed.Load(),
 		Failed:           c.failed.Load(),
@@ -83,9 +100,24 @@ func (b *Broker) Stats() Stats {
 		Ready:            st&stateReady != 0,
 		Blocked:          st&stateBlocked != 0,
 		RingLen:          b.ring.len(),
-		DeferredLen:      b.deferred.len(),
+		DeferredLen:      b.deferred.memLen(),
 		InFlight:         int(b.pending.Load()),
+		Spooled:          c.spooled.Load(),
+		Replayed:         c.replayed.Load(),
+		SpoolFailed:      c.spoolFailed.Load(),
+		SpoolRejected:    c.spoolRejected.Load(),
 	}
+	if b.spool != nil {
+		ss := b.spool.Stats()
+		s.Spool, s.SpoolTaking = true, b.spool.Taking()
+		s.SpoolMessages, s.SpoolBytes, s.SpoolDiskBytes = ss.Records, ss.Bytes, ss.DiskBytes
+		s.SpoolCorrupt, s.SpoolFsyncs = ss.Corrupt, ss.Fsyncs
+		if at := b.deferred.oldestSpooled(); at > 0 {
+			s.SpoolOldestAge = max(time.Since(time.Unix(0, at)), 0)
+			s.SpoolOverAge = s.SpoolOldestAge > b.cfg.SpoolMaxAge
+		}
+	}
+	return s
 }
 
 // logEvery is the least time between two log lines of the same kind: a
@@ -114,5 +146,5 @@ func (l *limiter) suppressedSince() int64 { return l.suppressed.Swap(0) }
 
 // logLimits has one limiter per kind of trouble.
 type logLimits struct {
-	busy, nack, returned, timeout, lost, publish, channel, connect, expired limiter
+	busy, nack, returned, timeout, lost, publish, channel, connect, expired, spool limiter
 }

@@ -41,6 +41,8 @@ type worker struct {
 	frameMax int
 
 	pub publishBuilder
+
+	spInFlight int // spooled records in the window (spool.go)
 }
 
 func newWorker(b *Broker, id int) *worker {
@@ -171,7 +173,11 @@ func (w *worker) deferRing() {
 	moved := false
 	for m, at := w.b.ring.pop(); m != nil; m, at = w.b.ring.pop() {
 		w.b.stats.deferred.Add(1)
-		w.b.deferred.add(deferredMsg{msg: m, due: at + w.b.maxWait})
+		if w.b.spool != nil {
+			w.b.spoolDefer(m, at+w.b.maxWait, false, false)
+		} else {
+			w.b.deferred.add(deferredMsg{msg: m, due: at + w.b.maxWait})
+		}
 		moved = true
 	}
 	if moved {
@@ -224,6 +230,7 @@ func (w *worker) session(c *connection) (err error) {
 		// every one settled here is a message its client need not resend.
 		w.drainConfirms(confirms, returns)
 		w.failInFlight()
+		w.releaseReplay()
 		if errors.Is(err, errChannelClosed) {
 			// The confirm or return channel closed first: the reason, if
 			// any, is in the close notification.
@@ -311,7 +318,7 @@ func (w *worker) fill(ch *amqp.Channel) error {
 			}
 			if e, ok := b.deferred.take(now); ok {
 				if e.due <= now {
-					b.expire(e.msg, now)
+					b.expire(e.msg, now, e.spoolErr)
 					continue
 				}
 				if e.tried {
@@ -320,9 +327,14 @@ func (w *worker) fill(ch *amqp.Channel) error {
 				if e.dup {
 					b.stats.republished.Add(1)
 				}
-				if err := w.publish(ch, e.msg, e.due, e.dup); err != nil {
+				if err := w.publish(ch, e.msg, e.due, e.dup, nil); err != nil {
 					return err
 				}
+				continue
+			}
+			if took, err := w.fillSpooled(ch, now); err != nil {
+				return err
+			} else if took {
 				continue
 			}
 		}
@@ -343,10 +355,10 @@ func (w *worker) fill(ch *amqp.Channel) error {
 		due := at + b.maxWait
 		if now >= due {
 			// Waited in the ring longer than it may wait at all.
-			b.expire(m, now)
+			b.expire(m, now, false)
 			continue
 		}
-		if err := w.publish(ch, m, due, false); err != nil {
+		if err := w.publish(ch, m, due, false, nil); err != nil {
 			return err
 		}
 	}
@@ -359,12 +371,16 @@ func (w *worker) fill(ch *amqp.Channel) error {
 // publish sends every copy of m, whose deadline is due, and queues them
 // for their confirms. m keeps its data until it is completed: a message
 // that must be published again needs its body. dup says an earlier
-// publish of m may have been stored.
-func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool) error {
+// publish of m may have been stored. sp is m's spool record when m was
+// read from the spool, nil for a message whose client waits.
+func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool, sp *spooledEntry) error {
 	b := w.b
 	now := b.now()
 	copies := w.pub.prepare(m)
-	if pr := w.pub.check(copies, w.frameMax); pr.what != "" {
+	if pr := w.pub.check(copies, w.frameMax); pr.what != "" && sp != nil {
+		w.spoolRejected(m, sp, pr.what)
+		return nil
+	} else if pr.what != "" {
 		// Publishing it would close the connection (or, past the
 		// domains cap, store too many copies): this message alone is
 		// answered 451, at once, since no attempt can succeed. Its
@@ -396,9 +412,12 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool)
 				b.log.Warn("publish failed", "worker", w.id, "err", err,
 					"suppressed", b.limits.publish.suppressedSince())
 			}
-			if i == 0 {
+			switch {
+			case i == 0 && sp != nil:
+				w.spoolPublishFailed(m, sp)
+			case i == 0:
 				w.retryOrFail(m, due, dup, now, sink.ErrUnavailable)
-			} else {
+			default:
 				// Earlier copies are queued: the message is settled with
 				// them, and counts as not taken.
 				t := w.fifo.back()
@@ -407,7 +426,7 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool)
 			return err
 		}
 		w.fifo.push(inflight{tag: w.nextTag, msg: m, id: pub.MessageId, published: now, expiry: expiry, due: due,
-			dup: dup, last: i == copies-1})
+			dup: dup, last: i == copies-1, sp: sp})
 		w.nextTag++
 	}
 	return nil
@@ -471,6 +490,10 @@ func (w *worker) settle(e inflight, o outcome) {
 	}
 	done := *h
 	w.head = copies{}
+	if e.sp != nil {
+		w.settleSpooled(e, done)
+		return
+	}
 	switch {
 	case done.unroutable:
 		w.b.stats.failed.Add(1)
@@ -489,6 +512,14 @@ func (w *worker) settle(e inflight, o outcome) {
 // or answers it err.
 func (w *worker) retryOrFail(m *sink.Message, due int64, dup bool, now int64, err error) {
 	b := w.b
+	if b.spool != nil {
+		// Spooled whatever its deadline, and while stopping too: once
+		// fsynced, the client's wait is over.
+		b.stats.deferred.Add(1)
+		b.deferred.failed(now)
+		b.spoolDefer(m, due, dup, true)
+		return
+	}
 	stopping := false
 	select {
 	case <-b.stopWorkers:
@@ -597,6 +628,9 @@ type inflight struct {
 	last      bool   // the message's last copy: settling it completes the message
 	returned  bool   // basic.return received for it
 	failed    bool   // a later copy of its message could not be published
+	// sp is the spool record msg was read from; nil for a message whose
+	// client waits.
+	sp *spooledEntry
 }
 
 // fifo is a growable circular queue of in-flight publishes. It holds at

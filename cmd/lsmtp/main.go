@@ -5,6 +5,9 @@
 //	lsmtp config check [flags]       validate the configuration and exit (1 with the problems)
 //	lsmtp config print [flags]       print the effective configuration, secrets masked
 //	lsmtp config sample              print a configuration file of every key with its default
+//	lsmtp spool ls [flags]           list the messages in the spool (--spool-dir), oldest first
+//	lsmtp spool show ID [flags]      print one spooled message: its envelope, then the message
+//	lsmtp spool export DIR [flags]   write each spooled message to DIR as ID.eml and ID.json
 //
 // Options come from flags, LSMTP_* variables and the file named by
 // --config, in that order of precedence; options.go has the table of them.
@@ -39,8 +42,11 @@ func main() {
 }
 
 func mainExit(args []string, env lookupEnv, stdout, stderr io.Writer) int {
-	if sub, flagArgs, ok := configSubcommand(args, stderr); ok {
+	if sub, flagArgs, ok := subcommand("config", args); ok {
 		return configCommand(sub, flagArgs, env, stdout, stderr)
+	}
+	if sub, flagArgs, ok := subcommand("spool", args); ok {
+		return spoolCommand(sub, flagArgs, env, stdout, stderr)
 	}
 	if err := run(args, env, stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -59,10 +65,10 @@ func mainExit(args []string, env lookupEnv, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// configSubcommand finds "config <sub>" before or after the flags and
-// returns the flags without it.
-func configSubcommand(args []string, stderr io.Writer) (sub string, flagArgs []string, ok bool) {
-	if len(args) > 0 && args[0] == "config" {
+// subcommand finds "<word> <sub>" (config, spool) before or after the
+// flags and returns the flags without it.
+func subcommand(word string, args []string) (sub string, flagArgs []string, ok bool) {
+	if len(args) > 0 && args[0] == word {
 		if len(args) < 2 {
 			return "", nil, true
 		}
@@ -70,7 +76,7 @@ func configSubcommand(args []string, stderr io.Writer) (sub string, flagArgs []s
 	}
 	// Flags first: the flag package stops at the first non-flag.
 	fs := newConfig(io.Discard).fs
-	if fs.Parse(args) != nil || fs.NArg() == 0 || fs.Arg(0) != "config" {
+	if fs.Parse(args) != nil || fs.NArg() == 0 || fs.Arg(0) != word {
 		return "", nil, false
 	}
 	rest := fs.Args()

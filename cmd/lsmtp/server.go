@@ -136,14 +136,18 @@ func (n *node) brokerStats() metrics.BrokerStats {
 }
 
 // ready is /readyz: listening, not shutting down, and connected to the
-// broker. The reason is for the operator reading the 503.
+// broker or with a spool that takes mail (a 250 from the spool is as good
+// as one from RabbitMQ). The reason is for the operator reading the 503.
 func (n *node) ready() (bool, string) {
 	switch {
 	case n.stopping.Load():
 		return false, "shutting down"
 	case !n.serving.Load():
 		return false, "not listening"
-	case n.brk != nil && !n.brk.Ready():
+	case n.brk != nil && !n.brk.Ready() && !n.brk.SpoolTaking():
+		if n.brk.Stats().Spool {
+			return false, "broker not connected, and the spool takes no mail (full or failing)"
+		}
 		return false, "broker not connected"
 	}
 	return true, "ok"

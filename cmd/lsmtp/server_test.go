@@ -283,6 +283,31 @@ func TestMetricsAndReadinessAgainstRabbitMQ(t *testing.T) {
 	}
 }
 
+// TestReadyWithSpool: with RabbitMQ unreachable, a node with a spool that
+// takes mail is ready (its 250s come from the spool); without one it is not.
+func TestReadyWithSpool(t *testing.T) {
+	down := "amqp://guest:guest@" + closedAddr(t) + "/"
+	base := []string{"--listen", "127.0.0.1:0", "--admin-listen", "", "--event-loops", "1", "--amqp-url", down}
+	n, _, _ := startNode(t, append(base, "--spool-dir", t.TempDir()))
+	if ok, why := n.ready(); !ok {
+		t.Errorf("with a spool and RabbitMQ down: not ready (%s), want ready", why)
+	}
+	n2, _, _ := startNode(t, base)
+	if ok, why := n2.ready(); ok || why != "broker not connected" {
+		t.Errorf("without a spool and RabbitMQ down: ready %v (%s), want not ready", ok, why)
+	}
+}
+
+// closedAddr is a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
 // TestReadyzFailsWhileStopping checks that a node being shut down tells
 // load balancers to go elsewhere before it stops listening.
 func TestReadyzFailsWhileStopping(t *testing.T) {

@@ -73,6 +73,9 @@ type Collector struct {
 	brkRing, brkPending, brkAwaitingConfirm, brkLatency *prometheus.Desc
 	brkDeferred, brkRetried, brkRepublished, brkWaiting *prometheus.Desc
 
+	spoolMessages, spoolBytes, spoolDiskBytes, spoolOldest, spoolOverAge, spoolTaking *prometheus.Desc
+	spooled, spoolReplayed, spoolFailed, spoolCorrupt, spoolRejected, spoolFsyncs     *prometheus.Desc
+
 	version, goVersion string
 }
 
@@ -131,6 +134,18 @@ func NewCollector(src Sources) *Collector {
 		c.brkRetried = desc("broker_retried_total", "Publishes of a message after a failed attempt.")
 		c.brkRepublished = desc("broker_republished_total", "Of the retried publishes, those after an attempt RabbitMQ may have stored: possible duplicates.")
 		c.brkWaiting = desc("broker_deferred_messages", "Messages waiting now to be published again, their clients still waiting for the reply.")
+		c.spoolMessages = desc("spool_messages", "Messages in the durable spool, answered 250 and not yet confirmed by RabbitMQ; absent without a spool.")
+		c.spoolBytes = desc("spool_bytes", "Octets of the messages in the spool.")
+		c.spoolDiskBytes = desc("spool_disk_bytes", "Octets of the spool's files, against spool-max-bytes.")
+		c.spoolOldest = desc("spool_oldest_age_seconds", "Age of the oldest message waiting in the spool; 0 for none.")
+		c.spoolOverAge = desc("spool_over_max_age", "1 while the oldest spooled message is older than spool-max-age (kept, never dropped).")
+		c.spoolTaking = desc("spool_taking", "1 while the spool takes messages (not full, its last write succeeded).")
+		c.spooled = desc("spooled_total", "Messages written to the spool and answered 250 from there.")
+		c.spoolReplayed = desc("spool_replayed_total", "Spooled messages confirmed by RabbitMQ and removed from the spool: the replay rate.")
+		c.spoolFailed = desc("spool_failed_total", "Messages the spool could not take (full, disk full, I/O error); they wait in memory, then 451 4.3.1.")
+		c.spoolCorrupt = desc("spool_corrupt_records_total", "Damaged spool records found (torn by a crash, changed on disk) and moved to the quarantine.")
+		c.spoolRejected = desc("spool_rejected_total", "Spooled messages AMQP cannot carry, moved to the quarantine.")
+		c.spoolFsyncs = desc("spool_fsyncs_total", "fsyncs of the spool, one per group of messages.")
 		if c.latency != nil {
 			c.brkLatency = desc("broker_confirm_latency_seconds", "Time from publish to RabbitMQ's confirm.")
 		}
@@ -148,6 +163,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.brkDisconnects, c.brkChannelFailures, c.brkSubmitted, c.brkConfirmed, c.brkFailed,
 		c.brkPublishFailures, c.brkRejected, c.brkRing, c.brkPending, c.brkAwaitingConfirm, c.brkLatency,
 		c.brkDeferred, c.brkRetried, c.brkRepublished, c.brkWaiting,
+		c.spoolMessages, c.spoolBytes, c.spoolDiskBytes, c.spoolOldest, c.spoolOverAge, c.spoolTaking,
+		c.spooled, c.spoolReplayed, c.spoolFailed, c.spoolCorrupt, c.spoolRejected, c.spoolFsyncs,
 	} {
 		if d != nil {
 			ch <- d
@@ -241,6 +258,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	// Ring and pending are read one after the other, not together; the
 	// difference is clamped rather than shown negative.
 	gauge(c.brkAwaitingConfirm, float64(max(b.InFlight-b.RingLen, 0)))
+	if b.Spool {
+		gauge(c.spoolMessages, float64(b.SpoolMessages))
+		gauge(c.spoolBytes, float64(b.SpoolBytes))
+		gauge(c.spoolDiskBytes, float64(b.SpoolDiskBytes))
+		gauge(c.spoolOldest, b.SpoolOldestAge.Seconds())
+		gauge(c.spoolOverAge, boolf(b.SpoolOverAge))
+		gauge(c.spoolTaking, boolf(b.SpoolTaking))
+		counter(c.spooled, float64(b.Spooled))
+		counter(c.spoolReplayed, float64(b.Replayed))
+		counter(c.spoolFailed, float64(b.SpoolFailed))
+		counter(c.spoolCorrupt, float64(b.SpoolCorrupt))
+		counter(c.spoolRejected, float64(b.SpoolRejected))
+		counter(c.spoolFsyncs, float64(b.SpoolFsyncs))
+	}
 	if c.latency != nil {
 		ch <- constHistogram(c.brkLatency, c.latency.Snapshot())
 	}

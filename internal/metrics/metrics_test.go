@@ -223,6 +223,42 @@ type fixedBroker struct{ st broker.Stats }
 
 func (f fixedBroker) Stats() broker.Stats { return f.st }
 
+func TestSpoolSeries(t *testing.T) {
+	st := broker.Stats{
+		Spool: true, SpoolTaking: true, SpoolMessages: 40, SpoolBytes: 4000, SpoolDiskBytes: 5000,
+		SpoolOldestAge: 90 * time.Second, SpoolOverAge: true,
+		Spooled: 50, Replayed: 10, SpoolFailed: 3, SpoolCorrupt: 2, SpoolRejected: 1, SpoolFsyncs: 7,
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewCollector(metrics.Sources{Broker: fixedBroker{st}}))
+	s := gather(t, reg)
+	want := map[string]float64{
+		`lsmtp_spool_messages`:              40,
+		`lsmtp_spool_bytes`:                 4000,
+		`lsmtp_spool_disk_bytes`:            5000,
+		`lsmtp_spool_oldest_age_seconds`:    90,
+		`lsmtp_spool_over_max_age`:          1,
+		`lsmtp_spool_taking`:                1,
+		`lsmtp_spooled_total`:               50,
+		`lsmtp_spool_replayed_total`:        10,
+		`lsmtp_spool_failed_total`:          3,
+		`lsmtp_spool_corrupt_records_total`: 2,
+		`lsmtp_spool_rejected_total`:        1,
+		`lsmtp_spool_fsyncs_total`:          7,
+	}
+	for k, v := range want {
+		if got, ok := s[k]; !ok || got != v {
+			t.Errorf("%s = %v (present %v), want %v", k, got, ok, v)
+		}
+	}
+	// Without a spool, no spool series.
+	reg = prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewCollector(metrics.Sources{Broker: fixedBroker{broker.Stats{}}}))
+	if _, ok := gather(t, reg)[`lsmtp_spool_messages`]; ok {
+		t.Error("spool series without a spool")
+	}
+}
+
 func TestBrokerSeries(t *testing.T) {
 	st := broker.Stats{
 		Submitted: 100, Confirmed: 90, Failed: 7,
