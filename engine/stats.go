@@ -64,6 +64,8 @@ type Stats struct {
 	// InFlightBytes is the bytes of message bodies held now, between
 	// the start of DATA/BDAT and the sink's verdict.
 	InFlightBytes atomic.Int64
+	// TLS and AUTH (tlsstats.go).
+	TLS TLSStats
 }
 
 func newStats() *Stats {
