@@ -179,10 +179,10 @@ type authStore struct {
 	stats *Stats
 	log   interface{ Warn(string, ...any) }
 
-	mu    sync.Mutex // held while loading
-	name  string     // guarded by mu
-	mod   time.Time  // guarded by mu
-	cur   atomic.Pointer[credentials]
+	mu        sync.Mutex // held while loading
+	name      string     // guarded by mu
+	mod       time.Time  // guarded by mu
+	cur       atomic.Pointer[credentials]
 	nextCheck atomic.Int64 // Unix ns of the next look at the file
 }
 

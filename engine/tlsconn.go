@@ -44,11 +44,11 @@ const tlsInitialBuffer = 4 << 10
 type HandshakeFailure uint8
 
 const (
-	HandshakeTimeout  HandshakeFailure = iota // Config.HandshakeTimeout passed
-	HandshakeBusy                             // Config.MaxHandshakes were running; no slot came free in time
-	HandshakeVersion                          // the client offered no version we speak (below TLSMinVersion)
-	HandshakeEOF                              // the client went away
-	HandshakeBad                              // anything else: not TLS, a bad record, no common cipher
+	HandshakeTimeout HandshakeFailure = iota // Config.HandshakeTimeout passed
+	HandshakeBusy                            // Config.MaxHandshakes were running; no slot came free in time
+	HandshakeVersion                         // the client offered no version we speak (below TLSMinVersion)
+	HandshakeEOF                             // the client went away
+	HandshakeBad                             // anything else: not TLS, a bad record, no common cipher
 	numHandshakeFailures
 )
 
