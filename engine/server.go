@@ -329,7 +329,7 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	sess := newSession(s, c, ap)
 	sess.countedIP = !viaProxy
 	if s.tls.special {
-		sess.openKind(c.LocalAddr())
+		sess.openKind(c.Fd())
 	}
 	c.SetContext(sess) // from here on, OnClose releases what admit counted
 	s.sessions.add(sess)

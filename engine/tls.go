@@ -74,13 +74,8 @@ func (c *Config) validateTLS(bad func(field, format string, args ...any)) {
 	if _, ok := tlsVersions[c.TLSMinVersion]; !ok {
 		bad("TLSMinVersion", "%q: want 1.2 or 1.3 (TLS 1.0 and 1.1 are deprecated by RFC 8996)", c.TLSMinVersion)
 	}
-	switch {
-	case (c.TLSCert == "") != (c.TLSKey == ""):
+	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("TLSCert", "needs both TLSCert and TLSKey")
-	case c.TLSCert != "":
-		if _, err := loadKeyPair(c.TLSCert, c.TLSKey); err != nil {
-			bad("TLSCert", "%v", err)
-		}
 	}
 	noTLS := c.TLSCert == ""
 	if noTLS && len(c.ListenTLS) > 0 {
@@ -93,9 +88,6 @@ func (c *Config) validateTLS(bad func(field, format string, args ...any)) {
 		if noTLS {
 			bad("AuthFile", "needs TLSCert and TLSKey: AUTH is accepted only over TLS (RFC 4954 §4)")
 		}
-		if _, err := loadAuthFile(c.AuthFile); err != nil {
-			bad("AuthFile", "%v", err)
-		}
 	}
 	if c.AuthFile == "" && (c.RequireAuth || len(c.ListenSubmission) > 0) {
 		bad("AuthFile", "RequireAuth and ListenSubmission need an AuthFile")
@@ -103,6 +95,25 @@ func (c *Config) validateTLS(bad func(field, format string, args ...any)) {
 	if c.HandshakeTimeout < 0 || c.MaxHandshakes < 0 || c.AuthFailDelay < 0 {
 		bad("HandshakeTimeout", "HandshakeTimeout, MaxHandshakes and AuthFailDelay must not be negative")
 	}
+}
+
+// CheckFiles loads the certificate pair and the auth file as New would,
+// and says what is wrong with them, each problem named by its field like
+// Validate's. Validate does not read files: on Reload a file that does
+// not load keeps the one in force instead of failing the whole reload.
+func (c *Config) CheckFiles() error {
+	var errs []error
+	if c.TLSCert != "" && c.TLSKey != "" {
+		if _, err := loadKeyPair(c.TLSCert, c.TLSKey); err != nil {
+			errs = append(errs, fmt.Errorf("engine: TLSCert: %w", err))
+		}
+	}
+	if c.AuthFile != "" {
+		if _, err := loadAuthFile(c.AuthFile); err != nil {
+			errs = append(errs, fmt.Errorf("engine: AuthFile: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // tlsDefaults fills the zero TLS fields; withDefaults calls it.
@@ -177,9 +188,9 @@ func (t *tlsServer) configure(cfg *Config) {
 
 // kindOf names the listener a connection came in on by its local
 // address: a listener on a wildcard address matches by port.
-func (t *tlsServer) kindOf(local net.Addr) listenerKind {
-	ta, ok := local.(*net.TCPAddr)
-	if !ok {
+func (t *tlsServer) kindOf(fd int) listenerKind {
+	ta, ok := boundAddr(fd, nil).(*net.TCPAddr)
+	if !ok || ta == nil {
 		return kindPlain
 	}
 	for _, l := range t.kinds {
@@ -374,9 +385,11 @@ func (s *session) startTLSCmd() {
 	}
 }
 
-// openKind notes the listener a connection came in on (OnOpen).
-func (s *session) openKind(local net.Addr) {
-	s.sec.kind = s.srv.tls.kindOf(local)
+// openKind notes the listener a connection came in on (OnOpen), by the
+// socket's local address: gnet's Conn.LocalAddr is the listener's address
+// as configured (port 0 stays 0).
+func (s *session) openKind(fd int) {
+	s.sec.kind = s.srv.tls.kindOf(fd)
 	s.sec.requireAuth = s.sec.kind == kindSubmission
 }
 
