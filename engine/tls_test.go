@@ -400,34 +400,34 @@ func TestCertReload(t *testing.T) {
 		return tc.ConnectionState().PeerCertificates[0].SerialNumber.String()
 	}
 	cfg := ts.srv.Config()
-	if got := serialSeen(); got != ts.cert.serial.String() {
-		t.Fatalf("serial %s, want %s", got, ts.cert.serial)
+	if got := serialSeen(); got != ts.cert.Serial.String() {
+		t.Fatalf("serial %s, want %s", got, ts.cert.Serial)
 	}
-	if exp := ts.srv.Stats().TLS.CertExpiry.Load(); exp != ts.cert.notAfter.Unix() {
-		t.Errorf("expiry %d, want %d", exp, ts.cert.notAfter.Unix())
+	if exp := ts.srv.Stats().TLS.CertExpiry.Load(); exp != ts.cert.NotAfter.Unix() {
+		t.Errorf("expiry %d, want %d", exp, ts.cert.NotAfter.Unix())
 	}
 	// A broken certificate file: the old pair stays.
 	mustf(t, os.WriteFile(cfg.TLSCert, []byte("not a certificate"), 0o600), "write")
 	if _, err := ts.srv.Reload(cfg); err != nil {
 		t.Fatalf("Reload: %v", err)
 	}
-	if got := serialSeen(); got != ts.cert.serial.String() {
-		t.Errorf("after a bad reload serial %s, want the old %s", got, ts.cert.serial)
+	if got := serialSeen(); got != ts.cert.Serial.String() {
+		t.Errorf("after a bad reload serial %s, want the old %s", got, ts.cert.Serial)
 	}
 	if n := ts.srv.Stats().TLS.CertReloadFailures.Load(); n != 1 {
 		t.Errorf("reload failures %d, want 1", n)
 	}
 	// A new good pair in the same files.
-	next := newTestCert(t, t.TempDir(), "rsa")
-	for src, dst := range map[string]string{next.certFile: cfg.TLSCert, next.keyFile: cfg.TLSKey} {
+	next := smtptest.WriteCert(t, t.TempDir(), "rsa")
+	for src, dst := range map[string]string{next.CertFile: cfg.TLSCert, next.KeyFile: cfg.TLSKey} {
 		b, _ := os.ReadFile(src)
 		mustf(t, os.WriteFile(dst, b, 0o600), "write")
 	}
 	if _, err := ts.srv.Reload(cfg); err != nil {
 		t.Fatalf("Reload: %v", err)
 	}
-	if got := serialSeen(); got != next.serial.String() {
-		t.Errorf("after reload serial %s, want %s", got, next.serial)
+	if got := serialSeen(); got != next.Serial.String() {
+		t.Errorf("after reload serial %s, want %s", got, next.Serial)
 	}
 }
 

@@ -2,16 +2,8 @@ package engine
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -27,53 +19,6 @@ import (
 // Helpers of the TLS and AUTH tests: certificates made on the spot, an
 // auth file, a server with a TLS and a submission listener, and a client
 // that upgrades its connection.
-
-// testCert is a self-signed certificate for mx.test written to PEM files.
-type testCert struct {
-	certFile, keyFile string
-	pool              *x509.CertPool
-	serial            *big.Int
-	notAfter          time.Time
-}
-
-// newTestCert makes a certificate with a P-256 (ecdsa) or RSA 2048 key.
-func newTestCert(t testing.TB, dir, keyType string) testCert {
-	t.Helper()
-	var key any
-	var pub any
-	switch keyType {
-	case "rsa":
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		mustf(t, err, "rsa key")
-		key, pub = k, &k.PublicKey
-	default:
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		mustf(t, err, "ecdsa key")
-		key, pub = k, &k.PublicKey
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	notAfter := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: "mx.test"},
-		DNSNames:     []string{"mx.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
-	mustf(t, err, "certificate")
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	mustf(t, err, "key")
-	c := testCert{certFile: filepath.Join(dir, keyType+"-cert.pem"), keyFile: filepath.Join(dir, keyType+"-key.pem"),
-		pool: x509.NewCertPool(), serial: serial, notAfter: notAfter}
-	mustf(t, os.WriteFile(c.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600), "write cert")
-	mustf(t, os.WriteFile(c.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600), "write key")
-	leaf, _ := x509.ParseCertificate(der)
-	c.pool.AddCert(leaf)
-	return c
-}
 
 // Users of the test auth file: alice has a bcrypt hash (the lowest cost,
 // to keep a thousand checks quick), bob an argon2id one (small).
@@ -99,16 +44,16 @@ func writeAuthFile(t testing.TB, dir string) string {
 type tlsTestServer struct {
 	srv                     *Server
 	plain, implicit, submit string
-	cert                    testCert
+	cert                    smtptest.Cert
 	rec                     *smtptest.Recorder
 }
 
 func startTLSServer(t testing.TB, cfg Config) tlsTestServer {
 	t.Helper()
 	dir := t.TempDir()
-	ts := tlsTestServer{cert: newTestCert(t, dir, "ecdsa")}
+	ts := tlsTestServer{cert: smtptest.WriteCert(t, dir, "ecdsa")}
 	if cfg.TLSCert == "" {
-		cfg.TLSCert, cfg.TLSKey = ts.cert.certFile, ts.cert.keyFile
+		cfg.TLSCert, cfg.TLSKey = ts.cert.CertFile, ts.cert.KeyFile
 	}
 	if cfg.AuthFile == "" {
 		cfg.AuthFile = writeAuthFile(t, dir)
@@ -135,7 +80,7 @@ func startTLSServer(t testing.TB, cfg Config) tlsTestServer {
 // clientTLS is the client side's configuration: it trusts the test
 // certificate only.
 func (ts tlsTestServer) clientTLS() *tls.Config {
-	return &tls.Config{ServerName: "mx.test", RootCAs: ts.cert.pool}
+	return &tls.Config{ServerName: "mx.test", RootCAs: ts.cert.Pool}
 }
 
 // startTLS upgrades the client's connection after a 220 to STARTTLS.

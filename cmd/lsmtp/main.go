@@ -5,6 +5,7 @@
 //	lsmtp config check [flags]       validate the configuration and exit (1 with the problems)
 //	lsmtp config print [flags]       print the effective configuration, secrets masked
 //	lsmtp config sample              print a configuration file of every key with its default
+//	lsmtp auth hash < password       print a password hash for --auth-file
 //
 // Options come from flags, LSMTP_* variables and the file named by
 // --config, in that order of precedence; options.go has the table of them.
@@ -39,6 +40,9 @@ func main() {
 }
 
 func mainExit(args []string, env lookupEnv, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "auth" {
+		return authCommand(args[1:], stdout, stderr)
+	}
 	if sub, flagArgs, ok := configSubcommand(args, stderr); ok {
 		return configCommand(sub, flagArgs, env, stdout, stderr)
 	}
