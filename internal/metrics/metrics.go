@@ -63,6 +63,7 @@ type Collector struct {
 	connOpen, connAccepted, connRefused, connLimit *prometheus.Desc
 	commands, messages, bytesRecv, msgSize         *prometheus.Desc
 	inFlight, inFlightLimit, trackedClients        *prometheus.Desc
+	tls                                            tlsDescs // tls.go
 
 	brkConnected, brkBlocked                            *prometheus.Desc
 	brkConnects, brkReconnects, brkConnectFailures      *prometheus.Desc
@@ -104,6 +105,7 @@ func NewCollector(src Sources) *Collector {
 	c.msgSize = desc("message_size_bytes", "Size of accepted messages, octets.")
 	c.inFlight = desc("in_flight_bytes", "Message octets held now, from DATA/BDAT until the broker's verdict.")
 	c.inFlightLimit = desc("in_flight_bytes_limit", "max-in-flight-bytes in force; past it messages get 451 4.3.1.")
+	c.tls.init(desc)
 	c.trackedClients = desc("policy_tracked_clients", "Client IPs with rate-limit state (at most max-tracked-clients); absent without client controls.")
 
 	if src.Broker != nil {
@@ -142,6 +144,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
+	c.tls.describe(ch)
 }
 
 // Collect reads the counters. It runs on the scraping goroutine only.
@@ -177,6 +180,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- constHistogram(c.msgSize, st.MessageSize.Snapshot())
 		}
 		gauge(c.inFlight, float64(st.InFlightBytes.Load()))
+		c.tls.collect(st, counter, gauge)
 	}
 	if c.src.Config != nil {
 		cfg := c.src.Config()
