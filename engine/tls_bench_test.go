@@ -1,0 +1,267 @@
+package engine
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lsmtp/lsmtp/internal/sink"
+	"github.com/lsmtp/lsmtp/internal/smtptest"
+)
+
+// TLS benchmarks, each beside its plaintext figure:
+//
+//	go test -run '^$' -bench 'TLS' -benchtime 2000x ./engine
+//
+// BenchmarkTLSHandshake: full handshakes (no session resumption) per
+// second over loopback, clients in the same process, so that the figure
+// is what the 2 cores do for both ends; "plain" is connect and greeting.
+// BenchmarkTLSMessages: pipelined 2 KB messages, 1 or 100 per
+// connection, each connection new (a handshake each for TLS). The
+// clients share the process with the server, as in BenchmarkNullSink.
+// BenchmarkTLSIdleMemory: the server's heap and stacks per idle session
+// after EHLO, with the clients in a child process so that only the
+// server's memory is counted.
+
+// tlsBenchServer is a null-sink server with a certificate of keyType on
+// --listen and --listen-tls.
+func tlsBenchServer(b *testing.B, keyType string) (plain, implicit string, conf *tls.Config, ns *sink.Null) {
+	dir := b.TempDir()
+	crt := smtptest.WriteCert(b, dir, keyType)
+	ns = &sink.Null{}
+	srv, plain := startServer(b, Config{Sink: ns, TLSCert: crt.CertFile, TLSKey: crt.KeyFile,
+		ListenTLS: []string{"127.0.0.2:0"}, MaxConnsPerIP: 0, MaxConns: 0, MaxHandshakes: 1024})
+	return plain, srv.Addrs()[1].String(), &tls.Config{ServerName: "mx.test", RootCAs: crt.Pool}, ns
+}
+
+// dialBenchMaybeTLS connects, handshakes when conf is set, and reads the
+// greeting and the reply to EHLO.
+func dialBenchMaybeTLS(addr string, conf *tls.Config) (*benchConn, error) {
+	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	_ = raw.SetDeadline(time.Now().Add(60 * time.Second))
+	c := &benchConn{conn: raw}
+	if conf != nil {
+		tc := tls.Client(raw, conf)
+		if err := tc.Handshake(); err != nil {
+			raw.Close()
+			return nil, err
+		}
+		c.conn = tc
+	}
+	if err := c.expect("220"); err != nil {
+		c.conn.Close()
+		return nil, err
+	}
+	if err := c.send(benchEHLO, "250"); err != nil {
+		c.conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func BenchmarkTLSHandshake(b *testing.B) {
+	for _, kt := range []string{"plain", "ecdsa", "rsa"} {
+		name := map[string]string{"plain": "plain", "ecdsa": "ecdsa-p256", "rsa": "rsa-2048"}[kt]
+		b.Run(name, func(b *testing.B) {
+			keyType := kt
+			if kt == "plain" {
+				keyType = "ecdsa"
+			}
+			plain, implicit, conf, _ := tlsBenchServer(b, keyType)
+			addr := implicit
+			if kt == "plain" {
+				addr, conf = plain, nil
+			}
+			var left atomic.Int64
+			left.Store(int64(b.N))
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Go(func() {
+					for left.Add(-1) >= 0 {
+						c, err := dialBenchMaybeTLS(addr, conf)
+						if err != nil {
+							b.Error(err)
+							left.Store(0)
+							return
+						}
+						c.conn.Close()
+					}
+				})
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handshakes/s")
+		})
+	}
+}
+
+func BenchmarkTLSMessages(b *testing.B) {
+	msg := benchMessage()
+	msgThenEnvelope := append(append([]byte(nil), msg...), benchEnvelope...)
+	msgThenQuit := append(append([]byte(nil), msg...), benchQuit...)
+	for _, secure := range []bool{false, true} {
+		for _, perConn := range []int{1, 100} {
+			name := fmt.Sprintf("plain/%d-per-conn", perConn)
+			if secure {
+				name = fmt.Sprintf("tls/%d-per-conn", perConn)
+			}
+			b.Run(name, func(b *testing.B) {
+				plain, implicit, conf, ns := tlsBenchServer(b, "ecdsa")
+				addr := implicit
+				if !secure {
+					addr, conf = plain, nil
+				}
+				var left atomic.Int64
+				left.Store(int64(b.N))
+				take := func() bool { return left.Add(-1) >= 0 }
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				for range min(benchClients, b.N) {
+					wg.Go(func() {
+						for take() {
+							c, err := dialBenchMaybeTLS(addr, conf)
+							if err == nil {
+								err = pipelinedN(c, perConn, take, msgThenEnvelope, msgThenQuit)
+								c.conn.Close()
+							}
+							if err != nil {
+								b.Error(err)
+								left.Store(0)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				b.StopTimer()
+				if got := ns.Messages(); got != int64(b.N) && !b.Failed() {
+					b.Fatalf("sink got %d messages, sent %d", got, b.N)
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			})
+		}
+	}
+}
+
+// pipelinedN is pipelinedConn with perConn messages per connection (the
+// first already taken).
+func pipelinedN(c *benchConn, perConn int, take func() bool, msgThenEnvelope, msgThenQuit []byte) error {
+	if err := c.write(benchEnvelope); err != nil {
+		return err
+	}
+	if err := c.expectAll("250", "250", "354"); err != nil {
+		return err
+	}
+	for sent := 1; ; sent++ {
+		if sent >= perConn || !take() {
+			if err := c.write(msgThenQuit); err != nil {
+				return err
+			}
+			return c.expectAll("250", "221")
+		}
+		if err := c.write(msgThenEnvelope); err != nil {
+			return err
+		}
+		if err := c.expectAll("250", "250", "250", "354"); err != nil {
+			return err
+		}
+	}
+}
+
+// idleClientsEnv makes the test binary a process holding idle clients
+// (TestIdleClientsHelper): "addr n tls|plain cafile".
+const idleClientsEnv = "LSMTP_IDLE_CLIENTS"
+
+func BenchmarkTLSIdleMemory(b *testing.B) {
+	const n = 500
+	for _, mode := range []string{"plain", "tls"} {
+		b.Run(mode, func(b *testing.B) {
+			dir := b.TempDir()
+			crt := smtptest.WriteCert(b, dir, "ecdsa")
+			srv, plain := startServer(b, Config{TLSCert: crt.CertFile, TLSKey: crt.KeyFile, ListenTLS: []string{"127.0.0.2:0"},
+				MaxConnsPerIP: 0, Sink: &sink.Null{}})
+			addr := plain
+			if mode == "tls" {
+				addr = srv.Addrs()[1].String()
+			}
+			var perConn float64
+			for range b.N {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				exe, _ := os.Executable()
+				cmd := exec.Command(exe, "-test.run", "^TestIdleClientsHelper$")
+				cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %s %s", idleClientsEnv, addr, n, mode, crt.CertFile))
+				stdin, _ := cmd.StdinPipe()
+				stdout, _ := cmd.StdoutPipe()
+				mustf(b, cmd.Start(), "child")
+				line, err := bufio.NewReader(stdout).ReadString('\n')
+				if err != nil || !strings.HasPrefix(line, "ready") {
+					b.Fatalf("child: %q %v", line, err)
+				}
+				for srv.Stats().Open.Load() < n {
+					time.Sleep(10 * time.Millisecond)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				perConn = float64(int64(after.HeapInuse+after.StackInuse)-int64(before.HeapInuse+before.StackInuse)) / n
+				stdin.Close()
+				_ = cmd.Wait()
+				for srv.Stats().Open.Load() > 0 {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			b.ReportMetric(perConn, "B/idle-conn")
+		})
+	}
+}
+
+// TestIdleClientsHelper is the child of BenchmarkTLSIdleMemory: it opens
+// the connections, says EHLO on each, prints "ready" and waits for its
+// standard input to close. Without the variable it does nothing.
+func TestIdleClientsHelper(t *testing.T) {
+	spec := os.Getenv(idleClientsEnv)
+	if spec == "" {
+		t.Skip("run by BenchmarkTLSIdleMemory")
+	}
+	f := strings.Fields(spec)
+	n, _ := strconv.Atoi(f[1])
+	var conf *tls.Config
+	if f[2] == "tls" {
+		pem, err := os.ReadFile(f[3])
+		mustf(t, err, "ca")
+		conf = &tls.Config{ServerName: "mx.test", RootCAs: x509Pool(pem)}
+	}
+	var conns []*benchConn
+	for range n {
+		c, err := dialBenchMaybeTLS(f[0], conf)
+		mustf(t, err, "dial")
+		_ = c.conn.SetDeadline(time.Time{})
+		conns = append(conns, c)
+	}
+	fmt.Println("ready")
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	for _, c := range conns {
+		c.conn.Close()
+	}
+}
+
+func x509Pool(pem []byte) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(pem)
+	return p
+}
