@@ -465,3 +465,47 @@ func TestTLSAsyncSink(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// prependConn writes head in front of the first Write: a load balancer's
+// PROXY header in the same packet as the ClientHello.
+type prependConn struct {
+	net.Conn
+	head []byte
+}
+
+func (p *prependConn) Write(b []byte) (int, error) {
+	if p.head != nil {
+		_, err := p.Conn.Write(append(p.head, b...))
+		p.head = nil
+		return len(b), err
+	}
+	return p.Conn.Write(b)
+}
+
+// TestImplicitTLSBehindProxy: on --listen-tls, a trusted load balancer's
+// PROXY header comes first, then the ClientHello, in one packet or two.
+func TestImplicitTLSBehindProxy(t *testing.T) {
+	ts := startTLSServer(t, Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	for i, samePacket := range []bool{true, false} {
+		header := fmt.Sprintf("PROXY TCP4 192.0.2.%d 127.0.0.2 5555 465\r\n", 10+i)
+		c := dialNoGreeting(t, ts.implicit)
+		if samePacket {
+			c.conn = &prependConn{Conn: c.conn, head: []byte(header)}
+		} else {
+			c.send(header)
+		}
+		c.startTLS(ts.clientTLS())
+		c.expect("220 mx.test ESMTP")
+		c.do("EHLO client.test", "250 ")
+		c.do("MAIL FROM:<a@client.test>", "250 2.1.0")
+		c.do("RCPT TO:<b@mx.test>", "250 2.1.5")
+		c.do("DATA", "354 ")
+		c.send("x\r\n.\r\n")
+		c.expect("250 2.0.0")
+		c.do("QUIT", "221 ")
+		m := waitMessages(t, ts.rec, i+1)[i]
+		if want := fmt.Sprintf("192.0.2.%d", 10+i); m.ClientIP != want || m.TLSVersion == "" {
+			t.Errorf("same packet %v: client %q TLS %q, want %s over TLS", samePacket, m.ClientIP, m.TLSVersion, want)
+		}
+	}
+}
