@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -264,4 +265,95 @@ func x509Pool(pem []byte) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AppendCertsFromPEM(pem)
 	return p
+}
+
+// loadClientsEnv makes the test binary a process that sends messages
+// (TestLoadClientsHelper): "addr tls|plain perConn total cafile".
+const loadClientsEnv = "LSMTP_LOAD_CLIENTS"
+
+// BenchmarkTLSServerCPU is the server's own CPU time per message, user
+// and system, with the clients in a child process: the figure that says
+// what TLS costs the server, whatever the clients (which do the same
+// cryptography on the same two cores) cost.
+func BenchmarkTLSServerCPU(b *testing.B) {
+	for _, mode := range []string{"plain", "tls"} {
+		for _, perConn := range []int{1, 100} {
+			b.Run(fmt.Sprintf("%s/%d-per-conn", mode, perConn), func(b *testing.B) {
+				dir := b.TempDir()
+				crt := smtptest.WriteCert(b, dir, "ecdsa")
+				ns := &sink.Null{}
+				srv, plain := startServer(b, Config{TLSCert: crt.CertFile, TLSKey: crt.KeyFile, ListenTLS: []string{"127.0.0.2:0"},
+					MaxConnsPerIP: 0, MaxHandshakes: 1024, Sink: ns})
+				addr := plain
+				if mode == "tls" {
+					addr = srv.Addrs()[1].String()
+				}
+				exe, _ := os.Executable()
+				cmd := exec.Command(exe, "-test.run", "^TestLoadClientsHelper$")
+				cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d %d %s", loadClientsEnv, addr, mode, perConn, b.N, crt.CertFile))
+				var out strings.Builder
+				cmd.Stdout, cmd.Stderr = &out, &out
+				before := cpuTime()
+				b.ResetTimer()
+				if err := cmd.Run(); err != nil {
+					b.Fatalf("clients: %v\n%s", err, out.String())
+				}
+				b.StopTimer()
+				used := cpuTime() - before
+				if got := ns.Messages(); got != int64(b.N) {
+					b.Fatalf("sink got %d of %d", got, b.N)
+				}
+				b.ReportMetric(float64(used.Microseconds())/float64(b.N), "server-µs/msg")
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			})
+		}
+	}
+}
+
+// cpuTime is this process's user plus system time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestLoadClientsHelper is the child of BenchmarkTLSServerCPU.
+func TestLoadClientsHelper(t *testing.T) {
+	spec := os.Getenv(loadClientsEnv)
+	if spec == "" {
+		t.Skip("run by BenchmarkTLSServerCPU")
+	}
+	f := strings.Fields(spec)
+	perConn, _ := strconv.Atoi(f[2])
+	total, _ := strconv.Atoi(f[3])
+	var conf *tls.Config
+	if f[1] == "tls" {
+		pem, err := os.ReadFile(f[4])
+		mustf(t, err, "ca")
+		conf = &tls.Config{ServerName: "mx.test", RootCAs: x509Pool(pem)}
+	}
+	msg := benchMessage()
+	msgThenEnvelope := append(append([]byte(nil), msg...), benchEnvelope...)
+	msgThenQuit := append(append([]byte(nil), msg...), benchQuit...)
+	var left atomic.Int64
+	left.Store(int64(total))
+	take := func() bool { return left.Add(-1) >= 0 }
+	var wg sync.WaitGroup
+	for range min(benchClients, total) {
+		wg.Go(func() {
+			for take() {
+				c, err := dialBenchMaybeTLS(f[0], conf)
+				if err == nil {
+					err = pipelinedN(c, perConn, take, msgThenEnvelope, msgThenQuit)
+					c.conn.Close()
+				}
+				if err != nil {
+					t.Error(err)
+					left.Store(0)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
