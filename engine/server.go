@@ -8,7 +8,8 @@
 // (session.deadline, paused); each says who may touch it where it is
 // declared. The ticker goroutine (gnet's OnTick) never changes a session;
 // it only wakes the connection (gnet Conn.Wake), and the loop does the
-// rest.
+// rest. A session that starts TLS leaves its loop for a goroutine of its
+// own (tls.go, tlsconn.go), which then owns it by the same rules.
 package engine
 
 import (

@@ -509,3 +509,45 @@ func TestImplicitTLSBehindProxy(t *testing.T) {
 		}
 	}
 }
+
+// TestFilesReloadWhenChanged: without a SIGHUP, a changed certificate
+// and a changed auth file are picked up at the next look (once a minute;
+// the test moves the clock of the look, not the files).
+func TestFilesReloadWhenChanged(t *testing.T) {
+	ts := startTLSServer(t, Config{})
+	cfg := ts.srv.Config()
+	next := smtptest.WriteCert(t, t.TempDir(), "ecdsa")
+	for src, dst := range map[string]string{next.CertFile: cfg.TLSCert, next.KeyFile: cfg.TLSKey} {
+		b, _ := os.ReadFile(src)
+		mustf(t, os.WriteFile(dst, b, 0o600), "write")
+	}
+	// Not yet due: the old certificate still.
+	conf := &tls.Config{ServerName: "mx.test", RootCAs: next.Pool}
+	if err := tls.Client(rawDial(t, ts.implicit), conf).Handshake(); err == nil {
+		t.Fatalf("the new certificate was used before the files were looked at again")
+	}
+	ts.srv.tls.certs.nextCheck.Store(0)
+	if err := tls.Client(rawDial(t, ts.implicit), conf).Handshake(); err != nil {
+		t.Fatalf("after the look, handshake with the new certificate: %v", err)
+	}
+
+	// The auth file: carol replaces alice.
+	h, err := HashPassword([]byte("carol-pw"), "bcrypt")
+	mustf(t, err, "hash")
+	mustf(t, os.WriteFile(cfg.AuthFile, []byte("carol:"+h+"\n"), 0o600), "write")
+	ts.srv.tls.auth.nextCheck.Store(0)
+	c := dialStartTLS(t, ts.plain, conf)
+	c.do("EHLO client.test", "250 ")
+	c.do("AUTH PLAIN "+plainB64("", "alice", alicePass), "535 5.7.8")
+	c.do("AUTH PLAIN "+plainB64("", "carol", "carol-pw"), "235 2.7.0")
+
+	// A broken auth file keeps carol.
+	mustf(t, os.WriteFile(cfg.AuthFile, []byte("carol:not-a-hash\n"), 0o600), "write")
+	ts.srv.tls.auth.nextCheck.Store(0)
+	c = dialStartTLS(t, ts.plain, conf)
+	c.do("EHLO client.test", "250 ")
+	c.do("AUTH PLAIN "+plainB64("", "carol", "carol-pw"), "235 2.7.0")
+	if n := ts.srv.Stats().TLS.AuthFileReloadFailures.Load(); n != 1 {
+		t.Errorf("auth file reload failures %d, want 1", n)
+	}
+}
