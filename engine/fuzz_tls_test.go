@@ -9,6 +9,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/lsmtp/lsmtp/internal/sink"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
@@ -181,5 +182,37 @@ func TestTLSHarness(t *testing.T) {
 	}
 	if msgs := run.sink.Messages(); len(msgs) != 1 || msgs[0].AuthUser != "alice" || msgs[0].TLSVersion != "TLS 1.3" {
 		t.Errorf("messages %+v", msgs)
+	}
+}
+
+// TestTLSSessionAllocs: with a certificate and an auth file loaded, a
+// session in the clear still takes commands without allocating, EHLO
+// (now offering STARTTLS) included; so does one after the hand-off.
+func TestTLSSessionAllocs(t *testing.T) {
+	dir := t.TempDir()
+	crt := smtptest.WriteCert(t, dir, "ecdsa")
+	cfg := Config{TLSCert: crt.CertFile, TLSKey: crt.KeyFile, AuthFile: writeAuthFile(t, dir), Sink: &sink.Null{}}
+	batch := []byte("EHLO client.test\r\nNOOP\r\n" + allocEnvelope + "RSET\r\n")
+	for _, secure := range []bool{false, true} {
+		h := newMemHarness(t, cfg, false)
+		if secure {
+			h.sess.tls.Store(&tlsConn{sess: h.sess})
+			h.sess.established(&tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256}, h.now)
+		}
+		h.pass(batch)
+		want := "250 STARTTLS\r\n"
+		if secure {
+			want = "250 AUTH PLAIN LOGIN\r\n"
+		}
+		if !strings.Contains(string(h.transcript), want) {
+			t.Fatalf("secure %v: EHLO reply lacks %q: %q", secure, want, h.transcript)
+		}
+		h.discard = true
+		if n := testing.AllocsPerRun(200, func() { h.pass(batch) }); n != 0 && !raceEnabled {
+			t.Errorf("secure %v: %v allocations per batch, want 0", secure, n)
+		}
+		if h.closed {
+			t.Errorf("secure %v: closed", secure)
+		}
 	}
 }
