@@ -90,24 +90,30 @@ func BenchmarkTLSHandshake(b *testing.B) {
 			var left atomic.Int64
 			left.Store(int64(b.N))
 			b.ResetTimer()
-			var wg sync.WaitGroup
-			for range 8 {
-				wg.Go(func() {
-					for left.Add(-1) >= 0 {
-						c, err := dialBenchMaybeTLS(addr, conf)
-						if err != nil {
-							b.Error(err)
-							left.Store(0)
-							return
-						}
-						c.conn.Close()
-					}
-				})
-			}
-			wg.Wait()
+			runParallelDials(b, &left, addr, conf)
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handshakes/s")
 		})
 	}
+}
+
+// runParallelDials connects 8 clients at a time until left runs out:
+// greeting and EHLO, after a handshake when conf is set.
+func runParallelDials(b *testing.B, left *atomic.Int64, addr string, conf *tls.Config) {
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for left.Add(-1) >= 0 {
+				c, err := dialBenchMaybeTLS(addr, conf)
+				if err != nil {
+					b.Error(err)
+					left.Store(0)
+					return
+				}
+				c.conn.Close()
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func BenchmarkTLSMessages(b *testing.B) {
@@ -199,36 +205,44 @@ func BenchmarkTLSIdleMemory(b *testing.B) {
 			if mode == "tls" {
 				addr = srv.Addrs()[1].String()
 			}
-			var perConn float64
-			for range b.N {
-				var before, after runtime.MemStats
-				runtime.GC()
-				runtime.ReadMemStats(&before)
-				exe, _ := os.Executable()
-				cmd := exec.Command(exe, "-test.run", "^TestIdleClientsHelper$")
-				cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %s %s", idleClientsEnv, addr, n, mode, crt.CertFile))
-				stdin, _ := cmd.StdinPipe()
-				stdout, _ := cmd.StdoutPipe()
-				mustf(b, cmd.Start(), "child")
-				line, err := bufio.NewReader(stdout).ReadString('\n')
-				if err != nil || !strings.HasPrefix(line, "ready") {
-					b.Fatalf("child: %q %v", line, err)
-				}
-				for srv.Stats().Open.Load() < n {
-					time.Sleep(10 * time.Millisecond)
-				}
-				runtime.GC()
-				runtime.ReadMemStats(&after)
-				perConn = float64(int64(after.HeapInuse+after.StackInuse)-int64(before.HeapInuse+before.StackInuse)) / n
-				stdin.Close()
-				_ = cmd.Wait()
-				for srv.Stats().Open.Load() > 0 {
-					time.Sleep(10 * time.Millisecond)
-				}
-			}
+			perConn := childIdle(b, addr, n, mode, crt.CertFile, srv.Stats().Open.Load)
 			b.ReportMetric(perConn, "B/idle-conn")
 		})
 	}
+}
+
+// childIdle holds n idle sessions open on addr from a child process and
+// returns how much this process's heap and stacks grew per session, once
+// open() counts them all.
+func childIdle(b *testing.B, addr string, n int, mode, caFile string, open func() int64) float64 {
+	var perConn float64
+	for range b.N {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe, "-test.run", "^TestIdleClientsHelper$")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %s %s", idleClientsEnv, addr, n, mode, caFile))
+		stdin, _ := cmd.StdinPipe()
+		stdout, _ := cmd.StdoutPipe()
+		mustf(b, cmd.Start(), "child")
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "ready") {
+			b.Fatalf("child: %q %v", line, err)
+		}
+		for open() < int64(n) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perConn = float64(int64(after.HeapInuse+after.StackInuse)-int64(before.HeapInuse+before.StackInuse)) / float64(n)
+		stdin.Close()
+		_ = cmd.Wait()
+		for open() > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return perConn
 }
 
 // TestIdleClientsHelper is the child of BenchmarkTLSIdleMemory: it opens
@@ -288,18 +302,7 @@ func BenchmarkTLSServerCPU(b *testing.B) {
 				if mode == "tls" {
 					addr = srv.Addrs()[1].String()
 				}
-				exe, _ := os.Executable()
-				cmd := exec.Command(exe, "-test.run", "^TestLoadClientsHelper$")
-				cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d %d %s", loadClientsEnv, addr, mode, perConn, b.N, crt.CertFile))
-				var out strings.Builder
-				cmd.Stdout, cmd.Stderr = &out, &out
-				before := cpuTime()
-				b.ResetTimer()
-				if err := cmd.Run(); err != nil {
-					b.Fatalf("clients: %v\n%s", err, out.String())
-				}
-				b.StopTimer()
-				used := cpuTime() - before
+				used := childLoad(b, addr, mode, perConn, crt.CertFile)
 				if got := ns.Messages(); got != int64(b.N) {
 					b.Fatalf("sink got %d of %d", got, b.N)
 				}
@@ -308,6 +311,24 @@ func BenchmarkTLSServerCPU(b *testing.B) {
 			})
 		}
 	}
+}
+
+// childLoad sends b.N messages to addr from a child process, perConn per
+// connection, and returns the CPU time this process (the server) spent
+// meanwhile. The benchmark timer runs only while the child does.
+func childLoad(b *testing.B, addr, mode string, perConn int, caFile string) time.Duration {
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, "-test.run", "^TestLoadClientsHelper$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d %d %s", loadClientsEnv, addr, mode, perConn, b.N, caFile))
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	before := cpuTime()
+	b.ResetTimer()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("clients: %v\n%s", err, out.String())
+	}
+	b.StopTimer()
+	return cpuTime() - before
 }
 
 // cpuTime is this process's user plus system time.
