@@ -23,7 +23,7 @@ import (
 
 // TLS benchmarks, each beside its plaintext figure:
 //
-//	go test -run '^$' -bench 'TLS' -benchtime 2000x ./engine
+//	go test -run '^$' -bench 'TLS|GoSMTP' -benchtime 3000x ./engine
 //
 // BenchmarkTLSHandshake: full handshakes (no session resumption) per
 // second over loopback, clients in the same process, so that the figure
@@ -31,7 +31,8 @@ import (
 // BenchmarkTLSMessages: pipelined 2 KB messages, 1 or 100 per
 // connection, each connection new (a handshake each for TLS). The
 // clients share the process with the server, as in BenchmarkNullSink.
-// BenchmarkTLSIdleMemory: the server's heap and stacks per idle session
+// BenchmarkTLSServerCPU: the server's own CPU time per message, the
+// clients in a child process. BenchmarkTLSIdleMemory: the server's heap and stacks per idle session
 // after EHLO, with the clients in a child process so that only the
 // server's memory is counted.
 
