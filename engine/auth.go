@@ -25,6 +25,10 @@ import (
 // and LOGIN need.
 const authLineMax = 12288
 
+// maxAuthUser bounds a user name: it is kept for the session and goes
+// into the smtp-auth-user header (the broker reserves 255 octets for it).
+const maxAuthUser = 255
+
 // authMech is the mechanism of an exchange in progress.
 type authMech uint8
 
@@ -168,7 +172,7 @@ func (s *session) authStep(mech authMech, resp []byte, now time.Time) {
 		// other than the user would be acting as someone else: refused.
 		authz, rest, ok1 := bytes.Cut(dec, []byte{0})
 		user, pass, ok2 := bytes.Cut(rest, []byte{0})
-		if !ok1 || !ok2 || bytes.IndexByte(pass, 0) >= 0 || len(user) == 0 ||
+		if !ok1 || !ok2 || bytes.IndexByte(pass, 0) >= 0 || len(user) == 0 || len(user) > maxAuthUser ||
 			(len(authz) > 0 && !bytes.Equal(authz, user)) {
 			s.endAuth()
 			st.Auth[AuthMalformed].Add(1)
@@ -183,6 +187,12 @@ func (s *session) authStep(mech authMech, resp []byte, now time.Time) {
 		s.state = stAuth
 		s.reply(replyLoginPass)
 	case mechLoginPass:
+		if len(a.user) == 0 || len(a.user) > maxAuthUser {
+			s.endAuth()
+			st.Auth[AuthMalformed].Add(1)
+			s.authFailed(now)
+			return
+		}
 		s.verify(a.user, dec, now)
 	}
 }

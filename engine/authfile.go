@@ -73,6 +73,9 @@ func loadAuthFile(name string) (*credentials, error) {
 		if !ok || user == "" {
 			return nil, fmt.Errorf("auth file %s:%d: want user:hash", name, n)
 		}
+		if len(user) > maxAuthUser {
+			return nil, fmt.Errorf("auth file %s:%d: user name longer than %d octets", name, n, maxAuthUser)
+		}
 		if _, dup := c.users[user]; dup {
 			return nil, fmt.Errorf("auth file %s:%d: user %q given twice", name, n, user)
 		}

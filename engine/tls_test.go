@@ -154,6 +154,8 @@ func TestAuth(t *testing.T) {
 		{"plain other authzid", [][2]string{{"AUTH PLAIN " + plainB64("bob", "alice", alicePass), "535 5.7.8"}}, ""},
 		{"plain NUL-split identity", [][2]string{{"AUTH PLAIN " + b64("\x00alice\x00"+alicePass+"\x00x"), "535 5.7.8"}}, ""},
 		{"plain two fields", [][2]string{{"AUTH PLAIN " + b64("alice\x00"+alicePass), "535 5.7.8"}}, ""},
+		{"plain user past 255", [][2]string{{"AUTH PLAIN", "334 "}, {plainB64("", strings.Repeat("u", 256), alicePass), "535 5.7.8"}}, ""},
+		{"login user past 255", [][2]string{{"AUTH LOGIN", "334 "}, {b64(strings.Repeat("u", 256)), "334 "}, {b64(alicePass), "535 5.7.8"}}, ""},
 		{"malformed base64", [][2]string{{"AUTH PLAIN %%%", "501 5.5.2"}}, ""},
 		{"malformed base64 after 334", [][2]string{{"AUTH LOGIN", "334 "}, {"not base64!", "501 5.5.2"}}, ""},
 		{"cancel", [][2]string{{"AUTH PLAIN", "334 "}, {"*", "501 5.0.0"}}, ""},
