@@ -148,6 +148,9 @@ func edgeMessage(rec *recorder, id string, envelope int) *sink.Message {
 	m.Size = 1 << 62
 	m.Body = sink.BodyBinaryMIME
 	m.SMTPUTF8 = true
+	m.TLSVersion = strings.Repeat("v", reserveShort)
+	m.TLSCipher = strings.Repeat("c", reserveShort)
+	m.AuthUser = []byte(strings.Repeat("u", reserveShort))
 	return m
 }
 
