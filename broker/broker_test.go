@@ -58,6 +58,9 @@ func wantDelivery(t *testing.T, d amqp.Delivery, m *sink.Message, body []byte, r
 		"smtp-utf8":          m.SMTPUTF8,
 		"smtp-received-at":   m.Received.UTC().Format("2006-01-02T15:04:05.000Z"),
 		"smtp-node":          node,
+		"smtp-tls-version":   m.TLSVersion,
+		"smtp-tls-cipher":    m.TLSCipher,
+		"smtp-auth-user":     string(m.AuthUser),
 	}
 	if !reflect.DeepEqual(d.Headers, want) {
 		t.Errorf("%s: headers\n got %#v\nwant %#v", m.QueueID, d.Headers, want)
@@ -90,6 +93,9 @@ func TestContractRoundTrip(t *testing.T) {
 		{"utf8", "jörg@bücher.example", []string{"ünïcode@例え.jp"}, []byte("Subject: grüße\r\n\r\n"), func(m *sink.Message) { m.SMTPUTF8 = true }},
 		{"several-rcpts", "a@example.org", []string{"one@x.example", "two@y.example", "three@x.example"}, []byte("hi\r\n"), nil},
 		{"large", "a@example.org", []string{"b@example.com"}, large, func(m *sink.Message) { m.Size = int64(len(large)) }},
+		{"tls-auth", "a@example.org", []string{"b@example.com"}, []byte("hi\r\n"), func(m *sink.Message) {
+			m.TLSVersion, m.TLSCipher, m.AuthUser = "TLS 1.3", "TLS_AES_128_GCM_SHA256", []byte("alice")
+		}},
 	}
 	rec := newRecorder()
 	msgs := map[string]*sink.Message{}

@@ -118,6 +118,9 @@
 //	smtp-received-at    string   RFC 3339 UTC with milliseconds,
 //	                             e.g. "2024-05-01T12:34:56.789Z"
 //	smtp-node           string   the lsmtp node that received it (Config.Node)
+//	smtp-tls-version    string   "TLS 1.2", "TLS 1.3"; "" in the clear
+//	smtp-tls-cipher     string   the cipher suite (crypto/tls name); "" in the clear
+//	smtp-auth-user      string   the user who authenticated (RFC 4954); "" for none
 //
 // Routing: with a static Config.RoutingKey every message is published
 // once with that key. A key containing {domain}, e.g. "inbound.{domain}",

@@ -77,6 +77,11 @@ func (b *Broker) Limits() sink.Limits {
 		Body:       sink.BodyBinaryMIME,
 		SMTPUTF8:   true,
 		Received:   time.Date(2999, 12, 31, 23, 59, 59, 999e6, time.UTC),
+		// The TLS names are crypto/tls's (under 64 octets); the engine
+		// refuses AUTH for a user name past 255.
+		TLSVersion: strings.Repeat("v", reserveShort),
+		TLSCipher:  strings.Repeat("c", reserveShort),
+		AuthUser:   make([]byte, reserveShort),
 	}
 	var p publishBuilder
 	p.init(b)

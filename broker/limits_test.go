@@ -148,6 +148,9 @@ func edgeMessage(rec *recorder, id string, envelope int) *sink.Message {
 	m.Size = 1 << 62
 	m.Body = sink.BodyBinaryMIME
 	m.SMTPUTF8 = true
+	m.TLSVersion = strings.Repeat("v", reserveShort)
+	m.TLSCipher = strings.Repeat("c", reserveShort)
+	m.AuthUser = []byte(strings.Repeat("u", reserveShort))
 	return m
 }
 
@@ -197,8 +200,9 @@ func TestLimits(t *testing.T) {
 	// Properties: 14 fixed, content type 15, message-id 256, app-id 6,
 	// delivery mode 1, timestamp 8 = 300. Table: length 4, sender 17,
 	// client IP 275, port 22, HELO 527, declared size 28, body 25,
-	// SMTPUTF8 12, received-at 46, node 24, recipients 21 = 1001.
-	want := sink.Limits{MaxEnvelope: frameSize - frameOverhead - 300 - 1001, RecipientOverhead: 5}
+	// SMTPUTF8 12, received-at 46, node 24, recipients 21 = 1001; TLS
+	// version 277, cipher 276, auth user 275 = 828.
+	want := sink.Limits{MaxEnvelope: frameSize - frameOverhead - 300 - 1001 - 828, RecipientOverhead: 5}
 	if got := b.Limits(); got != want {
 		t.Errorf("static key: %+v, want %+v", got, want)
 	}

@@ -22,6 +22,10 @@ const (
 	HeaderUTF8         = "smtp-utf8"
 	HeaderReceivedAt   = "smtp-received-at"
 	HeaderNode         = "smtp-node"
+	// TLS and AUTH of the session (RFC 3207, RFC 4954); "" when none.
+	HeaderTLSVersion = "smtp-tls-version"
+	HeaderTLSCipher  = "smtp-tls-cipher"
+	HeaderAuthUser   = "smtp-auth-user"
 )
 
 // Properties of the message contract.
@@ -67,7 +71,7 @@ type domainGroup struct {
 
 func (p *publishBuilder) init(b *Broker) {
 	p.b = b
-	p.headers = make(amqp.Table, 10)
+	p.headers = make(amqp.Table, 13)
 	p.keyFixed, p.keyDomains = routingKeyParts(b.cfg.RoutingKey)
 	p.maxCopies = 1
 	if b.templated {
@@ -96,6 +100,10 @@ func (p *publishBuilder) prepare(m *sink.Message) int {
 	h[HeaderUTF8] = m.SMTPUTF8
 	h[HeaderReceivedAt] = received.UTC().Format(ReceivedAtLayout)
 	h[HeaderNode] = p.b.nodeValue
+	// "" boxes without allocating: a session in the clear costs nothing.
+	h[HeaderTLSVersion] = m.TLSVersion
+	h[HeaderTLSCipher] = m.TLSCipher
+	h[HeaderAuthUser] = string(m.AuthUser)
 
 	var body []byte
 	if m.Data != nil {

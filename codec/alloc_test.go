@@ -50,7 +50,7 @@ func TestParseCommandAllocs(t *testing.T) {
 
 func TestParseMailParamsAllocs(t *testing.T) {
 	var p MailParams
-	for _, s := range []string{"SIZE=12345 BODY=8BITMIME SMTPUTF8", "", "FOO=bar", "SIZE=x", "BODY=7BIT BODY=7BIT"} {
+	for _, s := range []string{"SIZE=12345 BODY=8BITMIME SMTPUTF8", "", "FOO=bar", "SIZE=x", "BODY=7BIT BODY=7BIT", "AUTH=a+2Bb@example.org", "AUTH=<>"} {
 		params := []byte(s)
 		assertNoAllocs(t, s, func() { _ = ParseMailParams(params, &p) })
 	}

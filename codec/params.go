@@ -18,11 +18,15 @@ type MailParams struct {
 	HasSize  bool
 	Body     BodyType
 	SMTPUTF8 bool // SMTPUTF8 (RFC 6531 §3.4)
+	// HasAuth: an AUTH= parameter was given (RFC 4954 §5). Its mailbox
+	// is the client's claim about who submitted the message first; it is
+	// checked for form and otherwise ignored, as §5 allows.
+	HasAuth bool
 }
 
 // ParseMailParams parses the ESMTP parameters of MAIL (Command.Params) into
 // p: SIZE=n (RFC 1870), BODY=7BIT|8BITMIME|BINARYMIME (RFC 6152, RFC 3030)
-// and SMTPUTF8 (RFC 6531). Keywords and BODY values are case-insensitive;
+// SMTPUTF8 (RFC 6531) and AUTH=xtext (RFC 4954 §5). Keywords and BODY values are case-insensitive;
 // parameters are separated by SP (HTAB tolerated).
 //
 // An unknown keyword gives ErrUnknownParam (555 5.5.4, RFC 5321
@@ -93,6 +97,14 @@ func ParseMailParams(params []byte, p *MailParams) error {
 				return ErrBadSMTPUTF8
 			}
 			p.SMTPUTF8 = true
+		case len(keyword) == 4 && hasPrefixFold(keyword, "AUTH"):
+			if p.HasAuth {
+				return ErrDuplicateParam
+			}
+			if !validXtext(value) {
+				return ErrParamSyntax
+			}
+			p.HasAuth = true
 		default:
 			return ErrUnknownParam
 		}
@@ -141,3 +153,28 @@ func ParseRcptParams(params []byte) error {
 	}
 	return nil
 }
+
+// validXtext checks an AUTH= value: "<>" or xtext (RFC 3461 §4: "+" and
+// two upper-case hex digits, or any printable ASCII but "+" and "=").
+func validXtext(v []byte) bool {
+	if len(v) == 2 && v[0] == '<' && v[1] == '>' {
+		return true
+	}
+	if len(v) == 0 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '+':
+			if i+2 >= len(v) || !isUpperHex(v[i+1]) || !isUpperHex(v[i+2]) {
+				return false
+			}
+			i += 2
+		case c < '!' || c > '~' || c == '=':
+			return false
+		}
+	}
+	return true
+}
+
+func isUpperHex(c byte) bool { return isDigit(c) || ('A' <= c && c <= 'F') }

@@ -50,8 +50,18 @@ var mailParamTests = []struct {
 	{params: "SMTPUTF8 SIZE=7", want: MailParams{Size: 7, HasSize: true, SMTPUTF8: true}},
 	{params: "SIZE=10 RET=HDRS", err: ErrUnknownParam},
 
+	// AUTH= (RFC 4954 §5): "<>" or xtext, checked and otherwise ignored.
+	{params: "AUTH=<>", want: MailParams{HasAuth: true}},
+	{params: "auth=alice@example.org", want: MailParams{HasAuth: true}},
+	{params: "AUTH=a+2Bb SIZE=1", want: MailParams{HasAuth: true, Size: 1, HasSize: true}},
+	{params: "AUTH=", err: ErrParamSyntax},
+	{params: "AUTH", err: ErrParamSyntax},
+	{params: "AUTH=a+2", err: ErrParamSyntax},
+	{params: "AUTH=a+2b", err: ErrParamSyntax},
+	{params: "AUTH=a=b", err: ErrParamSyntax},
+	{params: "AUTH=<> AUTH=<>", err: ErrDuplicateParam},
+
 	// Unknown keywords: 555.
-	{params: "AUTH=<>", err: ErrUnknownParam},
 	{params: "RET=HDRS", err: ErrUnknownParam},
 	{params: "ENVID=x", err: ErrUnknownParam},
 	{params: "SIZES=1", err: ErrUnknownParam},

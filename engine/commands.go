@@ -67,6 +67,10 @@ func (s *session) dispatch(line []byte, now time.Time) {
 		s.reply(replyVRFY)
 	case codec.VerbHELP:
 		s.reply(replyHelp)
+	case codec.VerbSTARTTLS:
+		s.startTLSCmd()
+	case codec.VerbAUTH:
+		s.authCmd(now)
 	default:
 		s.fail(replyNotImpl)
 	}
@@ -102,7 +106,7 @@ func (s *session) hello(ehlo bool) {
 	}
 	s.ehlo = ehlo
 	if ehlo {
-		s.out = append(s.out, s.cfg.replies.ehlo...)
+		s.out = append(s.out, s.ehloReply()...)
 	} else {
 		s.out = append(s.out, s.cfg.replies.helo...)
 	}
@@ -119,6 +123,10 @@ func (s *session) mail(now time.Time) {
 		return
 	case !s.ehlo && len(cmd.Params) > 0:
 		s.fail(replyNoParams)
+		return
+	}
+	if r := s.mailGate(); r != nil {
+		s.fail(r)
 		return
 	}
 	var p codec.MailParams

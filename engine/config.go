@@ -98,6 +98,38 @@ type Config struct {
 	// EventLoops is the number of gnet event loops; 0 is one per CPU.
 	EventLoops int
 
+	// TLS and AUTH (engine/tls.go, engine/auth.go).
+	//
+	// TLSCert and TLSKey are PEM files (the certificate may be followed by
+	// its chain). With them, EHLO on Listen offers STARTTLS (RFC 3207).
+	// They are read again on Reload and when they change (looked at
+	// once a minute); a pair that does not load keeps the previous one.
+	TLSCert, TLSKey string
+	// ListenTLS are listeners that speak TLS from the first byte
+	// (RFC 8314 §3, port 465).
+	ListenTLS []string
+	// ListenSubmission are listeners on which MAIL needs AUTH (RFC 6409,
+	// port 587); STARTTLS as on Listen.
+	ListenSubmission []string
+	// TLSMinVersion is "1.2" or "1.3".
+	TLSMinVersion string
+	// RequireTLS refuses MAIL before STARTTLS with 530 5.7.0.
+	RequireTLS bool
+	// AuthFile holds "user:hash" lines (bcrypt or argon2id); with it,
+	// AUTH PLAIN and LOGIN are offered over TLS. Read again like TLSCert.
+	AuthFile string
+	// RequireAuth refuses MAIL without AUTH on every listener with
+	// 530 5.7.0.
+	RequireAuth bool
+	// HandshakeTimeout bounds a TLS handshake.
+	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the TLS handshakes running at once; 0 is 16
+	// per CPU. A connection that finds no slot within a second is closed.
+	MaxHandshakes int
+	// AuthFailDelay is the wait before the first 535 to a client IP; it
+	// doubles with each failure, up to 32 times.
+	AuthFailDelay time.Duration
+
 	// Sink takes finished messages. Required.
 	Sink sink.Sink
 	// Logger for connection-level events; nil discards.
@@ -140,6 +172,9 @@ var Defaults = Config{
 	MaxInFlightBytes:  1 << 30,
 	IdleTimeout:       5 * time.Minute,
 	DataTimeout:       5 * time.Minute,
+	TLSMinVersion:     "1.2",
+	HandshakeTimeout:  10 * time.Second,
+	AuthFailDelay:     250 * time.Millisecond,
 }
 
 // defaultTick is the TickInterval when none is set and the greeting is
@@ -164,6 +199,7 @@ func (c Config) withDefaults() (Config, error) {
 	orDefault(&c.MaxSessionBuffers, d.MaxSessionBuffers)
 	orDefault(&c.IdleTimeout, d.IdleTimeout)
 	orDefault(&c.DataTimeout, d.DataTimeout)
+	c.tlsDefaults()
 	if c.TickInterval == 0 {
 		c.TickInterval = defaultTick
 		if c.GreetDelay > 0 && c.GreetDelay/4 < c.TickInterval {
@@ -254,6 +290,7 @@ func (c *Config) Validate() (warnings []string, err error) {
 	if c.IdleTimeout > 0 && c.IdleTimeout < 5*time.Minute {
 		warn("IdleTimeout", "%s is below the 5 minutes of RFC 5321 §4.5.3.2.7", c.IdleTimeout)
 	}
+	c.validateTLS(bad)
 	if c.MaxConns > 0 && c.MaxConnsPerIP > c.MaxConns {
 		warn("MaxConnsPerIP", "%d is more than MaxConns (%d)", c.MaxConnsPerIP, c.MaxConns)
 	}

@@ -39,6 +39,7 @@ func (s *session) appendReceived(dst []byte, now time.Time) []byte {
 	dst = append(dst, s.cfg.Hostname...)
 	dst = append(dst, " (lsmtp) with "...)
 	dst = append(dst, s.protocol()...)
+	dst = s.appendTLSComment(dst)
 	dst = append(dst, " id "...)
 	dst = append(dst, s.msg.QueueID...)
 	if len(s.rcpts) == 1 {
@@ -63,17 +64,18 @@ func (s *session) appendAddressLiteral(dst []byte) []byte {
 	return append(dst, ']')
 }
 
-// protocol is the "with" value: RFC 3848 (SMTP, ESMTP) and RFC 6531
-// §3.7.3 (UTF8SMTP when the client declared SMTPUTF8).
+// protocol is the "with" value: RFC 3848 (SMTP, ESMTP, and S for TLS, A
+// for AUTH) and RFC 6531 §3.7.3 (UTF8SMTP when the client declared
+// SMTPUTF8); the table is in tls.go.
 func (s *session) protocol() string {
+	base := 0
 	switch {
 	case s.params.SMTPUTF8:
-		return "UTF8SMTP"
+		base = 2
 	case s.ehlo:
-		return "ESMTP"
-	default:
-		return "SMTP"
+		base = 1
 	}
+	return protocols[base][s.secIndex()]
 }
 
 // appendHeaderSafe copies client text into a header, replacing what could

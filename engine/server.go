@@ -8,7 +8,8 @@
 // (session.deadline, paused, buffered); each says who may touch it where it is
 // declared. The ticker goroutine (gnet's OnTick) never changes a session;
 // it only wakes the connection (gnet Conn.Wake), and the loop does the
-// rest.
+// rest. A session that starts TLS leaves its loop for a goroutine of its
+// own (tls.go, tlsconn.go), which then owns it by the same rules.
 package engine
 
 import (
@@ -63,6 +64,8 @@ type Server struct {
 	// force is set when the shutdown deadline passed: everyone gets 421.
 	force atomic.Bool
 
+	tls tlsServer // certificates, auth file, handshake bounds (tls.go)
+
 	stats *Stats
 }
 
@@ -80,6 +83,9 @@ func New(cfg Config) (*Server, error) {
 		ready:  make(chan struct{}),
 		served: make(chan struct{}),
 	}
+	if err := srv.setupTLS(&cfg); err != nil {
+		return nil, err
+	}
 	srv.cur.Store(newSettings(cfg))
 	return srv, nil
 }
@@ -87,12 +93,14 @@ func New(cfg Config) (*Server, error) {
 // settings is a configuration with what is derived from it.
 type settings struct {
 	Config
-	replies serverReplies
-	limits  sink.Limits // what the sink can carry (sink.Limiter), asked once per configuration
+	replies    serverReplies
+	tlsReplies tlsReplies
+	limits     sink.Limits // what the sink can carry (sink.Limiter), asked once per configuration
 }
 
 func newSettings(cfg Config) *settings {
-	return &settings{Config: cfg, replies: makeReplies(cfg), limits: sinkLimits(cfg.Sink)}
+	r := makeReplies(cfg)
+	return &settings{Config: cfg, replies: r, tlsReplies: makeTLSReplies(r), limits: sinkLimits(cfg.Sink)}
 }
 
 func (s *Server) settings() *settings { return s.cur.Load() }
@@ -100,9 +108,9 @@ func (s *Server) settings() *settings { return s.cur.Load() }
 // Serve listens and serves until Shutdown or a listener error.
 func (s *Server) Serve() error {
 	cfg := s.settings()
-	addrs := make([]string, len(cfg.Listen))
-	for i, a := range cfg.Listen {
-		addrs[i] = "tcp://" + a
+	var addrs []string
+	for _, l := range cfg.listeners() {
+		addrs = append(addrs, "tcp://"+l.addr)
 	}
 	opts := []gnet.Option{
 		gnet.WithMulticore(true),
@@ -138,7 +146,8 @@ func (s *Server) Serve() error {
 }
 
 // Addrs waits until the server listens (or failed to) and returns the
-// bound addresses, in the order of Config.Listen. Useful with port 0.
+// bound addresses, in the order of Config.Listen, then ListenTLS, then
+// ListenSubmission. Useful with port 0.
 func (s *Server) Addrs() []net.Addr {
 	<-s.ready
 	return s.addrs
@@ -271,15 +280,18 @@ func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	s := h.srv
 	s.eng = eng
 	s.listenMu.Lock()
-	for _, a := range s.settings().Listen {
-		fallback, _ := net.ResolveTCPAddr("tcp", a)
-		fd, err := eng.DupListener("tcp", a)
-		if err != nil {
-			s.addrs = append(s.addrs, fallback)
-			continue
+	for _, l := range s.settings().listeners() {
+		fallback, _ := net.ResolveTCPAddr("tcp", l.addr)
+		l.bound = fallback
+		fd, err := eng.DupListener("tcp", l.addr)
+		if err == nil {
+			s.listeners = append(s.listeners, fd)
+			if ta, ok := boundAddr(fd, fallback).(*net.TCPAddr); ok {
+				l.bound = ta
+			}
 		}
-		s.listeners = append(s.listeners, fd)
-		s.addrs = append(s.addrs, boundAddr(fd, fallback))
+		s.addrs = append(s.addrs, l.bound)
+		s.tls.kinds = append(s.tls.kinds, l)
 	}
 	s.listenMu.Unlock()
 	close(s.ready)
@@ -319,6 +331,9 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	s.stats.Accepted.Add(1)
 	sess := newSession(s, c, ap)
 	sess.countedIP = !viaProxy
+	if s.tls.special {
+		sess.openKind(c.Fd())
+	}
 	c.SetContext(sess) // from here on, OnClose releases what admit counted
 	s.sessions.add(sess)
 	now := time.Now()
@@ -332,7 +347,11 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if reply, ok := sess.admitClient(now); !ok {
 		return reply, gnet.Close
 	}
-	return sess.open(now), gnet.None
+	greeting := sess.open(now)
+	if sess.sec.startTLS {
+		return nil, gnet.Close // implicit TLS: OnClose hands the connection off
+	}
+	return greeting, gnet.None
 }
 
 func trusted(proxies []netip.Prefix, ip netip.Addr) bool {
@@ -367,17 +386,26 @@ func (s *Server) clientKey(ip netip.Addr) netip.Addr {
 	return policy.ClientKey(ip, s.settings().IPv6Prefix)
 }
 
-func (h *handler) OnClose(c gnet.Conn, _ error) gnet.Action {
+func (h *handler) OnClose(c gnet.Conn, err error) gnet.Action {
 	sess, ok := c.Context().(*session)
 	if !ok {
 		return gnet.None // refused in OnOpen: nothing was counted
 	}
-	h.srv.sessions.remove(sess)
+	if sess.sec.startTLS && h.srv.handOff(sess, c, err) {
+		return gnet.None // the session goes on, on its TLS goroutine
+	}
+	h.srv.endSession(sess)
+	return gnet.None
+}
+
+// endSession releases what OnOpen counted for a session: on its loop in
+// OnClose, or on its TLS goroutine when that ends.
+func (s *Server) endSession(sess *session) {
+	s.sessions.remove(sess)
 	// Bytes first, then the connection count: whoever sees no open
 	// connection must also see no octets this session still counted.
 	sess.closed()
-	h.srv.release(sess.remote.Addr(), sess.countedIP)
-	return gnet.None
+	s.release(sess.remote.Addr(), sess.countedIP)
 }
 
 func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
@@ -452,13 +480,13 @@ func (r *registry) each(f func(*session)) {
 func (r *registry) wakeExpired(now int64) {
 	r.each(func(s *session) {
 		if d := s.deadline.Load(); (d != 0 && now >= d) || s.paused.Load() || s.buffered.Load() > bufferShare {
-			_ = s.conn.Wake(nil)
+			s.wake()
 		}
 	})
 }
 
 func (r *registry) wakeAll() {
-	r.each(func(s *session) { _ = s.conn.Wake(nil) })
+	r.each(func(s *session) { s.wake() })
 }
 
 // gnetLogger sends gnet's own messages to our slog logger; its start-up
@@ -516,6 +544,8 @@ func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
 		restartNeeded = append(restartNeeded, "sink")
 		cfg.Sink = cur.Sink
 	}
+	restartNeeded = append(restartNeeded, cfg.keepTLSListeners(&cur.Config)...)
+	s.reloadTLS(&cfg)
 	cfg.Logger = cur.Logger
 	s.cur.Store(newSettings(cfg))
 	return restartNeeded, nil

@@ -25,6 +25,7 @@ const (
 	stData                  // a DATA body, until CRLF.CRLF
 	stBDAT                  // the octets of a BDAT chunk
 	stWaiting               // message handed to the sink; input waits (RFC 2920 §3.1: replies in order)
+	stAuth                  // an AUTH exchange: base64 responses to 334 challenges (auth.go)
 )
 
 var sessionIDs atomic.Uint64
@@ -102,8 +103,16 @@ const (
 type session struct {
 	// Set in newSession, never written again; read from any goroutine.
 	srv  *Server
-	conn conn // Wake from any goroutine (the sink, the ticker, Shutdown)
+	conn conn // Wake from any goroutine (the sink, the ticker, Shutdown) while tls is nil
 	id   uint64
+
+	// tls is set once, on the loop, when the session leaves it for TLS
+	// (tlsconn.go); from then on wake reaches the session's goroutine.
+	tls atomic.Pointer[tlsConn]
+	// io is the connection the owner reads and writes: conn, then the
+	// tlsConn. The owner's (the loop, then the TLS goroutine).
+	io  conn
+	sec secState // TLS and AUTH state (tls.go); the owner's
 
 	cfg    *settings // loop; refreshed at the start of every pass (Server.Reload)
 	remote netip.AddrPort
@@ -188,6 +197,7 @@ func newSession(srv *Server, c conn, remote netip.AddrPort) *session {
 		srv:    srv,
 		cfg:    srv.settings(),
 		conn:   c,
+		io:     c,
 		id:     sessionIDs.Add(1),
 		remote: remote,
 		ipText: remote.Addr().Unmap().String(),
@@ -217,6 +227,9 @@ func (s *session) admitClient(now time.Time) ([]byte, bool) {
 
 // open returns what OnOpen writes: the greeting, unless it is held back.
 func (s *session) open(now time.Time) []byte {
+	if s.sec.kind == kindTLS && s.tls.Load() == nil {
+		return s.implicitTLS() // RFC 8314 §3.3: the handshake comes first
+	}
 	if d := s.cfg.GreetDelay; d > 0 {
 		s.state = stGreeting
 		s.greetAt = now.Add(d)
@@ -298,6 +311,8 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 			n, more = s.readChunk(in, now)
 		case stWaiting:
 			more = s.awaitSink(in, now)
+		case stAuth:
+			n, more = s.readAuth(in, now)
 		}
 		in = in[n:]
 		if s.closeAfter {
@@ -339,8 +354,11 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 		// rest: a client still reading the replies to its pipelined
 		// commands would lose their tail, the 221 to QUIT (RFC 5321
 		// §4.1.1.10) or our 421 (§3.8) with it. So wait until they are
-		// sent, unless the client has not read for a whole timeout.
-		if expired || c.OutboundBuffered() == 0 || c.InboundBuffered() > s.cfg.MaxPipelineBacklog {
+		// sent, unless the client has not read for a whole timeout. Not
+		// for STARTTLS: its hand-off wants the 220 out at once (handOff),
+		// and what arrived while we waited could not be told from the
+		// ClientHello.
+		if expired || s.sec.startTLS || c.OutboundBuffered() == 0 || c.InboundBuffered() > s.cfg.MaxPipelineBacklog {
 			s.deadline.Store(0)
 			return gnet.Close
 		}
@@ -468,7 +486,7 @@ func (s *session) readCommand(in []byte, now time.Time) (int, bool) {
 		// speak TLS: no line ending will come, so do not wait for one.
 		s.closeWith(s.cfg.replies.tls)
 		return 0, false
-	case s.conn.OutboundBuffered()+len(s.out) > outputHighMark, s.starved():
+	case s.io.OutboundBuffered()+len(s.out) > outputHighMark, s.starved():
 		// The client does not read its replies as fast as it pipelines
 		// commands, or it holds more than its share of a spent budget:
 		// take no more until they drain. Its input waits in gnet's
@@ -477,7 +495,7 @@ func (s *session) readCommand(in []byte, now time.Time) (int, bool) {
 		switch {
 		case len(in) > s.cfg.MaxPipelineBacklog:
 			s.closeWith(s.cfg.replies.backlog)
-		case len(s.out) > 0 && s.conn.OutboundBuffered() <= outputHighMark/2 && !s.starved():
+		case len(s.out) > 0 && s.io.OutboundBuffered() <= outputHighMark/2 && !s.starved():
 			// Replies of this pass filled the mark, not unread ones.
 			s.resume = true
 		}
@@ -712,6 +730,7 @@ func (s *session) submit(now time.Time) {
 	m.Body = sink.BodyType(s.params.Body)
 	m.SMTPUTF8 = s.params.SMTPUTF8
 	m.Received = now
+	s.fillSecurity(m)
 	m.Done = s
 
 	s.state = stWaiting
@@ -730,7 +749,7 @@ func (s *session) Complete(_ *sink.Message, err error) {
 	s.sinkErr = err
 	switch s.handoff.Swap(answered) {
 	case withSink:
-		_ = s.conn.Wake(nil) // the loop waits in awaitSink
+		s.wake() // the loop (or the TLS goroutine) waits in awaitSink
 	case abandoned:
 		// The connection closed while the sink had the message: nobody
 		// reads the verdict, but the budget gets its bytes back. The loop

@@ -71,6 +71,8 @@ type Stats struct {
 	// BufferCloses counts sessions closed with 421 4.7.0 because they
 	// grew past their share with MaxSessionBuffers spent.
 	BufferCloses atomic.Int64
+	// TLS and AUTH (tlsstats.go).
+	TLS TLSStats
 }
 
 func newStats() *Stats {

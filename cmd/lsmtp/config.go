@@ -337,6 +337,7 @@ func (c *config) validate() problems {
 	}
 	warnings, err := o.eng.Validate()
 	errs = append(errs, c.explain(&o.eng, err)...)
+	errs = append(errs, c.explain(&o.eng, o.eng.CheckFiles())...)
 	for _, w := range warnings {
 		c.warnings = append(c.warnings, warning{text: c.explain(&o.eng, errors.New(w))[0], engine: true})
 	}

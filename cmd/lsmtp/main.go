@@ -8,6 +8,7 @@
 //	lsmtp spool ls [flags]           list the messages in the spool (--spool-dir), oldest first
 //	lsmtp spool show ID [flags]      print one spooled message: its envelope, then the message
 //	lsmtp spool export DIR [flags]   write each spooled message to DIR as ID.eml and ID.json
+//	lsmtp auth hash < password       print a password hash for --auth-file
 //
 // Options come from flags, LSMTP_* variables and the file named by
 // --config, in that order of precedence; options.go has the table of them.
@@ -42,6 +43,9 @@ func main() {
 }
 
 func mainExit(args []string, env lookupEnv, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "auth" {
+		return authCommand(args[1:], stdout, stderr)
+	}
 	if sub, flagArgs, ok := subcommand("config", args); ok {
 		return configCommand(sub, flagArgs, env, stdout, stderr)
 	}

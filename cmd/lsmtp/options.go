@@ -56,6 +56,7 @@ type option struct {
 func (o *options) table() []option {
 	e, b, p := &o.eng, &o.brk, &o.pol
 	const smtp, limits, clients, ops, rabbit = "SMTP", "Limits", "Client controls", "Operations", "RabbitMQ"
+	const secure = "TLS and AUTH"
 	t := []option{
 		{name: "config", ptr: &o.configFile, restart: true, help: "YAML file of options, keyed by flag name (flags and LSMTP_* variables win over it)"},
 		{name: "listen", section: smtp, ptr: &e.Listen, restart: true, help: "address to listen on, host:port (repeatable)"},
@@ -65,6 +66,18 @@ func (o *options) table() []option {
 		{name: "event-loops", section: smtp, ptr: &e.EventLoops, restart: true, help: "event loops, 0 for one per CPU"},
 		{name: "greet-delay", section: smtp, ptr: &e.GreetDelay, help: "hold the greeting back; clients that talk first are dropped"},
 		{name: "normalize-bare-eol", section: smtp, ptr: &e.NormalizeBareEOL, help: "turn bare CR or LF in DATA into CRLF instead of rejecting the message"},
+
+		{name: "tls-cert", section: secure, ptr: &e.TLSCert, help: "PEM certificate (its chain may follow); with tls-key, EHLO offers STARTTLS (RFC 3207). Re-read on SIGHUP and when it changes (looked at once a minute); a pair that does not load keeps the one in force"},
+		{name: "tls-key", section: secure, ptr: &e.TLSKey, help: "PEM private key of tls-cert"},
+		{name: "listen-tls", section: secure, ptr: &e.ListenTLS, restart: true, help: "address that speaks TLS from the first byte (RFC 8314, port 465), repeatable"},
+		{name: "listen-submission", section: secure, ptr: &e.ListenSubmission, restart: true, help: "address for mail submission (RFC 6409, port 587): MAIL needs AUTH; repeatable"},
+		{name: "tls-min-version", section: secure, ptr: &e.TLSMinVersion, help: "oldest TLS version accepted: 1.2 or 1.3 (1.0 and 1.1 never: RFC 8996)"},
+		{name: "require-tls", section: secure, ptr: &e.RequireTLS, help: "refuse MAIL before STARTTLS with 530 5.7.0"},
+		{name: "auth-file", section: secure, ptr: &e.AuthFile, help: "file of user:hash lines (bcrypt or argon2id, made by lsmtp auth hash); AUTH PLAIN and LOGIN are offered over TLS only. Re-read like tls-cert"},
+		{name: "require-auth", section: secure, ptr: &e.RequireAuth, help: "refuse MAIL without AUTH on every listener with 530 5.7.0"},
+		{name: "auth-fail-delay", section: secure, ptr: &e.AuthFailDelay, help: "wait before the 535 to a failed AUTH; doubles with each failure from the same client IP, up to 32 times"},
+		{name: "tls-handshake-timeout", section: secure, ptr: &e.HandshakeTimeout, help: "longest TLS handshake"},
+		{name: "max-tls-handshakes", section: secure, ptr: &e.MaxHandshakes, restart: true, help: "TLS handshakes at once, 0 for 16 per CPU; a connection that finds none free within a second is closed"},
 
 		{name: "max-message-size", section: limits, ptr: &e.MaxMessageSize, size: true, help: "largest message accepted, octets (K, M, G suffixes)"},
 		{name: "max-in-flight-bytes", section: limits, ptr: &e.MaxInFlightBytes, size: true, help: "message octets held at once over all sessions until the broker confirmed; 451 4.3.1 past it"},

@@ -64,6 +64,7 @@ type Collector struct {
 	commands, messages, bytesRecv, msgSize         *prometheus.Desc
 	inFlight, inFlightLimit, trackedClients        *prometheus.Desc
 	sessionBuffers, sessionBuffersLimit, bufCloses *prometheus.Desc
+	tls                                            tlsDescs // tls.go
 
 	brkConnected, brkBlocked                            *prometheus.Desc
 	brkConnects, brkReconnects, brkConnectFailures      *prometheus.Desc
@@ -112,6 +113,7 @@ func NewCollector(src Sources) *Collector {
 	c.sessionBuffers = desc("session_buffer_bytes", "Octets sessions hold in their buffers (input not taken, replies not sent), as charged at the end of each session's last read.")
 	c.sessionBuffersLimit = desc("session_buffer_bytes_limit", "max-session-buffers in force; past it sessions over their share take no commands, or get 421 4.7.0 if they still grow.")
 	c.bufCloses = desc("session_buffer_closes_total", "Sessions closed with 421 4.7.0 for growing past their share with max-session-buffers spent.")
+	c.tls.init(desc)
 	c.trackedClients = desc("policy_tracked_clients", "Client IPs with rate-limit state (at most max-tracked-clients); absent without client controls.")
 
 	if src.Broker != nil {
@@ -170,6 +172,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
+	c.tls.describe(ch)
 }
 
 // Collect reads the counters. It runs on the scraping goroutine only.
@@ -207,6 +210,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.inFlight, float64(st.InFlightBytes.Load()))
 		gauge(c.sessionBuffers, float64(st.SessionBuffers.Load()))
 		counter(c.bufCloses, float64(st.BufferCloses.Load()))
+		c.tls.collect(st, counter, gauge)
 	}
 	if c.src.Config != nil {
 		cfg := c.src.Config()

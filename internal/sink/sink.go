@@ -54,6 +54,12 @@ type Message struct {
 	SMTPUTF8   bool      // SMTPUTF8 declared at MAIL (RFC 6531)
 	Received   time.Time // when the final dot (or BDAT LAST) arrived
 
+	// Over TLS (RFC 3207, RFC 8314): the version ("TLS 1.3") and cipher
+	// suite (crypto/tls names); empty in the clear.
+	TLSVersion, TLSCipher string
+	// AuthUser is the user who authenticated (RFC 4954); nil for none.
+	AuthUser []byte
+
 	// Data is our Received: header followed by the message exactly as
 	// received after dot-unstuffing. It comes from bytebufferpool; the sink
 	// calls ReleaseData once it no longer needs the bytes (for RabbitMQ, as

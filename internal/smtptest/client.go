@@ -115,6 +115,10 @@ func NewConn(nc net.Conn, timeout time.Duration) *Conn {
 // (in pieces, half-closed) and for its addresses.
 func (c *Conn) NetConn() net.Conn { return c.nc }
 
+// Buffered is how many octets the server sent that no Read consumed yet:
+// after a 220 to STARTTLS, anything here came in the clear.
+func (c *Conn) Buffered() int { return c.r.Buffered() }
+
 func (c *Conn) Close() error { return c.nc.Close() }
 
 // Write sends p as is.

@@ -22,7 +22,10 @@ type Recorded struct {
 	Body       sink.BodyType
 	SMTPUTF8   bool
 	Data       string // our Received: header, then the message as received
-	Err        error  // the verdict: nil for stored
+	TLSVersion string // sink.Message's TLS and AUTH facts
+	TLSCipher  string
+	AuthUser   string
+	Err        error // the verdict: nil for stored
 }
 
 // Content is the message as the client sent it: Data without our
@@ -129,6 +132,10 @@ func record(m *sink.Message) Recorded {
 		Size:     m.Size,
 		Body:     m.Body,
 		SMTPUTF8: m.SMTPUTF8,
+
+		TLSVersion: m.TLSVersion,
+		TLSCipher:  m.TLSCipher,
+		AuthUser:   string(m.AuthUser),
 	}
 	if m.Data != nil {
 		r.Data = string(m.Data.B)
