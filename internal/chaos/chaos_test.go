@@ -63,10 +63,10 @@ func TestChaosShort(t *testing.T) {
 		// Run restores and deletes by itself; this is the safety net
 		// for a run that did not get that far.
 		if rabbitRestart {
-			if err := waitAMQP(url, 5*time.Second); err != nil {
+			if err := WaitAMQP(url, 5*time.Second); err != nil {
 				t.Logf("RabbitMQ not answering after the run, starting its application: %v", err)
-				r := &rabbit{url: url, stopped: true}
-				if err := r.restore(2 * time.Minute); err != nil {
+				r := StoppedRabbitApp(url)
+				if err := r.Restore(2 * time.Minute); err != nil {
 					t.Errorf("RabbitMQ left stopped: %v", err)
 				}
 			}
@@ -99,7 +99,7 @@ func TestChaosShort(t *testing.T) {
 			t.Errorf("fault %s never injected", f)
 		}
 	}
-	if err := waitAMQP(url, 5*time.Second); err != nil {
+	if err := WaitAMQP(url, 5*time.Second); err != nil {
 		t.Errorf("RabbitMQ after the run: %v", err)
 	}
 	if ok, err := queueExists(url, cfg.Name); ok || err != nil {

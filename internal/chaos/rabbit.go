@@ -12,9 +12,11 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// rabbit controls the local RabbitMQ node and makes sure its application
-// runs again after a stop, whatever happens to the run.
-type rabbit struct {
+// RabbitApp controls the local RabbitMQ node's application
+// (rabbitmqctl stop_app / start_app) and makes sure it runs again after a
+// stop, whatever happens to the caller: chaos runs and the e2e outage
+// test share it.
+type RabbitApp struct {
 	url string // AMQP URL, straight to the broker
 
 	mu      sync.Mutex
@@ -33,18 +35,28 @@ func rabbitctl(args ...string) error {
 	return nil
 }
 
-// stopApp stops the RabbitMQ application (the Erlang node stays up).
-func (r *rabbit) stopApp() error {
+// NewRabbitApp controls the node whose AMQP listener url reaches.
+func NewRabbitApp(url string) *RabbitApp { return &RabbitApp{url: url} }
+
+// StoppedRabbitApp is NewRabbitApp for a node found not answering, so
+// that Restore starts its application whoever stopped it.
+func StoppedRabbitApp(url string) *RabbitApp { return &RabbitApp{url: url, stopped: true} }
+
+// StopApp stops the RabbitMQ application (the Erlang node stays up).
+// Restore is owed from the moment it is called, even if rabbitmqctl
+// fails: the stop may have happened all the same.
+func (r *RabbitApp) StopApp() error {
 	r.mu.Lock()
 	r.stopped = true // from here on, restore must start it
 	r.mu.Unlock()
 	return rabbitctl("stop_app")
 }
 
-// restore starts the application if this run stopped it and waits until
-// AMQP connections are accepted. If start_app fails (the node itself is
-// gone) it starts the server. It is safe to call any number of times.
-func (r *rabbit) restore(within time.Duration) error {
+// Restore starts the application if StopApp was called since the last
+// successful Restore, and waits until AMQP connections are accepted. If
+// start_app fails (the node itself is gone) it starts the server. It is
+// safe to call any number of times, from any goroutine.
+func (r *RabbitApp) Restore(within time.Duration) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.stopped {
@@ -56,16 +68,16 @@ func (r *rabbit) restore(within time.Duration) error {
 			return fmt.Errorf("%v; rabbitmq-server -detached: %v", err, err2)
 		}
 	}
-	if err := waitAMQP(r.url, within); err != nil {
+	if err := WaitAMQP(r.url, within); err != nil {
 		return err
 	}
 	r.stopped = false
 	return nil
 }
 
-// waitAMQP waits until the broker at url accepts a connection and a
+// WaitAMQP waits until the broker at url accepts a connection and a
 // channel.
-func waitAMQP(url string, within time.Duration) error {
+func WaitAMQP(url string, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	var last error
 	for time.Now().Before(deadline) {

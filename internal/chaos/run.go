@@ -56,7 +56,7 @@ type run struct {
 	cfg    Config
 	log    io.Writer
 	proxy  *faultproxy.Proxy
-	rabbit *rabbit
+	rabbit *RabbitApp
 	runner *lsmtpRunner
 	proc   *process
 	ledger *ledger
@@ -103,15 +103,15 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	}
 	r.sum = &Summary{Config: cfg, Name: name}
 	directURL := cfg.amqpURL(cfg.RabbitAddr)
-	r.rabbit = &rabbit{url: directURL}
+	r.rabbit = NewRabbitApp(directURL)
 	// Whatever happens from here on, RabbitMQ runs again at the end.
 	defer func() {
-		if err := r.rabbit.restore(2 * time.Minute); err != nil {
+		if err := r.rabbit.Restore(2 * time.Minute); err != nil {
 			r.problem("restoring RabbitMQ: %v", err)
 		}
 	}()
 
-	if err := waitAMQP(directURL, 10*time.Second); err != nil {
+	if err := WaitAMQP(directURL, 10*time.Second); err != nil {
 		return nil, err
 	}
 	work, err := os.MkdirTemp("", "lsmtp-chaos-")
@@ -166,7 +166,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	// Deferred calls run last first: RabbitMQ must be back before the
 	// topology can be deleted. restore does nothing when it runs already.
 	defer func() {
-		if err := r.rabbit.restore(2 * time.Minute); err != nil {
+		if err := r.rabbit.Restore(2 * time.Minute); err != nil {
 			r.problem("restoring RabbitMQ: %v", err)
 		}
 	}()
@@ -300,11 +300,11 @@ func (r *run) inject(ctx context.Context, f Fault) FaultEvent {
 		}
 		ev.Detail = strconv.Itoa(n) + " broker connections cut"
 	case FaultRabbitRestart:
-		if err := r.rabbit.stopApp(); err != nil {
+		if err := r.rabbit.StopApp(); err != nil {
 			ev.Err = err
 		}
 		sleepCtx(ctx, r.cfg.RabbitOutage)
-		if err := r.rabbit.restore(2 * time.Minute); err != nil {
+		if err := r.rabbit.Restore(2 * time.Minute); err != nil {
 			ev.Err = errors.Join(ev.Err, err)
 		}
 	case FaultLSMTPRestart:
@@ -339,7 +339,7 @@ func (r *run) wrapUp() {
 		r.problem("proxy: %v", err)
 	}
 	r.proxy.Resume()
-	if err := r.rabbit.restore(2 * time.Minute); err != nil {
+	if err := r.rabbit.Restore(2 * time.Minute); err != nil {
 		r.problem("restoring RabbitMQ: %v", err)
 	}
 	if r.proc != nil {
