@@ -67,6 +67,8 @@ func (s *session) dispatch(line []byte, now time.Time) {
 		s.reply(replyVRFY)
 	case codec.VerbHELP:
 		s.reply(replyHelp)
+	case codec.VerbXCLIENT:
+		s.xclient(now)
 	default:
 		s.fail(replyNotImpl)
 	}
@@ -94,15 +96,20 @@ func (s *session) hello(ehlo bool) {
 		return
 	}
 	s.resetTransaction()
-	s.heloOK = codec.ValidHelo(arg)
-	if s.heloOK {
-		s.helo = append(s.helo[:0], arg...)
-	} else {
-		s.helo = appendHeloComment(s.helo[:0], arg)
+	if !s.xhelo { // XCLIENT HELO= names the client; the relay's own name is not it
+		s.heloOK = codec.ValidHelo(arg)
+		if s.heloOK {
+			s.helo = append(s.helo[:0], arg...)
+		} else {
+			s.helo = appendHeloComment(s.helo[:0], arg)
+		}
 	}
 	s.ehlo = ehlo
 	if ehlo {
 		s.out = append(s.out, s.cfg.replies.ehlo...)
+		if s.xclientOK {
+			s.out = appendXclientKeyword(s.out)
+		}
 	} else {
 		s.out = append(s.out, s.cfg.replies.helo...)
 	}
