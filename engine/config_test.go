@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{func(c *Config) { c.MaxLineLength = 100 }, "engine: MaxLineLength: 100 is below the 512 octets"},
 		{func(c *Config) { c.MaxPipelineBacklog = 2 << 30 }, "engine: MaxPipelineBacklog: 2G: at most 1G"},
 		{func(c *Config) { c.MaxSessionBuffers = -1 }, "engine: MaxSessionBuffers: must be more than 0"},
+		{func(c *Config) { c.XclientFrom = []netip.Prefix{netip.MustParsePrefix("::/0")} }, "engine: XclientFrom: ::/0 trusts every address"},
+		{func(c *Config) { c.XclientFrom = []netip.Prefix{{}} }, "engine: XclientFrom: invalid Prefix is not a CIDR prefix"},
 	}
 	for _, tc := range cases {
 		c := Defaults
