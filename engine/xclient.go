@@ -76,6 +76,7 @@ func (s *session) xclient(now time.Time) {
 		return
 	}
 	var u xclientUpdate
+	defer s.dropXbuf()
 	if err := s.parseXclient(&u); err != nil {
 		s.fail(err)
 		return
@@ -116,6 +117,15 @@ func (s *session) xclient(now time.Time) {
 		s.authUser = string(u.login)
 	}
 	s.out = append(s.out, s.cfg.replies.greeting...)
+}
+
+// dropXbuf forgets the decoded values of a long XCLIENT line once
+// applied, as flush drops a large out: they are not kept for the life of
+// the connection.
+func (s *session) dropXbuf() {
+	if cap(s.xbuf) > outKeep {
+		s.xbuf = nil
+	}
 }
 
 // rebind moves the session's per-IP count from its current client to
