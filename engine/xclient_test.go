@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lsmtp/lsmtp/codec"
 	"github.com/lsmtp/lsmtp/internal/policy"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
@@ -194,5 +195,26 @@ func TestXclientPolicyAppliesToTheNewAddress(t *testing.T) {
 	c.expectClosed()
 	if got := srv.Stats().Refusals(RefusedDenied); got != 1 {
 		t.Fatalf("denied %d, want 1", got)
+	}
+}
+
+// Checking an XCLIENT line allocates once, for the ADDR text handed to
+// netip.ParseAddr, once the session's buffer has grown to the line;
+// applying it adds the new address's text and the login. A bounded cost
+// per XCLIENT, which a relay sends once per client.
+func TestXclientParseAllocs(t *testing.T) {
+	s := &session{}
+	line := []byte("XCLIENT ADDR=IPV6:2001:db8::1 PORT=25 NAME=relay.example HELO=mx+2Eexample LOGIN=alice PROTO=ESMTP")
+	var u xclientUpdate
+	if n := testing.AllocsPerRun(100, func() {
+		_ = codec.ParseCommand(line, &s.cmd)
+		if err := s.parseXclient(&u); err != nil {
+			t.Fatal(err)
+		}
+	}); n > 1 {
+		t.Fatalf("%v allocations per XCLIENT, want at most 1", n)
+	}
+	if u.addr != netip.MustParseAddr("2001:db8::1") || u.port != 25 || string(u.helo) != "mx.example" || string(u.login) != "alice" {
+		t.Fatalf("parsed %+v", u)
 	}
 }
