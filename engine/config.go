@@ -267,6 +267,11 @@ func (c *Config) Validate() (warnings []string, err error) {
 			// XCLIENT from anywhere lets anyone claim any address.
 			bad("XclientFrom", "%v trusts every address", p)
 		}
+		for _, q := range c.TrustedProxies {
+			if q.IsValid() && p.IsValid() && p.Overlaps(q) {
+				warn("XclientFrom", "%v overlaps TrustedProxies %v: connections from there must still start with a PROXY header", p, q)
+			}
+		}
 	}
 	if c.MaxConns > 0 && c.MaxConnsPerIP > c.MaxConns {
 		warn("MaxConnsPerIP", "%d is more than MaxConns (%d)", c.MaxConnsPerIP, c.MaxConns)

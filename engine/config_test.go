@@ -55,6 +55,12 @@ func TestValidateNamesTheField(t *testing.T) {
 		}
 	}
 	c := Defaults
+	c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	c.XclientFrom = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}
+	if w, err := c.Validate(); err != nil || len(w) != 1 || !strings.HasPrefix(w[0], "engine: XclientFrom: 10.1.0.0/16 overlaps TrustedProxies 10.0.0.0/8") {
+		t.Errorf("overlapping XclientFrom: warnings %q, err %v", w, err)
+	}
+	c = Defaults
 	c.MaxRecipients, c.IdleTimeout, c.MaxConns = 5, time.Minute, 10
 	warnings, err := c.Validate()
 	if err != nil || len(warnings) != 3 || !strings.HasPrefix(warnings[0], "engine: MaxRecipients: 5 is below the 100") {
