@@ -34,6 +34,7 @@ var allocCommandLines = []string{
 	"HELP",
 	"STARTTLS",
 	"AUTH PLAIN",
+	"XCLIENT ADDR=IPV6:2001:db8::1 HELO=mx.example LOGIN=a+2Bb",
 	"XYZZY",
 	"HELO a\x00b",
 	"MAIL FROM:a",

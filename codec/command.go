@@ -32,6 +32,9 @@ const (
 	VerbSEND
 	VerbSOML
 	VerbSAML
+	// XCLIENT (Postfix XCLIENT_README): a trusted relay names the client
+	// it speaks for. The engine decides who may send it.
+	VerbXCLIENT
 )
 
 var verbNames = [...]string{
@@ -56,6 +59,7 @@ var verbNames = [...]string{
 	VerbSEND:     "SEND",
 	VerbSOML:     "SOML",
 	VerbSAML:     "SAML",
+	VerbXCLIENT:  "XCLIENT",
 }
 
 // String returns the verb in upper case, "UNKNOWN" for VerbUnknown.
@@ -163,6 +167,10 @@ func lookupVerb(tok []byte) Verb {
 			return VerbSOML
 		case keySAML:
 			return VerbSAML
+		}
+	case 7:
+		if bytes.EqualFold(tok, []byte("XCLIENT")) {
+			return VerbXCLIENT
 		}
 	case 8:
 		if bytes.EqualFold(tok, []byte("STARTTLS")) {
@@ -276,6 +284,12 @@ func ParseCommand(line []byte, cmd *Command) error {
 		}
 	case VerbBDAT:
 		return parseBDAT(cmd)
+	case VerbXCLIENT:
+		// xclient-command = XCLIENT 1*( SP attribute-name"="attribute-value );
+		// the attributes are the engine's to judge (ParseXclientAttr).
+		if len(cmd.Arg) == 0 {
+			return ErrSyntaxXclient
+		}
 	}
 	return nil
 }

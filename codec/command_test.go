@@ -132,6 +132,10 @@ var commandTests = []cmdTest{
 	{line: "SEND FROM:<a@b>", verb: VerbSEND, arg: "FROM:<a@b>"},
 	{line: "SOML FROM:<a@b>", verb: VerbSOML, arg: "FROM:<a@b>"},
 	{line: "SAML FROM:<a@b>", verb: VerbSAML, arg: "FROM:<a@b>"},
+	{line: "XCLIENT ADDR=192.0.2.7 HELO=mx.example", verb: VerbXCLIENT, arg: "ADDR=192.0.2.7 HELO=mx.example"},
+	{line: "xclient  name=a ", verb: VerbXCLIENT, arg: "name=a"},
+	{line: "XCLIENT", verb: VerbXCLIENT, err: ErrSyntaxXclient},
+	{line: "XCLIENT \t ", verb: VerbXCLIENT, err: ErrSyntaxXclient},
 
 	// Unknown verbs: 500 5.5.2.
 	{line: "", err: ErrUnknownCommand},
@@ -246,7 +250,7 @@ func TestParseCommandResetsCommand(t *testing.T) {
 }
 
 func TestVerbString(t *testing.T) {
-	for v := VerbUnknown; v <= VerbSAML; v++ {
+	for v := VerbUnknown; v <= VerbXCLIENT; v++ {
 		name := v.String()
 		if v == VerbUnknown {
 			if name != "UNKNOWN" {

@@ -71,6 +71,8 @@ func (s *session) dispatch(line []byte, now time.Time) {
 		s.startTLSCmd()
 	case codec.VerbAUTH:
 		s.authCmd(now)
+	case codec.VerbXCLIENT:
+		s.xclient(now)
 	default:
 		s.fail(replyNotImpl)
 	}
@@ -98,15 +100,20 @@ func (s *session) hello(ehlo bool) {
 		return
 	}
 	s.resetTransaction()
-	s.heloOK = codec.ValidHelo(arg)
-	if s.heloOK {
-		s.helo = append(s.helo[:0], arg...)
-	} else {
-		s.helo = appendHeloComment(s.helo[:0], arg)
+	if !s.xhelo { // XCLIENT HELO= names the client; the relay's own name is not it
+		s.heloOK = codec.ValidHelo(arg)
+		if s.heloOK {
+			s.helo = append(s.helo[:0], arg...)
+		} else {
+			s.helo = appendHeloComment(s.helo[:0], arg)
+		}
 	}
 	s.ehlo = ehlo
 	if ehlo {
 		s.out = append(s.out, s.ehloReply()...)
+		if s.xclientOK {
+			s.out = appendXclientKeyword(s.out)
+		}
 	} else {
 		s.out = append(s.out, s.cfg.replies.helo...)
 	}

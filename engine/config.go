@@ -90,6 +90,11 @@ type Config struct {
 	// connections start with a PROXY protocol header (v1 or v2) naming the
 	// real client. Connections from anywhere else must not send one.
 	TrustedProxies []netip.Prefix
+	// XclientFrom are the addresses of relays and content filters that
+	// connect without a PROXY header and may name their client with
+	// XCLIENT (Postfix's smtpd_authorized_xclient_hosts). TrustedProxies
+	// may send XCLIENT too, after their PROXY header.
+	XclientFrom []netip.Prefix
 
 	// Policy decides per client: allow and deny lists, connection and
 	// message rates, accepted recipient domains. nil allows everything.
@@ -291,6 +296,20 @@ func (c *Config) Validate() (warnings []string, err error) {
 		warn("IdleTimeout", "%s is below the 5 minutes of RFC 5321 §4.5.3.2.7", c.IdleTimeout)
 	}
 	c.validateTLS(bad)
+	for _, p := range c.XclientFrom {
+		switch {
+		case !p.IsValid():
+			bad("XclientFrom", "%v is not a CIDR prefix", p)
+		case p.Bits() == 0:
+			// XCLIENT from anywhere lets anyone claim any address.
+			bad("XclientFrom", "%v trusts every address", p)
+		}
+		for _, q := range c.TrustedProxies {
+			if q.IsValid() && p.IsValid() && p.Overlaps(q) {
+				warn("XclientFrom", "%v overlaps TrustedProxies %v: connections from there must still start with a PROXY header", p, q)
+			}
+		}
+	}
 	if c.MaxConns > 0 && c.MaxConnsPerIP > c.MaxConns {
 		warn("MaxConnsPerIP", "%d is more than MaxConns (%d)", c.MaxConnsPerIP, c.MaxConns)
 	}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{func(c *Config) { c.MaxLineLength = 100 }, "engine: MaxLineLength: 100 is below the 512 octets"},
 		{func(c *Config) { c.MaxPipelineBacklog = 2 << 30 }, "engine: MaxPipelineBacklog: 2G: at most 1G"},
 		{func(c *Config) { c.MaxSessionBuffers = -1 }, "engine: MaxSessionBuffers: must be more than 0"},
+		{func(c *Config) { c.XclientFrom = []netip.Prefix{netip.MustParsePrefix("::/0")} }, "engine: XclientFrom: ::/0 trusts every address"},
+		{func(c *Config) { c.XclientFrom = []netip.Prefix{{}} }, "engine: XclientFrom: invalid Prefix is not a CIDR prefix"},
 	}
 	for _, tc := range cases {
 		c := Defaults
@@ -52,6 +55,12 @@ func TestValidateNamesTheField(t *testing.T) {
 		}
 	}
 	c := Defaults
+	c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	c.XclientFrom = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}
+	if w, err := c.Validate(); err != nil || len(w) != 1 || !strings.HasPrefix(w[0], "engine: XclientFrom: 10.1.0.0/16 overlaps TrustedProxies 10.0.0.0/8") {
+		t.Errorf("overlapping XclientFrom: warnings %q, err %v", w, err)
+	}
+	c = Defaults
 	c.MaxRecipients, c.IdleTimeout, c.MaxConns = 5, time.Minute, 10
 	warnings, err := c.Validate()
 	if err != nil || len(warnings) != 3 || !strings.HasPrefix(warnings[0], "engine: MaxRecipients: 5 is below the 100") {

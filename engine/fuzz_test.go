@@ -377,6 +377,12 @@ func fuzzSeeds() []fuzzSeed {
 	add(modeProxy, nil, "PROXY TCP6 2001:db8::1 2001:db8::2 40001 25\r\n", ehlo, env, "DATA\r\n", msg)
 	add(modeProxy, nil, "PROXY TCP4 198.51.100.1\r\n", ehlo)
 	add(0, nil, v1, ehlo)
+	// XCLIENT from the trusted balancer, and from a client that may not.
+	add(modeProxy, nil, v1, ehlo, "XCLIENT ADDR=192.0.2.9 NAME=c.test HELO=mx.test LOGIN=a\r\n", ehlo, env, "DATA\r\n", msg, "QUIT\r\n")
+	add(modeProxy|modePolicy, nil, v1, "XCLIENT ADDR=203.0.113.66\r\n", ehlo)
+	add(modeProxy, []byte{6}, v1, ehlo, "MAIL FROM:<a@b.test>\r\nXCLIENT ADDR=IPV6:2001:db8::1\r\nRSET\r\n",
+		"XCLIENT ADDR=IPV6:2001:db8::1 PORT=1 HELO=a+20b\r\nXCLIENT LOGIN=x+0D+0A\r\nXCLIENT ADDR=[UNAVAILABLE] PORT=7\r\n", ehlo, env, "BDAT 1 LAST\r\nxQUIT\r\n")
+	add(0, nil, ehlo, "XCLIENT ADDR=192.0.2.9\r\n", env, "DATA\r\n", msg)
 	add(modePolicy, nil, ehlo, "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@other.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n", msg,
 		env, "DATA\r\n", msg, env, "DATA\r\n", msg, "QUIT\r\n")
 	return seeds

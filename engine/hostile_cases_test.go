@@ -780,6 +780,8 @@ func hostileCases(clientHello string) []hostileCase {
 
 	// Server-wide bounds: the balancer's own sessions, session buffers.
 	add(hostileBudgetCases()...)
+	// XCLIENT: who may send it, when, and what its values may hold.
+	add(hostileXclientCases()...)
 	return cases
 }
 

@@ -141,6 +141,13 @@ type session struct {
 	heloOK bool
 	ehlo   bool
 
+	// XCLIENT (xclient.go). xclientOK: the TCP peer may send it; xhelo:
+	// helo came from XCLIENT HELO= and the relay's own HELO/EHLO after it
+	// does not replace it; xbuf: decoded attribute values.
+	xclientOK bool
+	xhelo     bool
+	xbuf      []byte
+
 	// Transaction state, cleared by resetTransaction.
 	hasMail   bool
 	params    codec.MailParams
@@ -202,6 +209,7 @@ func newSession(srv *Server, c conn, remote netip.AddrPort) *session {
 		remote: remote,
 		ipText: remote.Addr().Unmap().String(),
 	}
+	s.xclientOK = xclientAllowed(s.cfg, remote.Addr())
 	s.lines.MaxLine = s.cfg.MaxLineLength
 	return s
 }

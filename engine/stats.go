@@ -25,7 +25,7 @@ var refuseReasonNames = [numRefuseReasons]string{"max_conns", "per_ip", "drainin
 func (r RefuseReason) String() string { return refuseReasonNames[r] }
 
 // numVerbs sizes per-verb counters.
-const numVerbs = int(codec.VerbSAML) + 1
+const numVerbs = int(codec.VerbXCLIENT) + 1
 
 // Outcome is what became of a message whose body arrived.
 type Outcome uint8

@@ -171,6 +171,7 @@ func TestProblemsNameKeyAndPlace(t *testing.T) {
 		{"bad level", "log-level: loud\n", []string{`f.yaml:1: log-level: "loud"`}},
 		{"bad cidr", "trusted-proxy: [10.0.0.1/8]\n", []string{`f.yaml:1: trusted-proxy: "10.0.0.1/8" has bits set past its prefix length (did you mean 10.0.0.0/8?)`}},
 		{"not a cidr", "trusted-proxy: [lb.example]\n", []string{`f.yaml:1: trusted-proxy: "lb.example" is not a CIDR prefix`}},
+		{"xclient from anywhere", "xclient-from: [0.0.0.0/0]\n", []string{`f.yaml:1: xclient-from: 0.0.0.0/0 trusts every address`}},
 		{"bad url scheme", "amqp-url: [http://rabbit/]\n", []string{`f.yaml:1: amqp-url: http://rabbit/: scheme "http": want amqp or amqps`}},
 		{"url without host", "amqp-url: [\"amqp:///vhost\"]\n", []string{`amqp-url: amqp:///vhost: no host`}},
 		{"password alone", "amqp-password: s3cret\n", []string{"f.yaml:1: amqp-password: set without amqp-username"}},

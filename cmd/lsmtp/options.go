@@ -63,6 +63,7 @@ func (o *options) table() []option {
 		{name: "hostname", section: smtp, ptr: &e.Hostname, machine: true, help: "name in the greeting and Received: headers"},
 		{name: "sink", section: smtp, ptr: &o.sink, restart: true, help: "where messages go: amqp (RabbitMQ) or null (accept and discard)"},
 		{name: "trusted-proxy", section: smtp, ptr: &e.TrustedProxies, help: "CIDR of load balancers that send a PROXY protocol header (repeatable)"},
+		{name: "xclient-from", section: smtp, ptr: &e.XclientFrom, help: "CIDR of relays that connect without a PROXY header and may name their client with XCLIENT (repeatable)"},
 		{name: "event-loops", section: smtp, ptr: &e.EventLoops, restart: true, help: "event loops, 0 for one per CPU"},
 		{name: "greet-delay", section: smtp, ptr: &e.GreetDelay, help: "hold the greeting back; clients that talk first are dropped"},
 		{name: "normalize-bare-eol", section: smtp, ptr: &e.NormalizeBareEOL, help: "turn bare CR or LF in DATA into CRLF instead of rejecting the message"},
