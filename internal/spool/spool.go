@@ -476,7 +476,11 @@ func (s *Spool) writeGroup(group []appendReq) {
 			s.buf = appendRecord(s.buf, r.m, now)
 			locs[i] = Loc{Seg: s.activeSeg, Off: uint32(s.activeOff) + uint32(start), Len: uint32(len(s.buf) - start)}
 		}
-		if _, err = s.active.Write(s.buf); err == nil {
+		// WriteAt, not Write: after a failed group is cut back below,
+		// the file position would still be where that write stopped,
+		// and the next group would land past a hole of zeros while its
+		// Locs name activeOff.
+		if _, err = s.active.WriteAt(s.buf, s.activeOff); err == nil {
 			err = unix.Fdatasync(int(s.active.Fd()))
 			s.fsyncs.Add(1)
 		}
