@@ -11,30 +11,54 @@ import (
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
-// A record on disk:
+// A segment starts with a header:
 //
-//	magic   4  "LSP1": finds the next record after a damaged one
+//	magic   4  "LSS2"
+//	nonce   8  random, chosen when the segment is created
+//
+// then records, each:
+//
+//	magic   4  "LSP2": finds the next record after a damaged one
 //	length  4  octets of the payload
-//	crc     4  CRC-32C of length and payload
-//	payload    version 1, received 8 (Unix ns), spooled 8 (Unix ns),
+//	crc     4  CRC-32C of the segment's nonce (8), the record's own
+//	           offset in the segment (4), length and payload
+//	payload    version 2, received 8 (Unix ns), spooled 8 (Unix ns),
 //	           queue ID (2+n), sender (4+n), recipients 4 + (4+n) each,
 //	           client IP (2+n), client port 4, HELO (2+n), SIZE= 8,
-//	           BODY= 1, SMTPUTF8 1, then the body (sink.Message.Data) to
-//	           the end of the payload
+//	           BODY= 1, SMTPUTF8 1, TLS version (2+n), TLS cipher (2+n),
+//	           AUTH user (2+n), then the body (sink.Message.Data) to the
+//	           end of the payload
 //
 // All integers little-endian. The payload is sink.Message's fields, not
 // an AMQP frame, so that any sink can publish a record again with the
 // contract it publishes the live message with.
+//
+// The nonce and offset are in the CRC but not stored: a record is valid
+// only at the offset it was written at, in the segment it was written
+// to. So when resync looks for the next record after a damaged one, a
+// record-shaped string inside a message body (one a sender built to
+// choose its own envelope) fails its CRC: the sender cannot know the
+// nonce.
+//
+// The format of the first release (no segment header, "LSP1", version 1
+// payloads without the TLS and AUTH fields) is refused at Open with an
+// error naming the segment; it was never in use for long.
 const (
 	headerSize    = 12
-	recordVersion = 1
+	segHeaderSize = 12
+	recordVersion = 2
 	// maxPayload bounds a record's length field, so that a damaged one
 	// is not taken for a record of gigabytes: the largest message lsmtp
 	// accepts is far below it.
 	maxPayload = 1 << 30
 )
 
-var magic = [4]byte{'L', 'S', 'P', '1'}
+var (
+	magic    = [4]byte{'L', 'S', 'P', '2'}
+	segMagic = [4]byte{'L', 'S', 'S', '2'}
+	// oldMagic starts a segment of the first format.
+	oldMagic = [4]byte{'L', 'S', 'P', '1'}
+)
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -48,14 +72,22 @@ func recordSize(m *sink.Message) int {
 		n += 4 + len(r)
 	}
 	n += 2 + len(m.ClientIP) + 4 + 2 + len(m.Helo) + 8 + 1 + 1
+	n += 2 + len(m.TLSVersion) + 2 + len(m.TLSCipher) + 2 + min(len(m.AuthUser), 0xffff)
 	if m.Data != nil {
 		n += m.Data.Len()
 	}
 	return n
 }
 
-// appendRecord appends m's record, spooled at now, to dst.
-func appendRecord(dst []byte, m *sink.Message, now time.Time) []byte {
+// appendSegHeader appends the header of a segment with nonce.
+func appendSegHeader(dst []byte, nonce uint64) []byte {
+	dst = append(dst, segMagic[:]...)
+	return binary.LittleEndian.AppendUint64(dst, nonce)
+}
+
+// appendRecord appends m's record, spooled at now, to dst; it will be at
+// offset off of the segment with nonce.
+func appendRecord(dst []byte, m *sink.Message, now time.Time, nonce uint64, off uint32) []byte {
 	start := len(dst)
 	dst = append(dst, magic[:]...)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0) // length and crc, below
@@ -80,12 +112,15 @@ func appendRecord(dst []byte, m *sink.Message, now time.Time) []byte {
 	} else {
 		dst = append(dst, 0)
 	}
+	dst = appendStr16(dst, m.TLSVersion)
+	dst = appendStr16(dst, m.TLSCipher)
+	dst = appendStr16(dst, string(m.AuthUser))
 	if m.Data != nil {
 		dst = append(dst, m.Data.B...)
 	}
 	n := len(dst) - start - headerSize
 	binary.LittleEndian.PutUint32(dst[start+4:], uint32(n))
-	binary.LittleEndian.PutUint32(dst[start+8:], recordCRC(dst[start+4:start+8], dst[start+headerSize:]))
+	binary.LittleEndian.PutUint32(dst[start+8:], recordCRC(nonce, off, dst[start+4:start+8], dst[start+headerSize:]))
 	return dst
 }
 
@@ -97,14 +132,20 @@ func appendStr16(dst []byte, s string) []byte {
 	return append(dst, s...)
 }
 
-func recordCRC(length, payload []byte) uint32 {
-	return crc32.Update(crc32.Checksum(length, castagnoli), castagnoli, payload)
+func recordCRC(nonce uint64, off uint32, length, payload []byte) uint32 {
+	var where [12]byte
+	binary.LittleEndian.PutUint64(where[:], nonce)
+	binary.LittleEndian.PutUint32(where[8:], off)
+	c := crc32.Update(crc32.Checksum(where[:], castagnoli), castagnoli, length)
+	return crc32.Update(c, castagnoli, payload)
 }
 
-// check reports the length of the valid record at the start of b, or
-// ErrCorrupt: a wrong magic, a length past b or maxPayload, a CRC that
-// does not match. A record cut short by the end of b is corrupt too.
-func check(b []byte) (int, error) {
+// check reports the length of the valid record at the start of b, which
+// is at offset off of the segment with nonce, or ErrCorrupt: a wrong
+// magic, a length past b or maxPayload, a CRC that does not match (a
+// record moved, or from another segment, included). A record cut short
+// by the end of b is corrupt too.
+func check(b []byte, nonce uint64, off uint32) (int, error) {
 	if len(b) < headerSize || [4]byte(b[:4]) != magic {
 		return 0, ErrCorrupt
 	}
@@ -112,7 +153,7 @@ func check(b []byte) (int, error) {
 	if n > maxPayload || headerSize+n > len(b) {
 		return 0, ErrCorrupt
 	}
-	if recordCRC(b[4:8], b[headerSize:headerSize+n]) != binary.LittleEndian.Uint32(b[8:]) {
+	if recordCRC(nonce, off, b[4:8], b[headerSize:headerSize+n]) != binary.LittleEndian.Uint32(b[8:]) {
 		return 0, ErrCorrupt
 	}
 	return headerSize + n, nil
@@ -184,6 +225,12 @@ func decode(rec []byte, m *sink.Message, data bool) (time.Time, error) {
 	m.Size = int64(d.u64())
 	m.Body = sink.BodyType(d.u8())
 	m.SMTPUTF8 = d.u8() == 1
+	m.TLSVersion = string(d.take(d.u16()))
+	m.TLSCipher = string(d.take(d.u16()))
+	m.AuthUser = nil
+	if u := d.take(d.u16()); len(u) > 0 {
+		m.AuthUser = u
+	}
 	if d.bad {
 		return time.Time{}, ErrCorrupt
 	}

@@ -15,6 +15,8 @@
 package spool
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -129,6 +131,7 @@ type Spool struct {
 	active       *os.File
 	activeSeg    uint32
 	activeOff    int64
+	activeNonce  uint64
 	buf          []byte
 
 	records, bytes, diskBytes                       atomic.Int64
@@ -136,9 +139,10 @@ type Spool struct {
 }
 
 type segment struct {
-	live int   // records not acknowledged
-	size int64 // octets on disk
-	ack  *os.File
+	live  int   // records not acknowledged
+	size  int64 // octets on disk
+	nonce uint64
+	ack   *os.File
 }
 
 type appendReq struct {
@@ -205,7 +209,7 @@ func (s *Spool) recover() ([]Entry, uint32, error) {
 	var buf []byte
 	for _, n := range nums {
 		last = max(last, n)
-		live, size, err := scanSegment(s.cfg.Dir, n, &buf, func(e Entry, _ []byte) {
+		live, size, nonce, err := scanSegment(s.cfg.Dir, n, &buf, func(e Entry, _ []byte) {
 			entries = append(entries, e)
 			s.bytes.Add(int64(e.Loc.Len))
 		}, s.quarantine)
@@ -227,7 +231,7 @@ func (s *Spool) recover() ([]Entry, uint32, error) {
 			return nil, 0, fmt.Errorf("spool: %w", err)
 		}
 		s.files[n] = f
-		s.segs[n] = &segment{live: live, size: size, ack: ack}
+		s.segs[n] = &segment{live: live, size: size, nonce: nonce, ack: ack}
 		s.diskBytes.Add(size)
 	}
 	// Acknowledgement files whose segment is gone.
@@ -279,21 +283,36 @@ func readAcks(dir string, n uint32) map[uint32]bool {
 
 // scanSegment calls live for every valid record of segment n that is not
 // acknowledged and bad for every damaged region; it returns the count of
-// live records and the segment's size.
+// live records, the segment's size and its nonce.
 // buf is reused from segment to segment.
-func scanSegment(dir string, n uint32, buf *[]byte, live func(Entry, []byte), bad func(seg uint32, off int, region []byte)) (int, int64, error) {
+func scanSegment(dir string, n uint32, buf *[]byte, live func(Entry, []byte), bad func(seg uint32, nonce uint64, off int, region []byte)) (int, int64, uint64, error) {
 	data, err := readInto(segName(dir, n), buf)
 	if err != nil {
-		return 0, 0, fmt.Errorf("spool: %w", err)
+		return 0, 0, 0, fmt.Errorf("spool: %w", err)
 	}
+	switch {
+	case len(data) >= 4 && [4]byte(data[:4]) == oldMagic:
+		return 0, 0, 0, fmt.Errorf("spool: %s is in the format of lsmtp's first spool, which this release does not read: "+
+			"deliver it with that release, or move it out of the directory", segName(dir, n))
+	case len(data) < segHeaderSize:
+		// Created, and the first group never reached the disk (a crash
+		// before its fdatasync): nothing in it was answered 250.
+		return 0, int64(len(data)), 0, nil
+	case [4]byte(data[:4]) != segMagic:
+		if bad != nil {
+			bad(n, 0, 0, data)
+		}
+		return 0, int64(len(data)), 0, nil
+	}
+	nonce := binary.LittleEndian.Uint64(data[4:segHeaderSize])
 	acked := readAcks(dir, n)
 	count := 0
-	for off := 0; off < len(data); {
-		size, err := check(data[off:])
+	for off := segHeaderSize; off < len(data); {
+		size, err := check(data[off:], nonce, uint32(off))
 		if err != nil {
-			next := resync(data, off+1)
+			next := resync(data, off+1, nonce)
 			if bad != nil {
-				bad(n, off, data[off:next])
+				bad(n, nonce, off, data[off:next])
 			}
 			off = next
 			continue
@@ -303,7 +322,7 @@ func scanSegment(dir string, n uint32, buf *[]byte, live func(Entry, []byte), ba
 			received, id, err := entryOf(rec)
 			if err != nil {
 				if bad != nil {
-					bad(n, off, rec)
+					bad(n, nonce, off, rec)
 				}
 			} else {
 				count++
@@ -312,7 +331,7 @@ func scanSegment(dir string, n uint32, buf *[]byte, live func(Entry, []byte), ba
 		}
 		off += size
 	}
-	return count, int64(len(data)), nil
+	return count, int64(len(data)), nonce, nil
 }
 
 // readInto reads the file name into *buf, growing it if need be.
@@ -338,11 +357,12 @@ func readInto(name string, buf *[]byte) ([]byte, error) {
 }
 
 // resync returns the offset of the next valid record at or after from,
-// or len(data).
-func resync(data []byte, from int) int {
+// or len(data). A candidate is valid only with this segment's nonce and
+// its own offset in its CRC, so a record inside a message body is not one.
+func resync(data []byte, from int, nonce uint64) int {
 	for i := from; i+headerSize <= len(data); i++ {
 		if [4]byte(data[i:i+4]) == magic {
-			if _, err := check(data[i:]); err == nil {
+			if _, err := check(data[i:], nonce, uint32(i)); err == nil {
 				return i
 			}
 		}
@@ -351,9 +371,11 @@ func resync(data []byte, from int) int {
 }
 
 // quarantine copies a damaged region aside, once: a region already
-// quarantined by an earlier start is not counted or logged again.
-func (s *Spool) quarantine(seg uint32, off int, region []byte) {
-	name := filepath.Join(s.cfg.Dir, "quarantine", fmt.Sprintf("%08d-%010d.bad", seg, off))
+// quarantined by an earlier start is not counted or logged again. The
+// name carries the segment's nonce, because segment numbers start again
+// at 1 once the spool drained: a later segment 1 is a different file.
+func (s *Spool) quarantine(seg uint32, nonce uint64, off int, region []byte) {
+	name := filepath.Join(s.cfg.Dir, "quarantine", fmt.Sprintf("%08d-%016x-%010d.bad", seg, nonce, off))
 	if _, err := os.Stat(name); err == nil {
 		return
 	}
@@ -472,8 +494,11 @@ func (s *Spool) writeGroup(group []appendReq) {
 		now := time.Now()
 		locs = make([]Loc, len(group))
 		for i, r := range group {
+			if s.activeOff == 0 && i == 0 {
+				s.buf = appendSegHeader(s.buf, s.activeNonce)
+			}
 			start := len(s.buf)
-			s.buf = appendRecord(s.buf, r.m, now)
+			s.buf = appendRecord(s.buf, r.m, now, s.activeNonce, uint32(s.activeOff)+uint32(start))
 			locs[i] = Loc{Seg: s.activeSeg, Off: uint32(s.activeOff) + uint32(start), Len: uint32(len(s.buf) - start)}
 		}
 		// WriteAt, not Write: after a failed group is cut back below,
@@ -547,15 +572,24 @@ func (s *Spool) ensureActive() error {
 		os.Remove(segName(s.cfg.Dir, n))
 		return err
 	}
+	var nonce [8]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		f.Close()
+		ack.Close()
+		os.Remove(segName(s.cfg.Dir, n))
+		os.Remove(ackName(s.cfg.Dir, n))
+		return err
+	}
 	// The new names must survive a crash with the records in them.
 	if d, err := os.Open(s.cfg.Dir); err == nil {
 		d.Sync()
 		d.Close()
 	}
 	s.active, s.activeSeg, s.activeOff = f, n, 0
+	s.activeNonce = binary.LittleEndian.Uint64(nonce[:])
 	s.filesMu.Lock()
 	s.files[n] = f
-	s.segs[n] = &segment{ack: ack}
+	s.segs[n] = &segment{nonce: s.activeNonce, ack: ack}
 	s.filesMu.Unlock()
 	return nil
 }
@@ -583,6 +617,10 @@ func (s *Spool) rotate() {
 func (s *Spool) Read(loc Loc) (*sink.Message, error) {
 	s.filesMu.Lock()
 	f := s.files[loc.Seg]
+	var nonce uint64
+	if seg := s.segs[loc.Seg]; seg != nil {
+		nonce = seg.nonce
+	}
 	s.filesMu.Unlock()
 	if f == nil {
 		return nil, fmt.Errorf("spool: segment %d: not open", loc.Seg)
@@ -592,13 +630,13 @@ func (s *Spool) Read(loc Loc) (*sink.Message, error) {
 		return nil, fmt.Errorf("spool: read segment %d at %d: %w", loc.Seg, loc.Off, err)
 	}
 	m := &sink.Message{}
-	if _, err := check(rec); err != nil {
-		s.quarantine(loc.Seg, int(loc.Off), rec)
+	if _, err := check(rec, nonce, loc.Off); err != nil {
+		s.quarantine(loc.Seg, nonce, int(loc.Off), rec)
 		s.Ack(loc)
 		return nil, err
 	}
 	if _, err := decode(rec, m, true); err != nil {
-		s.quarantine(loc.Seg, int(loc.Off), rec)
+		s.quarantine(loc.Seg, nonce, int(loc.Off), rec)
 		s.Ack(loc)
 		return nil, err
 	}
@@ -610,11 +648,15 @@ func (s *Spool) Read(loc Loc) (*sink.Message, error) {
 func (s *Spool) Reject(loc Loc) {
 	s.filesMu.Lock()
 	f := s.files[loc.Seg]
+	var nonce uint64
+	if seg := s.segs[loc.Seg]; seg != nil {
+		nonce = seg.nonce
+	}
 	s.filesMu.Unlock()
 	if f != nil {
 		rec := make([]byte, loc.Len)
 		if _, err := f.ReadAt(rec, int64(loc.Off)); err == nil {
-			s.quarantine(loc.Seg, int(loc.Off), rec)
+			s.quarantine(loc.Seg, nonce, int(loc.Off), rec)
 		}
 	}
 	s.Ack(loc)
@@ -778,7 +820,7 @@ func Scan(dir string, fn func(Entry, *sink.Message) error) (damaged int, err err
 	var ferr error
 	var buf []byte
 	for _, n := range nums {
-		_, _, err := scanSegment(dir, n, &buf, func(e Entry, rec []byte) {
+		_, _, _, err := scanSegment(dir, n, &buf, func(e Entry, rec []byte) {
 			if ferr != nil {
 				return
 			}
@@ -789,7 +831,7 @@ func Scan(dir string, fn func(Entry, *sink.Message) error) (damaged int, err err
 			}
 			ferr = fn(e, m)
 			m.ReleaseData()
-		}, func(uint32, int, []byte) { damaged++ })
+		}, func(uint32, uint64, int, []byte) { damaged++ })
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				continue // removed meanwhile: delivered
