@@ -132,3 +132,25 @@ func flipCRC(t *testing.T, dir string, l Loc) {
 	b[0] ^= 1
 	f.WriteAt(b[:], int64(l.Off)+8)
 }
+
+// The segment header is disk space, not record octets: Bytes counts the
+// records alone, and a drained spool is back at zero everywhere.
+func TestSegmentHeaderAccounting(t *testing.T) {
+	s, _ := open(t, t.TempDir(), 1<<30)
+	defer s.Close()
+	l, err := appendSync(t, s, testMessage("Q1", []byte("body")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Bytes != int64(l.Len) || st.DiskBytes != int64(l.Len)+segHeaderSize {
+		t.Errorf("bytes %d, disk %d; want %d and %d", st.Bytes, st.DiskBytes, l.Len, l.Len+segHeaderSize)
+	}
+	s.Ack(l)
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Stats().DiskBytes != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st, r := s.Stats(), s.reserved.Load(); st.Bytes != 0 || st.DiskBytes != 0 || r != 0 {
+		t.Errorf("drained: bytes %d, disk %d, reserved %d", st.Bytes, st.DiskBytes, r)
+	}
+}

@@ -534,6 +534,10 @@ func (s *Spool) writeGroup(group []appendReq) {
 		return
 	}
 	written := int64(len(s.buf))
+	var hdr int64
+	if s.activeOff == 0 {
+		hdr = segHeaderSize
+	}
 	s.activeOff += written
 	s.filesMu.Lock()
 	seg := s.segs[s.activeSeg]
@@ -542,9 +546,11 @@ func (s *Spool) writeGroup(group []appendReq) {
 	s.filesMu.Unlock()
 	s.diskBytes.Add(written)
 	s.records.Add(int64(len(group)))
-	s.bytes.Add(written)
+	s.bytes.Add(written - hdr)
 	s.appended.Add(uint64(len(group)))
-	// The reservation was recordSize each, which is what was written.
+	// The reservation was recordSize each, which is what was written
+	// with the segment's header.
+	s.reserved.Add(hdr)
 	for i, r := range group {
 		r.done(locs[i], nil)
 	}
