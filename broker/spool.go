@@ -43,7 +43,21 @@ type spooledEntry struct {
 	loc      spool.Loc
 	seq      uint64 // order of spooling
 	received int64  // Unix ns: when the message was received
+	// acked marks the copies ({domain} groups, by copyOf index) RabbitMQ
+	// confirmed at an earlier attempt, which are not published again.
+	// Kept in memory only: after a restart every copy goes again.
+	acked []bool
+	// unroutable counts the attempts in which a copy was returned.
+	unroutable int
 }
+
+// spoolUnroutableMax bounds the attempts of a spooled record a copy of
+// which is returned (no queue bound for its routing key): at the backoff
+// of at most retryBackoffMax between rounds, some 15-30 seconds for a
+// binding to come back, then the record is moved to the spool's
+// quarantine, with a log line and the spool_rejected counter, rather
+// than published for ever. A var for the tests.
+var spoolUnroutableMax = 30
 
 // openSpool opens the spool and queues what the last process left,
 // before the first Submit.
@@ -161,18 +175,43 @@ func (w *worker) settleSpooled(e inflight, done copies) {
 	b := w.b
 	w.spInFlight--
 	e.msg.ReleaseData()
+	if done.unroutable {
+		e.sp.unroutable++
+		if e.sp.unroutable >= spoolUnroutableMax {
+			b.stats.spoolRejected.Add(1)
+			b.log.Error("a spooled message stayed unroutable, moved to the spool's quarantine",
+				"queue_id", e.msg.QueueID, "attempts", e.sp.unroutable)
+			b.spool.Reject(e.sp.loc)
+			return
+		}
+	}
 	if done.retry || done.unroutable {
 		if done.unroutable && b.limits.returned.allow(b.now()) {
 			b.log.Warn("a spooled message is unroutable: kept in the spool, published again after the backoff",
-				"queue_id", e.msg.QueueID, "suppressed", b.limits.returned.suppressedSince())
+				"queue_id", e.msg.QueueID, "attempts", e.sp.unroutable, "suppressed", b.limits.returned.suppressedSince())
 		}
 		b.deferred.returnSpooled(*e.sp)
 		b.deferred.failed(b.now())
 		b.kick()
 		return
 	}
+	b.deferred.acked()
 	b.spool.Ack(e.sp.loc)
 	b.stats.replayed.Add(1)
+}
+
+// spoolPutBack puts back a spooled record this connection cannot carry
+// (its frame_max is below the one lsmtp asks for) but another may.
+func (w *worker) spoolPutBack(m *sink.Message, e *spooledEntry, now int64) {
+	b := w.b
+	w.spInFlight--
+	if b.limits.publish.allow(now) {
+		b.log.Warn("a spooled message exceeds this connection's frame_max: kept in the spool",
+			"queue_id", m.QueueID, "frame_max", w.frameMax, "suppressed", b.limits.publish.suppressedSince())
+	}
+	m.ReleaseData()
+	b.deferred.returnSpooled(*e)
+	b.deferred.failed(now)
 }
 
 // spoolPublishFailed puts back a spooled record whose publish call failed.

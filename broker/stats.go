@@ -30,7 +30,7 @@ type Stats struct {
 	Spooled       uint64 // messages written to the spool and answered 250 from there
 	Replayed      uint64 // spooled messages confirmed by RabbitMQ and removed from the spool
 	SpoolFailed   uint64 // messages the spool could not take (full, disk full, I/O error): kept in memory
-	SpoolRejected uint64 // spooled messages AMQP cannot carry, moved to the quarantine
+	SpoolRejected uint64 // spooled messages AMQP cannot carry, or unroutable for good, moved to the quarantine
 	SpoolCorrupt  uint64 // damaged spool records found and quarantined
 	SpoolFsyncs   uint64 // fsyncs of the spool (one per group of records)
 

@@ -376,8 +376,14 @@ func (w *worker) fill(ch *amqp.Channel) error {
 func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool, sp *spooledEntry) error {
 	b := w.b
 	now := b.now()
-	copies := w.pub.prepare(m)
-	if pr := w.pub.check(copies, w.frameMax); pr.what != "" && sp != nil {
+	ncopies := w.pub.prepare(m)
+	if pr := w.pub.check(ncopies, w.frameMax); pr.what != "" && sp != nil {
+		if w.frameMax > 0 && w.frameMax < frameSize && w.pub.check(ncopies, frameSize).what == "" {
+			// Fits the frame size lsmtp asks for, not the smaller one
+			// this connection negotiated: another connection may take it.
+			w.spoolPutBack(m, sp, now)
+			return nil
+		}
 		w.spoolRejected(m, sp, pr.what)
 		return nil
 	} else if pr.what != "" {
@@ -401,7 +407,26 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 	if b.retry {
 		expiry = min(expiry, due)
 	}
-	for i := 0; i < copies; i++ {
+	// A spooled record is republished without the copies RabbitMQ
+	// already confirmed at an earlier attempt.
+	last := ncopies - 1
+	if sp != nil {
+		if len(sp.acked) != ncopies {
+			sp.acked = make([]bool, ncopies)
+		}
+		for last > 0 && sp.acked[last] {
+			last--
+		}
+		if sp.acked[last] { // every copy confirmed: settled already
+			w.settleSpooled(inflight{msg: m, sp: sp}, copies{})
+			return nil
+		}
+	}
+	pushed := 0
+	for i := 0; i <= last; i++ {
+		if sp != nil && sp.acked[i] {
+			continue
+		}
 		key, pub := w.pub.copyOf(m, i)
 		w.publishingSince.Store(b.now())
 		err := ch.Publish(b.cfg.Exchange, key, true, false, pub)
@@ -413,9 +438,9 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 					"suppressed", b.limits.publish.suppressedSince())
 			}
 			switch {
-			case i == 0 && sp != nil:
+			case pushed == 0 && sp != nil:
 				w.spoolPublishFailed(m, sp)
-			case i == 0:
+			case pushed == 0:
 				w.retryOrFail(m, due, dup, now, sink.ErrUnavailable)
 			default:
 				// Earlier copies are queued: the message is settled with
@@ -426,8 +451,9 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 			return err
 		}
 		w.fifo.push(inflight{tag: w.nextTag, msg: m, id: pub.MessageId, published: now, expiry: expiry, due: due,
-			dup: dup, last: i == copies-1, sp: sp})
+			dup: dup, last: i == last, sp: sp, copy: i, key: key})
 		w.nextTag++
+		pushed++
 	}
 	return nil
 }
@@ -461,8 +487,6 @@ func (w *worker) confirm(conf amqp.Confirmation) {
 			o = outUnroutable
 		case head.failed:
 			o = outUnknown
-		default:
-			w.b.deferred.acked()
 		}
 		w.settle(head, o)
 		return
@@ -478,6 +502,9 @@ func (w *worker) settle(e inflight, o outcome) {
 	switch o {
 	case outAcked:
 		h.acked = true
+		if e.sp != nil {
+			e.sp.acked[e.copy] = true
+		}
 	case outNacked:
 		h.retry = true
 	case outUnknown:
@@ -503,6 +530,9 @@ func (w *worker) settle(e inflight, o outcome) {
 		// when the message is republished whole.
 		w.retryOrFail(e.msg, e.due, e.dup || done.unknown || done.acked, w.b.now(), sink.ErrUnavailable)
 	default:
+		// Only a message taken whole ends the backoff: one copy acked
+		// while another is refused says nothing of the next round.
+		w.b.deferred.acked()
 		w.b.stats.confirmed.Add(1)
 		w.b.finish(e.msg, nil)
 	}
@@ -576,7 +606,10 @@ func (w *worker) returned(ret amqp.Return) {
 			"suppressed", w.b.limits.returned.suppressedSince())
 	}
 	for i := 0; i < w.fifo.len(); i++ {
-		if e := w.fifo.at(i); !e.returned && e.id == ret.MessageId {
+		// The copies of a message share its message_id: the routing key
+		// tells which copy came back, which a spooled record's per-copy
+		// state needs.
+		if e := w.fifo.at(i); !e.returned && e.id == ret.MessageId && e.key == ret.RoutingKey {
 			e.returned = true
 			return
 		}
@@ -628,6 +661,8 @@ type inflight struct {
 	last      bool   // the message's last copy: settling it completes the message
 	returned  bool   // basic.return received for it
 	failed    bool   // a later copy of its message could not be published
+	copy      int    // which copy of its message (publishBuilder.copyOf)
+	key       string // its routing key
 	// sp is the spool record msg was read from; nil for a message whose
 	// client waits.
 	sp *spooledEntry

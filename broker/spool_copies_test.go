@@ -1,0 +1,82 @@
+package broker
+
+import (
+	"testing"
+	"time"
+
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
+)
+
+// spoolWhileDown submits m while RabbitMQ is unreachable through p, so
+// that it is answered from the spool, and brings RabbitMQ back.
+func spoolWhileDown(t *testing.T, b *Broker, p interface {
+	Down()
+	Up() error
+}, submit func(syncDone)) {
+	t.Helper()
+	waitReady(t, b, 5*time.Second)
+	p.Down()
+	for b.Ready() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	done := make(syncDone, 1)
+	submit(done)
+	if err := <-done; err != nil {
+		t.Fatalf("spooled message answered %v", err)
+	}
+	if err := p.Up(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A spooled message with one {domain} copy routable and one not: the
+// routable copy is stored once, not again at every round while the
+// other is returned, and the record, unroutable for good, ends in the
+// quarantine after spoolUnroutableMax attempts instead of looping.
+func TestSpooledPartlyUnroutableStoredOnceThenQuarantined(t *testing.T) {
+	defer func(n int) { spoolUnroutableMax = n }(spoolUnroutableMax)
+	spoolUnroutableMax = 4
+	p := newProxy(t)
+	cfg := spoolConfig(t, proxyURL(p))
+	cfg.RoutingKey = "inbound.{domain}"
+	cfg.BindingKey = "inbound.a.example"
+	b := startBroker(t, cfg)
+	spoolWhileDown(t, b, p, func(done syncDone) {
+		b.Submit(newMessage(done, "partial-1", "x@example.org", []string{"u@a.example", "v@b.example"}, testBody(100)))
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for b.Stats().SpoolMessages > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	st := b.Stats()
+	t.Logf("%+v", st)
+	if st.SpoolMessages != 0 || st.SpoolRejected != 1 {
+		t.Fatalf("spool holds %d, rejected %d; want the record quarantined", st.SpoolMessages, st.SpoolRejected)
+	}
+	q, err := rabbittest.AdminChannel(t).QueueDeclarePassive(cfg.Queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Messages != 1 {
+		t.Errorf("queue holds %d copies of the a.example copy, want 1", q.Messages)
+	}
+}
+
+// A message replayed from the spool carries the TLS and AUTH headers it
+// would have carried live.
+func TestSpooledKeepsTLSAndAuthHeaders(t *testing.T) {
+	p := newProxy(t)
+	cfg := spoolConfig(t, proxyURL(p))
+	b := startBroker(t, cfg)
+	spoolWhileDown(t, b, p, func(done syncDone) {
+		m := newMessage(done, "tls-1", "x@example.org", []string{"u@a.example"}, testBody(100))
+		m.TLSVersion, m.TLSCipher, m.AuthUser = "TLS 1.3", "TLS_AES_128_GCM_SHA256", []byte("alice")
+		b.Submit(m)
+	})
+	d := consume(t, cfg.Queue, 1, 500*time.Millisecond, 20*time.Second)[0]
+	if d.Headers[HeaderTLSVersion] != "TLS 1.3" || d.Headers[HeaderTLSCipher] != "TLS_AES_128_GCM_SHA256" ||
+		d.Headers[HeaderAuthUser] != "alice" {
+		t.Errorf("replayed with tls-version %q cipher %q auth-user %q", d.Headers[HeaderTLSVersion],
+			d.Headers[HeaderTLSCipher], d.Headers[HeaderAuthUser])
+	}
+}
