@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -78,5 +80,50 @@ func TestSpooledKeepsTLSAndAuthHeaders(t *testing.T) {
 		d.Headers[HeaderAuthUser] != "alice" {
 		t.Errorf("replayed with tls-version %q cipher %q auth-user %q", d.Headers[HeaderTLSVersion],
 			d.Headers[HeaderTLSCipher], d.Headers[HeaderAuthUser])
+	}
+}
+
+// The disk fills part way through a large record; a small message that
+// still fits is answered 250, and it and every other message answered
+// 250 reach the queue: the group after a failed write is written where
+// its record is looked for, not past a hole.
+func TestSpoolDiskFullThenSmallAllDelivered(t *testing.T) {
+	p := newProxy(t)
+	cfg := spoolConfig(t, proxyURL(p))
+	cfg.PublishRetryWindow = 500 * time.Millisecond
+	cfg.ConfirmTimeout = 500 * time.Millisecond
+	cfg.SpoolDir = filepath.Join(mountTmpfs(t, "8M"), "spool")
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	p.Down()
+	for b.Ready() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	var ok []string
+	for i := 0; i < 100; i++ {
+		id := fmt.Sprintf("big-%03d", i)
+		if err := send(b, id, "full@example.org", testBody(300<<10)); err != nil {
+			break // the disk is full
+		}
+		ok = append(ok, id)
+	}
+	if err := send(b, "small", "full@example.org", testBody(2000)); err != nil {
+		t.Fatalf("small: %v", err)
+	}
+	ok = append(ok, "small")
+	if err := p.Up(); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, id := range bySender(t, cfg.Queue, len(ok))["full@example.org"] {
+		seen[id] = true
+	}
+	for _, id := range ok {
+		if !seen[id] {
+			t.Errorf("%s answered 250, not in the queue", id)
+		}
+	}
+	if st := b.Stats(); st.SpoolCorrupt != 0 {
+		t.Errorf("%d damaged spool regions after a full disk", st.SpoolCorrupt)
 	}
 }
