@@ -24,8 +24,10 @@ import (
 //
 // Order: the records are published in the order they were spooled by one
 // worker at a time (the replay lease, held while its channel lives), so
-// that RabbitMQ receives them in that order; one whose attempt fails goes
-// back ahead of the later ones. At most spoolShare of that worker's
+// that RabbitMQ receives them in that order while attempts succeed; one
+// whose attempt fails goes back ahead of the later ones not yet
+// published, but after those already in the window (they are not taken
+// back and published again: that would store them twice). At most spoolShare of that worker's
 // window carries spooled records, so that a backlog leaves the rest of
 // the windows to live mail, which may therefore overtake it.
 
@@ -47,17 +49,22 @@ type spooledEntry struct {
 	// confirmed at an earlier attempt, which are not published again.
 	// Kept in memory only: after a restart every copy goes again.
 	acked []bool
-	// unroutable counts the attempts in which a copy was returned.
-	unroutable int
+	// unroutable counts the attempts in which a copy was returned, the
+	// first of them at unroutableSince (broker clock).
+	unroutable      int
+	unroutableSince int64
 }
 
-// spoolUnroutableMax bounds the attempts of a spooled record a copy of
-// which is returned (no queue bound for its routing key): at the backoff
-// of at most retryBackoffMax between rounds, some 15-30 seconds for a
-// binding to come back, then the record is moved to the spool's
-// quarantine, with a log line and the spool_rejected counter, rather
-// than published for ever. A var for the tests.
-var spoolUnroutableMax = 30
+// A spooled record a copy of which is returned (no queue bound for its
+// routing key) is moved to the spool's quarantine, with a log line and
+// the spool_rejected counter, rather than published for ever, once it
+// was returned at spoolUnroutableMax attempts and for spoolUnroutableFor
+// since the first: time for a binding to come back (a queue being
+// redeclared). Vars for the tests.
+var (
+	spoolUnroutableMax       = 30
+	spoolUnroutableFor int64 = int64(time.Minute)
+)
 
 // openSpool opens the spool and queues what the last process left,
 // before the first Submit.
@@ -176,8 +183,11 @@ func (w *worker) settleSpooled(e inflight, done copies) {
 	w.spInFlight--
 	e.msg.ReleaseData()
 	if done.unroutable {
+		if e.sp.unroutable == 0 {
+			e.sp.unroutableSince = b.now()
+		}
 		e.sp.unroutable++
-		if e.sp.unroutable >= spoolUnroutableMax {
+		if e.sp.unroutable >= spoolUnroutableMax && b.now()-e.sp.unroutableSince >= spoolUnroutableFor {
 			b.stats.spoolRejected.Add(1)
 			b.log.Error("a spooled message stayed unroutable, moved to the spool's quarantine",
 				"queue_id", e.msg.QueueID, "attempts", e.sp.unroutable)

@@ -34,10 +34,11 @@ func spoolWhileDown(t *testing.T, b *Broker, p interface {
 // A spooled message with one {domain} copy routable and one not: the
 // routable copy is stored once, not again at every round while the
 // other is returned, and the record, unroutable for good, ends in the
-// quarantine after spoolUnroutableMax attempts instead of looping.
+// quarantine after spoolUnroutableMax attempts and spoolUnroutableFor
+// instead of looping.
 func TestSpooledPartlyUnroutableStoredOnceThenQuarantined(t *testing.T) {
-	defer func(n int) { spoolUnroutableMax = n }(spoolUnroutableMax)
-	spoolUnroutableMax = 4
+	defer func(n int, d int64) { spoolUnroutableMax, spoolUnroutableFor = n, d }(spoolUnroutableMax, spoolUnroutableFor)
+	spoolUnroutableMax, spoolUnroutableFor = 4, int64(200*time.Millisecond)
 	p := newProxy(t)
 	cfg := spoolConfig(t, proxyURL(p))
 	cfg.RoutingKey = "inbound.{domain}"
