@@ -44,7 +44,7 @@ func BenchmarkPublishCeiling(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	if err := declare(conn, &cfg); err != nil {
+	if err := declare(conn, &cfg, slog.Default()); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()

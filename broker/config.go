@@ -21,6 +21,24 @@ const (
 	QueueClassic = "classic"
 )
 
+// Envelope encodings accepted in Config.Envelope.
+const (
+	// EnvelopeTrace: the envelope as trace fields at the head of the
+	// body (sink/trace.go), no header table.
+	EnvelopeTrace = "trace"
+	// EnvelopeHeaders: the ten smtp-* headers (doc.go), the body
+	// without trace fields.
+	EnvelopeHeaders = "headers"
+	// EnvelopeBoth: trace fields and headers.
+	EnvelopeBoth = "both"
+)
+
+// Exchange types lsmtp declares (Config.ExchangeType).
+const (
+	ExchangeDirect = "direct"
+	ExchangeTopic  = "topic"
+)
+
 // DomainPlaceholder in Config.RoutingKey makes the broker publish one copy
 // of a message per distinct recipient domain.
 const DomainPlaceholder = "{domain}"
@@ -37,7 +55,13 @@ type Config struct {
 	Password string
 
 	Exchange     string // exchange messages are published to; "" is the default exchange
-	ExchangeType string // "topic" by default
+	// ExchangeType is the type the exchange is declared with. Empty
+	// chooses (Config.exchangeType): "direct" when the binding key has no
+	// wildcard word ("*" or "#"), as for a static routing key, since a
+	// direct exchange costs RabbitMQ less per publish (bench/factors.md);
+	// "topic" when it has one, as the default binding key of a {domain}
+	// routing key ("inbound.#") does.
+	ExchangeType string
 	Queue        string // queue declared and bound when Declare is set
 	RoutingKey   string // static key, or a template containing {domain}
 	// BindingKey binds Queue to Exchange. Empty means RoutingKey, with
@@ -107,21 +131,26 @@ type Config struct {
 	ReconnectMin time.Duration
 	ReconnectMax time.Duration
 
+	// Envelope is how the envelope travels: EnvelopeTrace (default),
+	// EnvelopeHeaders or EnvelopeBoth (doc.go, "Message contract").
+	Envelope string
+
 	// Node names this lsmtp node in the smtp-node header (the hostname by default).
 	Node string
 	// Logger receives the broker's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns the defaults: one local RabbitMQ, a durable topic
-// exchange "lsmtp", a durable quorum queue "lsmtp.inbound" bound with
-// routing key "inbound", 2 workers with 256 unconfirmed publishes each.
+// DefaultConfig returns the defaults: one local RabbitMQ, a durable
+// exchange "lsmtp" (direct, as its binding key "inbound" has no
+// wildcard), a durable quorum queue "lsmtp.inbound" bound with routing
+// key "inbound", the envelope as trace fields, 2 workers with 256
+// unconfirmed publishes each.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
 		URLs:               []string{DefaultURL},
 		Exchange:           "lsmtp",
-		ExchangeType:       "topic",
 		Queue:              "lsmtp.inbound",
 		RoutingKey:         "inbound",
 		MaxDomains:         50,
@@ -136,9 +165,32 @@ func DefaultConfig() Config {
 		Heartbeat:          10 * time.Second,
 		ReconnectMin:       100 * time.Millisecond,
 		ReconnectMax:       5 * time.Second,
+		Envelope:           EnvelopeTrace,
 		Node:               host,
 	}
 }
+
+// exchangeType is the type the exchange is declared with: ExchangeType,
+// or when it is empty, topic if a word of the binding key is a topic
+// wildcard (a direct exchange matches the key as it is and would route
+// nothing to "inbound.#"), direct otherwise.
+func (c *Config) exchangeType() string {
+	if c.ExchangeType != "" {
+		return c.ExchangeType
+	}
+	for _, w := range strings.Split(c.bindingKey(), ".") {
+		if w == "*" || w == "#" {
+			return ExchangeTopic
+		}
+	}
+	return ExchangeDirect
+}
+
+// headers says whether messages carry the smtp-* header table.
+func (c *Config) headers() bool { return c.Envelope != EnvelopeTrace }
+
+// trace says whether messages carry the envelope as trace fields.
+func (c *Config) trace() bool { return c.Envelope != EnvelopeHeaders }
 
 // maxReplyWait is how long an SMTP client waits for the reply to the
 // final dot (RFC 5321 §4.5.3.2.6).
@@ -198,8 +250,10 @@ func (c *Config) Validate() error {
 	if containsDomain(c.RoutingKey) && (c.MaxDomains < 1 || c.MaxDomains > maxCopies) {
 		bad("MaxDomains", "%d: want 1..%d", c.MaxDomains, maxCopies)
 	}
-	if c.Declare && c.Exchange != "" && c.ExchangeType == "" {
-		bad("ExchangeType", "empty: the exchange cannot be declared")
+	switch c.Envelope {
+	case EnvelopeTrace, EnvelopeHeaders, EnvelopeBoth:
+	default:
+		bad("Envelope", "%q: want %s, %s or %s", c.Envelope, EnvelopeTrace, EnvelopeHeaders, EnvelopeBoth)
 	}
 	for _, r := range []struct {
 		field    string

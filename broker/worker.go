@@ -389,6 +389,7 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool)
 		key, pub := w.pub.copyOf(m, i)
 		w.publishingSince.Store(b.now())
 		err := ch.Publish(b.cfg.Exchange, key, true, false, pub)
+		w.pub.releaseCopy()
 		w.publishingSince.Store(0)
 		if err != nil {
 			b.stats.publishErrors.Add(1)
