@@ -54,7 +54,7 @@ type Config struct {
 	Username string
 	Password string
 
-	Exchange     string // exchange messages are published to; "" is the default exchange
+	Exchange string // exchange messages are published to; "" is the default exchange
 	// ExchangeType is the type the exchange is declared with. Empty
 	// chooses (Config.exchangeType): "direct" when the binding key has no
 	// wildcard word ("*" or "#"), as for a static routing key, since a
