@@ -18,9 +18,11 @@ import (
 const benchSize = 2048
 
 // benchConfig is the default configuration (quorum queue, 2 workers,
-// window 256) on the benchmark's own exchange and queue.
+// window 256, the envelope as trace fields) on the benchmark's own
+// exchange and queue.
 func benchConfig(b *testing.B) Config {
 	cfg := testConfig(b, rabbittest.URL)
+	cfg.Envelope = DefaultConfig().Envelope
 	cfg.Logger = slog.New(slog.DiscardHandler) // keeps the benchmark output parsable
 	return cfg
 }
@@ -79,7 +81,14 @@ func (c benchCompletion) Complete(m *sink.Message, err error) {
 // structs), and waits for every confirm. allocs/op is per message,
 // amqp091-go's included.
 func BenchmarkBrokerSink(b *testing.B) {
+	for _, env := range []string{EnvelopeTrace, EnvelopeHeaders} {
+		b.Run(env, func(b *testing.B) { benchmarkBrokerSink(b, env) })
+	}
+}
+
+func benchmarkBrokerSink(b *testing.B, env string) {
 	cfg := benchConfig(b)
+	cfg.Envelope = env
 	br, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
