@@ -3,6 +3,9 @@ package broker
 import (
 	"context"
 	"log/slog"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,10 +83,35 @@ func (c benchCompletion) Complete(m *sink.Message, err error) {
 // engine does (one bytebufferpool buffer per message, reused Message
 // structs), and waits for every confirm. allocs/op is per message,
 // amqp091-go's included.
+//
+// cpu-µs/msg is this process's CPU (user and system, getrusage) per
+// message: the sink's own cost, RabbitMQ's not included. The cork=off
+// variant writes every publish as amqp091-go flushes it (cork.go).
 func BenchmarkBrokerSink(b *testing.B) {
 	for _, env := range []string{EnvelopeTrace, EnvelopeHeaders} {
 		b.Run(env, func(b *testing.B) { benchmarkBrokerSink(b, env) })
 	}
+	b.Run("trace-cork=off", func(b *testing.B) {
+		corking = false
+		defer func() { corking = true }()
+		benchmarkBrokerSink(b, EnvelopeTrace)
+	})
+}
+
+// writeCalls is this process's write system calls so far (syscw of
+// /proc/self/io); 0 where there is none.
+func writeCalls(b *testing.B) int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 func benchmarkBrokerSink(b *testing.B, env string) {
@@ -120,7 +148,7 @@ func benchmarkBrokerSink(b *testing.B, env string) {
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu0, w0 := time.Now(), cpuTime(b), writeCalls(b)
 	for i := 0; i < b.N; i++ {
 		m := <-done.free
 		m.Received = time.Now()
@@ -131,11 +159,13 @@ func benchmarkBrokerSink(b *testing.B, env string) {
 	for i := 0; i < inFlight; i++ {
 		<-done.free
 	}
-	elapsed := time.Since(start)
+	elapsed, cpu, writes := time.Since(start), cpuTime(b)-cpu0, writeCalls(b)-w0
 	b.StopTimer()
 	if n := failed.Load(); n != 0 {
 		b.Fatalf("%d messages failed: %+v", n, br.Stats())
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(float64(writes)/float64(b.N), "writes/msg")
 	purge(b, cfg.Queue)
 }

@@ -17,7 +17,7 @@ import (
 // each of which opens its own channel on it.
 type connection struct {
 	amqp   *amqp.Connection
-	sock   net.Conn      // the TCP socket, closed directly when a write hangs
+	sock   *corkConn     // the TCP socket, closed directly when a write hangs
 	closed chan struct{} // closed once the connection is gone
 	url    string        // redacted, for logs
 }
@@ -100,7 +100,7 @@ func (b *Broker) supervise() {
 func (b *Broker) dial(url string) (*connection, error) {
 	var (
 		mu   sync.Mutex
-		sock net.Conn
+		sock *corkConn
 	)
 	cfg := amqp.Config{
 		Heartbeat: b.cfg.Heartbeat,
@@ -122,10 +122,11 @@ func (b *Broker) dial(url string) (*connection, error) {
 				c.Close()
 				return nil, err
 			}
+			cc := newCorkConn(c)
 			mu.Lock()
-			sock = c
+			sock = cc
 			mu.Unlock()
-			return c, nil
+			return cc, nil
 		},
 	}
 	if b.cfg.Username != "" {
