@@ -3,6 +3,9 @@ package broker
 import (
 	"context"
 	"log/slog"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,9 +21,11 @@ import (
 const benchSize = 2048
 
 // benchConfig is the default configuration (quorum queue, 2 workers,
-// window 256) on the benchmark's own exchange and queue.
+// window 256, the envelope as trace fields) on the benchmark's own
+// exchange and queue.
 func benchConfig(b *testing.B) Config {
 	cfg := testConfig(b, rabbittest.URL)
+	cfg.Envelope = DefaultConfig().Envelope
 	cfg.Logger = slog.New(slog.DiscardHandler) // keeps the benchmark output parsable
 	return cfg
 }
@@ -44,7 +49,7 @@ func BenchmarkPublishCeiling(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	if err := declare(conn, &cfg); err != nil {
+	if err := declare(conn, &cfg, slog.Default()); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
@@ -78,8 +83,40 @@ func (c benchCompletion) Complete(m *sink.Message, err error) {
 // engine does (one bytebufferpool buffer per message, reused Message
 // structs), and waits for every confirm. allocs/op is per message,
 // amqp091-go's included.
+//
+// cpu-µs/msg is this process's CPU (user and system, getrusage) per
+// message: the sink's own cost, RabbitMQ's not included. The cork=off
+// variant writes every publish as amqp091-go flushes it (cork.go).
 func BenchmarkBrokerSink(b *testing.B) {
+	for _, env := range []string{EnvelopeTrace, EnvelopeHeaders} {
+		b.Run(env, func(b *testing.B) { benchmarkBrokerSink(b, env) })
+	}
+	b.Run("trace-cork=off", func(b *testing.B) {
+		corking = false
+		defer func() { corking = true }()
+		benchmarkBrokerSink(b, EnvelopeTrace)
+	})
+}
+
+// writeCalls is this process's write system calls so far (syscw of
+// /proc/self/io); 0 where there is none.
+func writeCalls(b *testing.B) int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func benchmarkBrokerSink(b *testing.B, env string) {
 	cfg := benchConfig(b)
+	cfg.Envelope = env
 	br, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -111,7 +148,7 @@ func BenchmarkBrokerSink(b *testing.B) {
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu0, w0 := time.Now(), cpuTime(b), writeCalls(b)
 	for i := 0; i < b.N; i++ {
 		m := <-done.free
 		m.Received = time.Now()
@@ -122,11 +159,13 @@ func BenchmarkBrokerSink(b *testing.B) {
 	for i := 0; i < inFlight; i++ {
 		<-done.free
 	}
-	elapsed := time.Since(start)
+	elapsed, cpu, writes := time.Since(start), cpuTime(b)-cpu0, writeCalls(b)-w0
 	b.StopTimer()
 	if n := failed.Load(); n != 0 {
 		b.Fatalf("%d messages failed: %+v", n, br.Stats())
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(float64(writes)/float64(b.N), "writes/msg")
 	purge(b, cfg.Queue)
 }

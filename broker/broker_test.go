@@ -605,7 +605,8 @@ func TestIdleDoesNotSpin(t *testing.T) {
 	}
 }
 
-func cpuTime(t *testing.T) time.Duration {
+// cpuTime is the CPU this process used so far, user and system.
+func cpuTime(t testing.TB) time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		t.Fatal(err)

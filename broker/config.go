@@ -21,6 +21,24 @@ const (
 	QueueClassic = "classic"
 )
 
+// Envelope encodings accepted in Config.Envelope.
+const (
+	// EnvelopeTrace: the envelope as trace fields at the head of the
+	// body (sink/trace.go), no header table.
+	EnvelopeTrace = "trace"
+	// EnvelopeHeaders: the ten smtp-* headers (doc.go), the body
+	// without trace fields.
+	EnvelopeHeaders = "headers"
+	// EnvelopeBoth: trace fields and headers.
+	EnvelopeBoth = "both"
+)
+
+// Exchange types lsmtp declares (Config.ExchangeType).
+const (
+	ExchangeDirect = "direct"
+	ExchangeTopic  = "topic"
+)
+
 // DomainPlaceholder in Config.RoutingKey makes the broker publish one copy
 // of a message per distinct recipient domain.
 const DomainPlaceholder = "{domain}"
@@ -36,8 +54,14 @@ type Config struct {
 	Username string
 	Password string
 
-	Exchange     string // exchange messages are published to; "" is the default exchange
-	ExchangeType string // "topic" by default
+	Exchange string // exchange messages are published to; "" is the default exchange
+	// ExchangeType is the type the exchange is declared with. Empty
+	// chooses (Config.exchangeType): "direct" when the binding key has no
+	// wildcard word ("*" or "#"), as for a static routing key, since a
+	// direct exchange costs RabbitMQ less per publish (bench/factors.md);
+	// "topic" when it has one, as the default binding key of a {domain}
+	// routing key ("inbound.#") does.
+	ExchangeType string
 	Queue        string // queue declared and bound when Declare is set
 	RoutingKey   string // static key, or a template containing {domain}
 	// BindingKey binds Queue to Exchange. Empty means RoutingKey, with
@@ -119,6 +143,9 @@ type Config struct {
 	// SpoolMaxAge: a spooled message older than this is alarmed on
 	// (logged, and in Stats.SpoolOverAge), never dropped.
 	SpoolMaxAge time.Duration
+	// Envelope is how the envelope travels: EnvelopeTrace (default),
+	// EnvelopeHeaders or EnvelopeBoth (doc.go, "Message contract").
+	Envelope string
 
 	// Node names this lsmtp node in the smtp-node header (the hostname by default).
 	Node string
@@ -126,15 +153,16 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns the defaults: one local RabbitMQ, a durable topic
-// exchange "lsmtp", a durable quorum queue "lsmtp.inbound" bound with
-// routing key "inbound", 2 workers with 256 unconfirmed publishes each.
+// DefaultConfig returns the defaults: one local RabbitMQ, a durable
+// exchange "lsmtp" (direct, as its binding key "inbound" has no
+// wildcard), a durable quorum queue "lsmtp.inbound" bound with routing
+// key "inbound", the envelope as trace fields, 2 workers with 256
+// unconfirmed publishes each.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
 		URLs:               []string{DefaultURL},
 		Exchange:           "lsmtp",
-		ExchangeType:       "topic",
 		Queue:              "lsmtp.inbound",
 		RoutingKey:         "inbound",
 		MaxDomains:         50,
@@ -151,9 +179,32 @@ func DefaultConfig() Config {
 		ReconnectMax:       5 * time.Second,
 		SpoolMaxBytes:      10 << 30,
 		SpoolMaxAge:        7 * 24 * time.Hour,
+		Envelope:           EnvelopeTrace,
 		Node:               host,
 	}
 }
+
+// exchangeType is the type the exchange is declared with: ExchangeType,
+// or when it is empty, topic if a word of the binding key is a topic
+// wildcard (a direct exchange matches the key as it is and would route
+// nothing to "inbound.#"), direct otherwise.
+func (c *Config) exchangeType() string {
+	if c.ExchangeType != "" {
+		return c.ExchangeType
+	}
+	for _, w := range strings.Split(c.bindingKey(), ".") {
+		if w == "*" || w == "#" {
+			return ExchangeTopic
+		}
+	}
+	return ExchangeDirect
+}
+
+// headers says whether messages carry the smtp-* header table.
+func (c *Config) headers() bool { return c.Envelope != EnvelopeTrace }
+
+// trace says whether messages carry the envelope as trace fields.
+func (c *Config) trace() bool { return c.Envelope != EnvelopeHeaders }
 
 // maxReplyWait is how long an SMTP client waits for the reply to the
 // final dot (RFC 5321 §4.5.3.2.6).
@@ -217,8 +268,10 @@ func (c *Config) Validate() error {
 	if containsDomain(c.RoutingKey) && (c.MaxDomains < 1 || c.MaxDomains > maxCopies) {
 		bad("MaxDomains", "%d: want 1..%d", c.MaxDomains, maxCopies)
 	}
-	if c.Declare && c.Exchange != "" && c.ExchangeType == "" {
-		bad("ExchangeType", "empty: the exchange cannot be declared")
+	switch c.Envelope {
+	case EnvelopeTrace, EnvelopeHeaders, EnvelopeBoth:
+	default:
+		bad("Envelope", "%q: want %s, %s or %s", c.Envelope, EnvelopeTrace, EnvelopeHeaders, EnvelopeBoth)
 	}
 	for _, r := range []struct {
 		field    string

@@ -3,8 +3,10 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,7 +17,7 @@ import (
 // each of which opens its own channel on it.
 type connection struct {
 	amqp   *amqp.Connection
-	sock   net.Conn      // the TCP socket, closed directly when a write hangs
+	sock   *corkConn     // the TCP socket, closed directly when a write hangs
 	closed chan struct{} // closed once the connection is gone
 	url    string        // redacted, for logs
 }
@@ -102,7 +104,7 @@ func (b *Broker) supervise() {
 func (b *Broker) dial(url string) (*connection, error) {
 	var (
 		mu   sync.Mutex
-		sock net.Conn
+		sock *corkConn
 	)
 	cfg := amqp.Config{
 		Heartbeat: b.cfg.Heartbeat,
@@ -124,10 +126,11 @@ func (b *Broker) dial(url string) (*connection, error) {
 				c.Close()
 				return nil, err
 			}
+			cc := newCorkConn(c)
 			mu.Lock()
-			sock = c
+			sock = cc
 			mu.Unlock()
-			return c, nil
+			return cc, nil
 		},
 	}
 	if b.cfg.Username != "" {
@@ -145,7 +148,7 @@ func (b *Broker) dial(url string) (*connection, error) {
 	c := &connection{amqp: conn, sock: sock, closed: make(chan struct{}), url: RedactURL(url)}
 	mu.Unlock()
 	if b.cfg.Declare {
-		if err := declare(conn, &b.cfg); err != nil {
+		if err := declare(conn, &b.cfg, b.log); err != nil {
 			c.kill()
 			conn.Close()
 			return nil, err
@@ -158,15 +161,36 @@ func (b *Broker) dial(url string) (*connection, error) {
 // binding. Declaring what exists with the same settings is a no-op; with
 // other settings RabbitMQ refuses (PRECONDITION_FAILED), and we keep
 // answering 451 with the reason in the log rather than publish into a
-// topology that is not what was configured.
-func declare(conn *amqp.Connection, cfg *Config) error {
+// topology that is not what was configured. One exception: an exchange
+// whose type lsmtp chose (Config.ExchangeType empty) and that exists with
+// another type, as a "topic" exchange "lsmtp" declared before direct
+// became the default does, is used as it is (declared passively), with
+// one line in the log: RabbitMQ cannot change an exchange's type, and
+// either type routes the configured binding key (mandatory still answers
+// 451 for a message it routes nowhere).
+func declare(conn *amqp.Connection, cfg *Config, log *slog.Logger) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel to declare topology: %w", err)
 	}
-	defer ch.Close()
+	defer func() { ch.Close() }()
 	if cfg.Exchange != "" {
-		if err := ch.ExchangeDeclare(cfg.Exchange, cfg.ExchangeType, true, false, false, false, nil); err != nil {
+		kind := cfg.exchangeType()
+		err := ch.ExchangeDeclare(cfg.Exchange, kind, true, false, false, false, nil)
+		if err != nil && cfg.ExchangeType == "" && otherExchangeType(err) {
+			// The channel is closed by the refusal (AMQP 0-9-1 §1.2.2.1 a
+			// channel exception); a passive declare on a new one asks only
+			// that the exchange exists.
+			if ch, err = conn.Channel(); err != nil {
+				return fmt.Errorf("open channel to declare topology: %w", err)
+			}
+			err = ch.ExchangeDeclarePassive(cfg.Exchange, kind, true, false, false, false, nil)
+			if err == nil {
+				log.Warn("exchange exists with another type than the one lsmtp would declare; using it as it is (set --exchange-type to silence this)",
+					"exchange", cfg.Exchange, "would_declare", kind)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("declare exchange %q: %w", cfg.Exchange, err)
 		}
 	}
@@ -182,6 +206,13 @@ func declare(conn *amqp.Connection, cfg *Config) error {
 		}
 	}
 	return nil
+}
+
+// otherExchangeType reports whether err is RabbitMQ refusing an exchange
+// declare for its type: PRECONDITION_FAILED - inequivalent arg 'type'.
+func otherExchangeType(err error) bool {
+	var e *amqp.Error
+	return errors.As(err, &e) && e.Code == amqp.PreconditionFailed && strings.Contains(e.Reason, "'type'")
 }
 
 // watch publishes c to the workers and follows it until it is lost (false)

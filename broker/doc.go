@@ -92,8 +92,22 @@
 // Every AMQP message published is one SMTP message (or, with a {domain}
 // routing key, one copy of it per recipient domain):
 //
-// Body: msg.Data exactly: lsmtp's Received: header followed by the message
-// as received (after dot-unstuffing, line endings CRLF as on the wire).
+// Config.Envelope says where the envelope goes: EnvelopeTrace (the
+// default) in the body as trace fields, EnvelopeHeaders in the smtp-*
+// header table, EnvelopeBoth in both. A header table costs RabbitMQ a
+// decode on every publish (1.4-1.6x its CPU per message, bench/factors.md);
+// body octets cost it nothing measurable.
+//
+// Body: msg.Data exactly: with trace fields (Limits asks the engine for
+// them, sink.Limits.TraceFields) Return-Path, one X-Original-To per
+// recipient and X-Lsmtp-Envelope (internal/sink/trace.go), then lsmtp's
+// Received: header, then the message as received (after dot-unstuffing,
+// line endings CRLF as on the wire). A copy for one recipient domain of
+// several has its own trace fields, naming only its domain's recipients,
+// built for its publish call; a message of one domain is published from
+// msg.Data as it is. Consumers that store a message where its recipients
+// read it remove the fields above the first Received: (they name Bcc
+// recipients).
 //
 // Properties:
 //
@@ -103,7 +117,9 @@
 //	timestamp       when the message was received (seconds, per AMQP)
 //	app_id          "lsmtp"
 //
-// Headers (the AMQP field type in brackets, as a consumer library sees it):
+// Headers, with EnvelopeHeaders or EnvelopeBoth (EnvelopeTrace publishes
+// no header table at all; the AMQP field type in brackets, as a consumer
+// library sees it):
 //
 //	smtp-sender         string   reverse-path without <>; "" for the null sender <>
 //	smtp-recipients     array    of strings: forward-paths without <>
@@ -122,11 +138,19 @@
 //	smtp-tls-cipher     string   the cipher suite (crypto/tls name); "" in the clear
 //	smtp-auth-user      string   the user who authenticated (RFC 4954); "" for none
 //
+// Exchange: declared with Config.ExchangeType, or when that is empty
+// "direct" unless a word of the binding key is a topic wildcard ("*",
+// "#"), as the default binding of a {domain} key ("inbound.#") has;
+// "topic" then. An exchange of another type that exists already is used
+// as it is when the type was lsmtp's choice (declare, conn.go). Every
+// publish is mandatory: a message no queue is bound for comes back
+// (basic.return) and is answered 451 4.3.5, never confirmed unrouted.
+//
 // Routing: with a static Config.RoutingKey every message is published
 // once with that key. A key containing {domain}, e.g. "inbound.{domain}",
 // publishes one copy per distinct recipient domain (lower-cased; empty for
-// a bare "postmaster"), with {domain} replaced and smtp-recipients holding
-// only that domain's recipients. The message is confirmed only when every
+// a bare "postmaster"), with {domain} replaced and the trace fields and
+// smtp-recipients naming only that domain's recipients. The message is confirmed only when every
 // copy is; if any copy fails the whole message is answered 451 (and the
 // copies that were stored are delivered again on the client's retry).
 package broker

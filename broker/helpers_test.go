@@ -49,9 +49,13 @@ func (l *tlog) WithGroup(g string) slog.Handler {
 }
 
 // testConfig is DefaultConfig with the test's own exchange and queue,
-// deleted when the test ends, and quick reconnects.
+// deleted when the test ends, and quick reconnects. Its envelope is
+// EnvelopeBoth, so that the tests check the header table, and a message
+// the test builds with trace fields (traceMessage) has them checked in its
+// body too; the tests of EnvelopeTrace alone set it themselves.
 func testConfig(t testing.TB, url string) Config {
 	cfg := DefaultConfig()
+	cfg.Envelope = EnvelopeBoth
 	name := rabbittest.UniqueName(t, "lsmtp-test")
 	cfg.URLs = []string{url}
 	cfg.Exchange = name

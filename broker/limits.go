@@ -64,6 +64,15 @@ func (b *Broker) Limits() sink.Limits {
 		l.MaxDomains = b.cfg.MaxDomains
 		l.CopyPerDomain = true
 	}
+	l.TraceFields = b.cfg.trace()
+	if !b.cfg.headers() {
+		// No header table: the content header holds the properties
+		// alone, ours and short, and the envelope travels in the body,
+		// where AMQP bounds nothing; SMTP bounds it (MaxRecipients
+		// addresses of at most 256 octets) and the engine counts it in
+		// the in-flight budget with the body.
+		return l
+	}
 	// The content header of the largest message with an empty envelope:
 	// every other field at its largest. What is left of the frame is the
 	// envelope's: the sender's octets plus, per recipient, its octets
@@ -128,7 +137,6 @@ func (p *publishBuilder) check(copies, frameMax int) problem {
 	if bad != "" {
 		return problem{bad, 0, shortstrMax}
 	}
-	base += recipientsFieldSize
 	limit := frameMax - frameOverhead
 	if frameMax <= 0 {
 		limit = 1<<32 - 1 // the frame's size field
@@ -137,7 +145,7 @@ func (p *publishBuilder) check(copies, frameMax int) problem {
 		if n := len(p.b.cfg.RoutingKey); n > shortstrMax {
 			return problem{"routing key", n, shortstrMax}
 		}
-		if n := base + arrayElemsSize(p.all); n > limit {
+		if n := base + p.recipientsSize(p.all); n > limit {
 			return problem{"content header", n, limit}
 		}
 		return problem{}
@@ -147,11 +155,20 @@ func (p *publishBuilder) check(copies, frameMax int) problem {
 		if n := p.keyFixed + p.keyDomains*len(g.domain); n > shortstrMax {
 			return problem{"routing key", n, shortstrMax}
 		}
-		if n := base + arrayElemsSize(g.rcpts); n > limit {
+		if n := base + p.recipientsSize(g.rcpts); n > limit {
 			return problem{"content header", n, limit}
 		}
 	}
 	return problem{}
+}
+
+// recipientsSize is what the smtp-recipients entry adds to the content
+// header: nothing without the header table.
+func (p *publishBuilder) recipientsSize(rcpts []any) int {
+	if p.headers == nil {
+		return 0
+	}
+	return recipientsFieldSize + arrayElemsSize(rcpts)
 }
 
 // baseSize is the content header payload of the prepared publishing
@@ -177,6 +194,9 @@ func (p *publishBuilder) baseSize() (int, string) {
 	}
 	if !pub.Timestamp.IsZero() {
 		n += 8
+	}
+	if pub.Headers == nil {
+		return n, "" // no table (EnvelopeTrace)
 	}
 	// The table is present: smtp-recipients is always in it.
 	t, ok := tableSize(pub.Headers, HeaderRecipients)

@@ -195,6 +195,7 @@ func TestHostileEnvelopeFailsOnlyItsMessage(t *testing.T) {
 // TestLimits checks Limits against a content header counted by hand.
 func TestLimits(t *testing.T) {
 	cfg := DefaultConfig()
+	cfg.Envelope = EnvelopeHeaders
 	cfg.Node = "test-node"
 	b := &Broker{cfg: cfg, nodeValue: cfg.Node}
 	// Properties: 14 fixed, content type 15, message-id 256, app-id 6,

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/valyala/bytebufferpool"
 
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
@@ -51,11 +52,15 @@ func containsDomain(key string) bool { return strings.Contains(key, DomainPlaceh
 // encodes the table during the publish call and keeps no reference to it.
 type publishBuilder struct {
 	b       *Broker
-	headers amqp.Table
+	headers amqp.Table    // nil without the smtp-* headers (EnvelopeTrace)
+	trace   bool          // the body carries the envelope's trace fields
 	all     []any         // every recipient, for a static routing key
 	groups  []domainGroup // per-domain recipients, for a {domain} routing key
 	ngroups int
 	pub     amqp.Publishing
+	// copyBody is the body of the copy last built with its own trace
+	// fields (copyOf), until releaseCopy.
+	copyBody *bytebufferpool.ByteBuffer
 
 	// From the routing key template, for check: its octets outside the
 	// {domain} placeholders and how many there are.
@@ -65,13 +70,17 @@ type publishBuilder struct {
 }
 
 type domainGroup struct {
-	domain string // lower-cased
-	rcpts  []any
+	domain string   // lower-cased
+	rcpts  []any    // as strings, for the smtp-recipients header
+	raw    [][]byte // as received, for the copy's X-Original-To fields
 }
 
 func (p *publishBuilder) init(b *Broker) {
 	p.b = b
-	p.headers = make(amqp.Table, 13)
+	if b.cfg.headers() {
+		p.headers = make(amqp.Table, 13)
+	}
+	p.trace = b.cfg.trace()
 	p.keyFixed, p.keyDomains = routingKeyParts(b.cfg.RoutingKey)
 	p.maxCopies = 1
 	if b.templated {
@@ -86,6 +95,54 @@ func (p *publishBuilder) prepare(m *sink.Message) int {
 	if received.IsZero() {
 		received = time.Now()
 	}
+	if p.headers != nil {
+		p.fillHeaders(m, received)
+	}
+	var body []byte
+	if m.Data != nil {
+		body = m.Data.B
+	}
+	p.pub = amqp.Publishing{
+		ContentType:  ContentType,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    m.QueueID,
+		Timestamp:    received,
+		AppId:        AppID,
+		Body:         body,
+	}
+	if p.headers != nil {
+		p.pub.Headers = p.headers
+	}
+
+	if !p.b.templated {
+		if p.headers != nil {
+			p.all = p.all[:0]
+			for _, r := range m.Recipients {
+				p.all = append(p.all, string(r))
+			}
+		}
+		return 1
+	}
+	p.ngroups = 0
+	for _, r := range m.Recipients {
+		g := p.group(domainOf(r))
+		g.raw = append(g.raw, r)
+		if p.headers != nil {
+			g.rcpts = append(g.rcpts, string(r))
+		}
+	}
+	if p.ngroups == 0 {
+		// No recipient at all (not possible after a valid SMTP
+		// transaction): one copy for the empty domain, so the message is
+		// stored rather than silently confirmed.
+		p.group(nil)
+	}
+	return p.ngroups
+}
+
+// fillHeaders fills the smtp-* header table but smtp-recipients, which
+// copyOf sets per copy.
+func (p *publishBuilder) fillHeaders(m *sink.Message, received time.Time) {
 	h := p.headers
 	h[HeaderSender] = string(m.Sender)
 	h[HeaderClientIP] = m.ClientIP
@@ -104,40 +161,6 @@ func (p *publishBuilder) prepare(m *sink.Message) int {
 	h[HeaderTLSVersion] = m.TLSVersion
 	h[HeaderTLSCipher] = m.TLSCipher
 	h[HeaderAuthUser] = string(m.AuthUser)
-
-	var body []byte
-	if m.Data != nil {
-		body = m.Data.B
-	}
-	p.pub = amqp.Publishing{
-		Headers:      h,
-		ContentType:  ContentType,
-		DeliveryMode: amqp.Persistent,
-		MessageId:    m.QueueID,
-		Timestamp:    received,
-		AppId:        AppID,
-		Body:         body,
-	}
-
-	if !p.b.templated {
-		p.all = p.all[:0]
-		for _, r := range m.Recipients {
-			p.all = append(p.all, string(r))
-		}
-		return 1
-	}
-	p.ngroups = 0
-	for _, r := range m.Recipients {
-		g := p.group(domainOf(r))
-		g.rcpts = append(g.rcpts, string(r))
-	}
-	if p.ngroups == 0 {
-		// No recipient at all (not possible after a valid SMTP
-		// transaction): one copy for the empty domain, so the message is
-		// stored rather than silently confirmed.
-		p.group(nil)
-	}
-	return p.ngroups
 }
 
 // group returns the group of domain d, adding it when new.
@@ -154,19 +177,47 @@ func (p *publishBuilder) group(d []byte) *domainGroup {
 	p.ngroups++
 	g.domain = lowerDomain(d)
 	g.rcpts = g.rcpts[:0]
+	g.raw = g.raw[:0]
 	return g
 }
 
 // copyOf returns the routing key and publishing of copy i of the message
-// last prepared.
+// last prepared. With trace fields and more than one recipient domain,
+// each copy's body names only its own recipients (as smtp-recipients
+// does), so that no domain's consumer learns another's: the copy is the
+// message's own trace fields rewritten for the copy and the rest of Data,
+// in a pooled buffer that the caller gives back with releaseCopy once
+// the publish call returned (amqp091-go writes the body during the call
+// and keeps no reference to it). A message of one domain, the common
+// case, is published from Data as it is.
 func (p *publishBuilder) copyOf(m *sink.Message, i int) (string, amqp.Publishing) {
 	if !p.b.templated {
-		p.headers[HeaderRecipients] = p.all
+		if p.headers != nil {
+			p.headers[HeaderRecipients] = p.all
+		}
 		return p.b.cfg.RoutingKey, p.pub
 	}
 	g := &p.groups[i]
-	p.headers[HeaderRecipients] = g.rcpts
-	return strings.ReplaceAll(p.b.cfg.RoutingKey, DomainPlaceholder, g.domain), p.pub
+	if p.headers != nil {
+		p.headers[HeaderRecipients] = g.rcpts
+	}
+	pub := p.pub
+	if p.trace && p.ngroups > 1 && m.Data != nil && m.TraceLen > 0 {
+		p.releaseCopy()
+		p.copyBody = bytebufferpool.Get()
+		b := sink.AppendTrace(p.copyBody.B[:0], m, g.raw)
+		p.copyBody.B = append(b, m.Data.B[m.TraceLen:]...)
+		pub.Body = p.copyBody.B
+	}
+	return strings.ReplaceAll(p.b.cfg.RoutingKey, DomainPlaceholder, g.domain), pub
+}
+
+// releaseCopy gives back the body copyOf built for a copy, if any.
+func (p *publishBuilder) releaseCopy() {
+	if p.copyBody != nil {
+		bytebufferpool.Put(p.copyBody)
+		p.copyBody = nil
+	}
 }
 
 // domainOf returns the domain of a forward-path: what follows its last

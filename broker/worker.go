@@ -252,7 +252,16 @@ func (w *worker) session(c *connection) (err error) {
 	defer timer.Stop()
 	armed := false
 	for {
-		if err := w.fill(ch); err != nil {
+		// The publishes of one fill go out in as few writes as the
+		// corked socket allows (cork.go).
+		c.sock.cork()
+		err := w.fill(ch)
+		w.publishingSince.Store(w.b.now())
+		if uerr := c.sock.uncork(); err == nil {
+			err = uerr
+		}
+		w.publishingSince.Store(0)
+		if err != nil {
 			return err
 		}
 		if !armed && w.fifo.len() > 0 {
@@ -277,6 +286,13 @@ func (w *worker) session(c *connection) (err error) {
 			// the return is already queued when its ack arrives.
 			w.drainReturns(returns)
 			w.confirm(conf)
+			// Settle every confirm already here before publishing again,
+			// so that the next fill publishes the freed window as one
+			// batch, in one write (cork.go), rather than one publish per
+			// confirm.
+			if err := w.settleWaiting(confirms, returns); err != nil {
+				return err
+			}
 		case ret, ok := <-returns:
 			if !ok {
 				return errChannelClosed
@@ -297,6 +313,23 @@ func (w *worker) session(c *connection) (err error) {
 			armed = false
 			w.expire()
 		case <-w.b.stopWorkers:
+			return nil
+		}
+	}
+}
+
+// settleWaiting settles the confirms that have arrived, without waiting
+// for more.
+func (w *worker) settleWaiting(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return) error {
+	for {
+		select {
+		case conf, ok := <-confirms:
+			if !ok {
+				return errChannelClosed
+			}
+			w.drainReturns(returns)
+			w.confirm(conf)
+		default:
 			return nil
 		}
 	}
@@ -430,6 +463,7 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 		key, pub := w.pub.copyOf(m, i)
 		w.publishingSince.Store(b.now())
 		err := ch.Publish(b.cfg.Exchange, key, true, false, pub)
+		w.pub.releaseCopy()
 		w.publishingSince.Store(0)
 		if err != nil {
 			b.stats.publishErrors.Add(1)

@@ -2,7 +2,22 @@ package engine
 
 import (
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/sink"
 )
+
+// appendTrace appends the envelope as trace fields (sink.AppendTrace's
+// form, for a sink whose Limits ask for them): Return-Path, one
+// X-Original-To per recipient in RCPT order, X-Lsmtp-Envelope, and
+// X-Lsmtp-Auth after AUTH.
+func (s *session) appendTrace(dst []byte) []byte {
+	dst = sink.AppendReturnPath(dst, s.env[s.sender.start:s.sender.end])
+	for _, r := range s.rcpts {
+		dst = sink.AppendOriginalTo(dst, s.env[r.start:r.end])
+	}
+	dst = sink.AppendEnvelope(dst, int(s.remote.Port()), s.params.Size, sink.BodyType(s.params.Body), s.params.SMTPUTF8)
+	return sink.AppendAuth(dst, s.sec.authUser)
+}
 
 // appendReceived appends our trace header (RFC 5321 §4.4, RFC 5322 §3.6.7):
 //

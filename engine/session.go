@@ -712,11 +712,19 @@ func (s *session) resetTransaction() {
 }
 
 // beginMessage starts the body of a transaction: a queue ID, a pooled
-// buffer, and our trace header on top (RFC 5321 §4.4).
+// buffer, and our trace header on top (RFC 5321 §4.4), under the
+// envelope's trace fields when the sink asks for them: MAIL and RCPT are
+// over (RCPT after BDAT is refused), so the envelope is complete, and
+// writing it here costs no copy of the body.
 func (s *session) beginMessage(now time.Time) {
 	s.msg.QueueID = s.srv.ids.New(now)
 	s.msg.Data = bytebufferpool.Get()
-	s.msg.Data.B = s.appendReceived(s.msg.Data.B[:0], now)
+	b := s.msg.Data.B[:0]
+	if s.cfg.limits.TraceFields {
+		b = s.appendTrace(b)
+		s.msg.TraceLen = len(b)
+	}
+	s.msg.Data.B = s.appendReceived(b, now)
 	s.noMemory = !s.hold(int64(len(s.msg.Data.B)))
 	if s.noMemory {
 		s.msg.ReleaseData()

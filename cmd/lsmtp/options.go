@@ -111,7 +111,7 @@ func (o *options) table() []option {
 		{name: "amqp-username", section: rabbit, ptr: &b.Username, help: "user for every AMQP URL, replacing the URLs' own (better in the file or $LSMTP_AMQP_USERNAME)"},
 		{name: "amqp-password", section: rabbit, ptr: &b.Password, secret: true, help: "password for amqp-username (better in the file or $LSMTP_AMQP_PASSWORD than on the command line)"},
 		{name: "exchange", section: rabbit, ptr: &b.Exchange, help: "exchange messages are published to"},
-		{name: "exchange-type", section: rabbit, ptr: &b.ExchangeType, help: "type of the declared exchange"},
+		{name: "exchange-type", section: rabbit, ptr: &b.ExchangeType, help: "type of the declared exchange (default: topic when the binding key has a * or # word, direct otherwise)"},
 		{name: "queue", section: rabbit, ptr: &b.Queue, help: "queue declared and bound to the exchange"},
 		{name: "routing-key", section: rabbit, ptr: &b.RoutingKey, help: "routing key; with {domain} one copy is published per recipient domain"},
 		{name: "binding-key", section: rabbit, ptr: &b.BindingKey, help: "binding key of the queue (default: the routing key, {domain} replaced by #)"},
@@ -135,6 +135,7 @@ func (o *options) table() []option {
 		{name: "amqp-heartbeat", section: rabbit, ptr: &b.Heartbeat, help: "AMQP heartbeat interval"},
 		{name: "amqp-reconnect-min", section: rabbit, ptr: &b.ReconnectMin, help: "first wait before reconnecting to RabbitMQ (doubles, with jitter)"},
 		{name: "amqp-reconnect-max", section: rabbit, ptr: &b.ReconnectMax, help: "longest wait between reconnect attempts"},
+		{name: "envelope", section: rabbit, ptr: &b.Envelope, help: "how the envelope travels: trace (Return-Path, X-Original-To, X-Lsmtp-Envelope fields above Received: in the body), headers (the smtp-* AMQP headers) or both"},
 		{name: "node", section: rabbit, ptr: &b.Node, machine: true, help: "node name in the smtp-node header"},
 	}
 	for i := range t {

@@ -241,11 +241,19 @@ func eightBit() []byte {
 var binaryChunk = []byte("Content-Type: application/octet-stream\r\n\r\n\x00\x01\n\r.\r\n.\r\nnot the end\r\n")
 
 // TestMessagesRoundTrip sends messages of every shape over SMTP and finds
-// each in the queue exactly as the message contract says: our Received:
-// header followed by exactly the octets the client meant, the properties,
-// and every smtp-* header.
+// each in the queue exactly as the message contract says, for each
+// --envelope: the trace fields (trace, both), our Received: header,
+// exactly the octets the client meant, the properties, and every smtp-*
+// header (headers, both) or no header table at all (trace).
 func TestMessagesRoundTrip(t *testing.T) {
+	for _, env := range []string{broker.EnvelopeTrace, broker.EnvelopeHeaders, broker.EnvelopeBoth} {
+		t.Run(env, func(t *testing.T) { testMessagesRoundTrip(t, env) })
+	}
+}
+
+func testMessagesRoundTrip(t *testing.T, env string) {
 	bc := brokerConfig(t, rabbittest.URL)
+	bc.Envelope = env
 	s := startStack(t, bc, true)
 
 	dotWire := []byte("Subject: dots\r\n\r\n..\r\n...two\r\n.x\r\nmid.dle\r\n\r\n..\r\n.\r\n")
@@ -343,15 +351,16 @@ func TestMessagesRoundTrip(t *testing.T) {
 			if len(ds) != 1 {
 				t.Fatalf("message %s is %d times in the queue, want once", tx.queueID, len(ds))
 			}
-			checkDelivery(t, tx, ds[0], bc.RoutingKey, nil)
+			checkDelivery(t, tx, ds[0], bc, bc.RoutingKey, nil)
 		})
 	}
 }
 
-// checkDelivery compares d with everything the contract promises for tx:
-// routed with routingKey, smtp-recipients holding rcpts (all of tx's
-// recipients when nil; one domain's under a {domain} routing key).
-func checkDelivery(t *testing.T, tx *transaction, d amqp.Delivery, routingKey string, rcpts []string) {
+// checkDelivery compares d with everything the contract promises for tx
+// under bc.Envelope: routed with routingKey, the trace fields and
+// smtp-recipients holding rcpts (all of tx's recipients when nil; one
+// domain's under a {domain} routing key).
+func checkDelivery(t *testing.T, tx *transaction, d amqp.Delivery, bc broker.Config, routingKey string, rcpts []string) {
 	t.Helper()
 	if d.RoutingKey != routingKey {
 		t.Errorf("routing key %q, want %q", d.RoutingKey, routingKey)
@@ -373,10 +382,37 @@ func checkDelivery(t *testing.T, tx *transaction, d amqp.Delivery, routingKey st
 		t.Errorf("timestamp %s not within [%s, %s]", d.Timestamp, lo, hi)
 	}
 
-	// Every smtp-* header, with its AMQP type.
 	if rcpts == nil {
 		rcpts = tx.rcpts
 	}
+	body := d.Body
+	if bc.Envelope != broker.EnvelopeHeaders {
+		// The trace fields, byte for byte, above our Received:.
+		want := "Return-Path: <" + tx.from + ">\r\n"
+		for _, r := range rcpts {
+			want += "X-Original-To: " + r + "\r\n"
+		}
+		utf8 := "no"
+		if tx.utf8 {
+			utf8 = "yes"
+		}
+		want += fmt.Sprintf("X-Lsmtp-Envelope: port=%d; size=%d; body=%s; smtputf8=%s\r\n", tx.clientPort, tx.declaredSize, tx.body, utf8)
+		if !bytes.HasPrefix(body, []byte(want)) {
+			t.Fatalf("trace fields\n%q\nwant\n%q", head(body), want)
+		}
+		body = body[len(want):]
+	} else if bytes.HasPrefix(body, []byte("Return-Path:")) {
+		t.Errorf("trace fields with --envelope headers: %q", head(body))
+	}
+	if bc.Envelope == broker.EnvelopeTrace {
+		if d.Headers != nil {
+			t.Errorf("header table %v with --envelope trace, want none", d.Headers)
+		}
+		checkBody(t, tx, body, tx.after)
+		return
+	}
+
+	// Every smtp-* header, with its AMQP type.
 	rcptValues := make([]any, len(rcpts))
 	for i, r := range rcpts {
 		rcptValues[i] = r
@@ -412,11 +448,18 @@ func checkDelivery(t *testing.T, tx *transaction, d amqp.Delivery, routingKey st
 		t.Errorf("timestamp %s is not smtp-received-at %s in whole seconds", d.Timestamp.UTC(), at)
 	}
 
-	hdr, rest, ok := splitReceived(d.Body)
+	checkBody(t, tx, body, at)
+}
+
+// checkBody checks what follows the trace fields: our Received: header,
+// dated no later than notAfter, and the message as the client meant it.
+func checkBody(t *testing.T, tx *transaction, body []byte, notAfter time.Time) {
+	t.Helper()
+	hdr, rest, ok := splitReceived(body)
 	if !ok {
-		t.Fatalf("body does not start with a Received: header: %q", head(d.Body))
+		t.Fatalf("body does not start with a Received: header: %q", head(body))
 	}
-	checkReceived(t, tx, hdr, at)
+	checkReceived(t, tx, hdr, notAfter)
 	if !bytes.Equal(rest, tx.expected()) {
 		t.Errorf("message after Received: differs from what the client sent: %d octets, want %d; first difference at %d",
 			len(rest), len(tx.expected()), firstDiff(rest, tx.expected()))
@@ -443,12 +486,24 @@ func checkHeaders(t *testing.T, got, want amqp.Table) {
 	}
 }
 
-// splitReceived splits the first header field (with its folded lines)
-// from the rest of body.
-func splitReceived(body []byte) (hdr, rest []byte, ok bool) {
-	if !bytes.HasPrefix(body, []byte("Received: ")) {
-		return nil, nil, false
+// afterTrace is body without the trace fields above our Received:
+// (README: what consumers strip), if it has any.
+func afterTrace(body []byte) []byte {
+	for _, f := range []string{"Return-Path: ", "X-Original-To: ", "X-Lsmtp-Envelope: "} {
+		for bytes.HasPrefix(body, []byte(f)) {
+			_, hdr, ok := splitField(body)
+			if !ok {
+				return body
+			}
+			body = hdr
+		}
 	}
+	return body
+}
+
+// splitField splits the first header field (with its folded lines)
+// from the rest of body.
+func splitField(body []byte) (hdr, rest []byte, ok bool) {
 	for i := 0; i+2 <= len(body); {
 		j := bytes.Index(body[i:], []byte("\r\n"))
 		if j < 0 {
@@ -461,6 +516,15 @@ func splitReceived(body []byte) (hdr, rest []byte, ok bool) {
 		i = end
 	}
 	return nil, nil, false
+}
+
+// splitReceived splits the first header field (with its folded lines)
+// from the rest of body, which must start with Received:.
+func splitReceived(body []byte) (hdr, rest []byte, ok bool) {
+	if !bytes.HasPrefix(body, []byte("Received: ")) {
+		return nil, nil, false
+	}
+	return splitField(body)
 }
 
 // checkReceived checks our trace header (RFC 5321 §4.4): client HELO and
@@ -485,7 +549,7 @@ func checkReceived(t *testing.T, tx *transaction, hdr []byte, at time.Time) {
 	// Our Received: line is written when the body starts (it heads the
 	// buffer the body streams into), smtp-received-at when it ended.
 	if d.Before(tx.before.Truncate(time.Second)) || d.After(at) {
-		t.Errorf("Received: date %s not within [%s, smtp-received-at %s]", d, tx.before.UTC(), at)
+		t.Errorf("Received: date %s not within [%s, %s]", d, tx.before.UTC(), at)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
@@ -22,6 +23,7 @@ import (
 // connection the broker opened.
 func TestEnvelopeLimitsAtRCPT(t *testing.T) {
 	bc := brokerConfig(t, rabbittest.URL)
+	bc.Envelope = broker.EnvelopeHeaders // the header table is what is bounded
 	bc.RoutingKey = "inbound.{domain}"
 	s := startStack(t, bc, true, func(c *engine.Config) { c.MaxRecipients = 1000 })
 	lim := s.brk.Limits()

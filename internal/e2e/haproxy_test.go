@@ -214,6 +214,7 @@ func TestHAProxyTwoNodes(t *testing.T) {
 		ec.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	}
 	bc := brokerConfig(t, rabbittest.URL)
+	bc.Envelope = broker.EnvelopeBoth // the client facts asserted below are the smtp-* headers
 	bcA, bcB := bc, bc
 	bcA.Node, bcB.Node = "e2e-a", "e2e-b"
 	a := startStack(t, bcA, true, trust)

@@ -183,7 +183,7 @@ func checkStored(t *testing.T, queue string, tally *loadTally) {
 }
 
 func token(d amqp.Delivery) string {
-	_, rest, _ := splitReceived(d.Body)
+	_, rest, _ := splitReceived(afterTrace(d.Body))
 	line, _, _ := strings.Cut(string(rest), "\r\n")
 	return strings.TrimPrefix(line, "X-Load-Token: ")
 }

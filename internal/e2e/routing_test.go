@@ -8,6 +8,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
@@ -17,7 +18,14 @@ import (
 // that domain's recipients. A queue bound to one domain's key gets only
 // that domain's copy.
 func TestDomainRouting(t *testing.T) {
+	for _, env := range []string{broker.EnvelopeTrace, broker.EnvelopeBoth} {
+		t.Run(env, func(t *testing.T) { testDomainRouting(t, env) })
+	}
+}
+
+func testDomainRouting(t *testing.T, env string) {
 	bc := brokerConfig(t, rabbittest.URL)
+	bc.Envelope = env
 	bc.RoutingKey = "inbound.{domain}"
 	s := startStack(t, bc, true)
 
@@ -64,7 +72,7 @@ func TestDomainRouting(t *testing.T) {
 		// Each copy is the whole message (its Received: header, with no
 		// "for" clause since the transaction had three recipients), with
 		// only its domain's recipients in smtp-recipients.
-		t.Run(d.RoutingKey, func(t *testing.T) { checkDelivery(t, tx, d, d.RoutingKey, rcpts) })
+		t.Run(d.RoutingKey, func(t *testing.T) { checkDelivery(t, tx, d, bc, d.RoutingKey, rcpts) })
 	}
 	if len(want) != 0 {
 		t.Errorf("no copy for %v", want)
@@ -91,6 +99,7 @@ func keys(ds []amqp.Delivery) []string {
 func TestDomainRoutingOneCopyFails(t *testing.T) {
 	bc := brokerConfig(t, rabbittest.URL)
 	bc.RoutingKey = "inbound.{domain}"
+	bc.Envelope = broker.EnvelopeHeaders // reads smtp-recipients
 	bc.Declare = false
 	alpha, beta := bc.Queue+".alpha", bc.Queue+".beta"
 	deleteAtEnd(t, []string{alpha, beta}, nil)

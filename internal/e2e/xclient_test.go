@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"github.com/lsmtp/lsmtp/broker"
 	"net/netip"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 // address, port and HELO, not the relay's.
 func TestXclientReachesTheContract(t *testing.T) {
 	bc := brokerConfig(t, rabbittest.URL)
+	bc.Envelope = broker.EnvelopeBoth // the client facts asserted below are the smtp-* headers
 	s := startStack(t, bc, true, func(c *engine.Config) {
 		c.XclientFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})

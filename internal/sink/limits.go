@@ -30,6 +30,11 @@ type Limits struct {
 	// distinct recipient domain; the engine then counts size × copies
 	// against the in-flight budget.
 	CopyPerDomain bool
+	// TraceFields asks the engine to write the envelope into Data as
+	// trace fields above its Received: field (trace.go), when the body
+	// starts, and to set Message.TraceLen. They count against the
+	// in-flight budget with the body; the Message fields stay filled.
+	TraceFields bool
 }
 
 // Limiter is implemented by sinks that have Limits. The engine asks once

@@ -60,11 +60,17 @@ type Message struct {
 	// AuthUser is the user who authenticated (RFC 4954); nil for none.
 	AuthUser []byte
 
-	// Data is our Received: header followed by the message exactly as
+	// Data is our Received: header (with Limits.TraceFields, under the
+	// trace fields of the envelope) followed by the message exactly as
 	// received after dot-unstuffing. It comes from bytebufferpool; the sink
 	// calls ReleaseData once it no longer needs the bytes (for RabbitMQ, as
 	// soon as the publish call returned), at the latest before Complete.
 	Data *bytebufferpool.ByteBuffer
+	// TraceLen is how many octets at the head of Data are the trace
+	// fields above our Received: (Limits.TraceFields, trace.go); 0 when
+	// the sink asked for none. A sink that publishes a copy per
+	// recipient domain writes each copy's own in their place.
+	TraceLen int
 
 	// Done is told the outcome, exactly once, from any goroutine.
 	Done Completion

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -83,8 +84,62 @@ func run(ctx context.Context, o options, out io.Writer) (int, error) {
 	return n, nil
 }
 
-// printEnvelope writes the properties and smtp-* headers of d, one per
-// line, and a blank line.
+// traceFields are the fields lsmtp writes above its Received: field with
+// --envelope trace or both (README, "What reaches the queue"). They name
+// every recipient, Bcc ones included, so a message written where its
+// recipients read it must not keep them.
+var traceFields = []string{"Return-Path:", "X-Original-To:", "X-Lsmtp-Envelope:", "X-Lsmtp-Auth:"}
+
+// splitTrace splits lsmtp's trace fields from the head of body: the
+// leading Return-Path, X-Original-To and X-Lsmtp-Envelope fields, only
+// when a Received: field follows them (lsmtp's own, under which the
+// message as the client sent it starts). Anything else is no trace of
+// lsmtp's and stays: trace is then empty.
+func splitTrace(body []byte) (trace, rest []byte) {
+	i := 0
+	for {
+		if hasFieldName(body[i:], "Received:") {
+			return body[:i], body[i:]
+		}
+		known := false
+		for _, f := range traceFields {
+			known = known || hasFieldName(body[i:], f)
+		}
+		if !known {
+			return nil, body
+		}
+		n := fieldLen(body[i:])
+		if n < 0 {
+			return nil, body
+		}
+		i += n
+	}
+}
+
+// hasFieldName reports whether b starts with the field name and colon
+// name, compared case-insensitively (RFC 5322 §1.2.2).
+func hasFieldName(b []byte, name string) bool {
+	return len(b) >= len(name) && strings.EqualFold(string(b[:len(name)]), name)
+}
+
+// fieldLen is the length of the header field at the start of b with its
+// folded lines (RFC 5322 §2.2.3) and final CRLF, or -1 if it does not end.
+func fieldLen(b []byte) int {
+	for i := 0; ; {
+		j := bytes.Index(b[i:], []byte("\r\n"))
+		if j < 0 {
+			return -1
+		}
+		i += j + 2
+		if i == len(b) || b[i] != ' ' && b[i] != '\t' {
+			return i
+		}
+	}
+}
+
+// printEnvelope writes the properties, the smtp-* headers and lsmtp's
+// trace fields of d, one per line (folded fields unfolded), and a blank
+// line.
 func printEnvelope(w io.Writer, d amqp.Delivery) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "message %s: %d bytes, routing key %q, published %s by %s\n",
@@ -96,6 +151,13 @@ func printEnvelope(w io.Writer, d amqp.Delivery) error {
 	sort.Strings(names)
 	for _, k := range names {
 		fmt.Fprintf(&b, "  %s: %s\n", k, headerValue(d.Headers[k]))
+	}
+	trace, _ := splitTrace(d.Body)
+	for len(trace) > 0 {
+		n := fieldLen(trace)
+		field := strings.NewReplacer("\r\n\t", " ", "\r\n ", " ").Replace(string(trace[:n-2]))
+		fmt.Fprintf(&b, "  %s\n", strings.ToValidUTF8(field, "?"))
+		trace = trace[n:]
 	}
 	b.WriteByte('\n')
 	_, err := io.WriteString(w, b.String())
@@ -137,7 +199,8 @@ func fileName(id string, tag uint64) string {
 func writeEML(dir string, d amqp.Delivery) error {
 	final := filepath.Join(dir, fileName(d.MessageId, d.DeliveryTag)+".eml")
 	tmp := filepath.Join(dir, "."+fileName(d.MessageId, d.DeliveryTag)+".eml.tmp")
-	if err := writeSynced(tmp, d.Body); err != nil {
+	_, msg := splitTrace(d.Body)
+	if err := writeSynced(tmp, msg); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, final); err != nil {
@@ -180,7 +243,8 @@ func (m *maildir) uniqueName() string {
 func (m *maildir) deliver(d amqp.Delivery) error {
 	name := m.uniqueName()
 	tmp := filepath.Join(m.dir, "tmp", name)
-	if err := writeSynced(tmp, d.Body); err != nil {
+	_, msg := splitTrace(d.Body)
+	if err := writeSynced(tmp, msg); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, filepath.Join(m.dir, "new", name)); err != nil {

@@ -16,8 +16,28 @@ import (
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
-// testQueue declares a queue holding two messages shaped like lsmtp's,
-// deleted when the test ends.
+// traced is what --envelope trace puts above lsmtp's Received: (the
+// X-Lsmtp-Envelope field folded, as a long one is).
+const traced = "Return-Path: <a@example.org>\r\nX-Original-To: b@example.com\r\nx-original-to: bcc@example.com\r\n" +
+	"X-Lsmtp-Envelope: port=50123; size=0;\r\n\tbody=7BIT; smtputf8=no\r\n"
+
+var testIDs = []string{"Q0001", "Q0002", "Q0003", "Q0004"}
+
+// stored is what eml and maildir write for each message: lsmtp's trace
+// fields removed, nothing else.
+var stored = map[string]string{
+	"Q0003": "Received: from x\r\nSubject: three\r\n\r\nbody\r\n",
+}
+
+func storedBody(id string, body []byte) []byte {
+	if s, ok := stored[id]; ok {
+		return []byte(s)
+	}
+	return body
+}
+
+// testQueue declares a queue holding messages shaped like lsmtp's (with
+// and without trace fields), deleted when the test ends.
 func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
 	t.Helper()
 	conn, err := amqp.Dial(rabbittest.URL)
@@ -37,8 +57,11 @@ func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
 	bodies = map[string][]byte{
 		"Q0001": []byte("Received: from x\r\nSubject: one\r\n\r\nbody\r\n"),
 		"Q0002": append([]byte("Subject: two\r\n\r\n"), 0xff, 0x00, '\r', '\n'),
+		"Q0003": []byte(traced + "Received: from x\r\nSubject: three\r\n\r\nbody\r\n"),
+		// Not lsmtp's trace (no Received: under it): kept as it is.
+		"Q0004": []byte("Return-Path: <a@example.org>\r\nSubject: four\r\n\r\nbody\r\n"),
 	}
-	for _, id := range []string{"Q0001", "Q0002"} {
+	for _, id := range testIDs {
 		err := ch.Publish("", queue, true, false, amqp.Publishing{
 			MessageId:    id,
 			ContentType:  "message/rfc822",
@@ -61,7 +84,7 @@ func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
 
 func consumeAll(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	o, err := parseFlags(append([]string{"--amqp-url", rabbittest.URL, "--count", "2"}, args...), func(string) string { return "" })
+	o, err := parseFlags(append([]string{"--amqp-url", rabbittest.URL, "--count", fmt.Sprint(len(testIDs))}, args...), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,8 +117,8 @@ func queueLen(t *testing.T, queue string) int {
 func TestPrint(t *testing.T) {
 	queue, _ := testQueue(t)
 	n, out := consumeAll(t, "--queue", queue, "--mode", "print")
-	if n != 2 {
-		t.Fatalf("handled %d messages, want 2", n)
+	if n != len(testIDs) {
+		t.Fatalf("handled %d messages, want %d", n, len(testIDs))
 	}
 	for _, want := range []string{
 		"message Q0001: 40 bytes",
@@ -103,6 +126,8 @@ func TestPrint(t *testing.T) {
 		`  smtp-sender: "a@example.org"` + "\n",
 		"  smtp-client-port: 50123\n",
 		"message Q0002: 20 bytes",
+		"  Return-Path: <a@example.org>\n  X-Original-To: b@example.com\n  x-original-to: bcc@example.com\n" +
+			"  X-Lsmtp-Envelope: port=50123; size=0; body=7BIT; smtputf8=no\n\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -116,17 +141,17 @@ func TestPrint(t *testing.T) {
 func TestEML(t *testing.T) {
 	queue, bodies := testQueue(t)
 	dir := t.TempDir()
-	if n, _ := consumeAll(t, "--queue", queue, "--mode", "eml", "--dir", dir); n != 2 {
-		t.Fatalf("handled %d, want 2", n)
+	if n, _ := consumeAll(t, "--queue", queue, "--mode", "eml", "--dir", dir); n != len(testIDs) {
+		t.Fatalf("handled %d, want %d", n, len(testIDs))
 	}
 	for id, body := range bodies {
 		got, err := os.ReadFile(filepath.Join(dir, id+".eml"))
-		if err != nil || !bytes.Equal(got, body) {
-			t.Errorf("%s.eml: %q, %v; want %q", id, got, err, body)
+		if want := storedBody(id, body); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s.eml: %q, %v; want %q", id, got, err, want)
 		}
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
-		t.Errorf("%d files in %s, want 2 (no temporary files left)", len(entries), dir)
+	if entries, _ := os.ReadDir(dir); len(entries) != len(testIDs) {
+		t.Errorf("%d files in %s, want %d (no temporary files left)", len(entries), dir, len(testIDs))
 	}
 	if l := queueLen(t, queue); l != 0 {
 		t.Errorf("%d messages left unacknowledged", l)
@@ -136,18 +161,18 @@ func TestEML(t *testing.T) {
 func TestMaildir(t *testing.T) {
 	queue, bodies := testQueue(t)
 	dir := t.TempDir()
-	if n, _ := consumeAll(t, "--queue", queue, "--mode", "maildir", "--dir", dir); n != 2 {
-		t.Fatalf("handled %d, want 2", n)
+	if n, _ := consumeAll(t, "--queue", queue, "--mode", "maildir", "--dir", dir); n != len(testIDs) {
+		t.Fatalf("handled %d, want %d", n, len(testIDs))
 	}
 	entries, err := os.ReadDir(filepath.Join(dir, "new"))
-	if err != nil || len(entries) != 2 {
-		t.Fatalf("new/ holds %d entries (%v), want 2", len(entries), err)
+	if err != nil || len(entries) != len(testIDs) {
+		t.Fatalf("new/ holds %d entries (%v), want %d", len(entries), err, len(testIDs))
 	}
 	found := map[string]bool{}
 	for _, e := range entries {
 		got, _ := os.ReadFile(filepath.Join(dir, "new", e.Name()))
 		for id, body := range bodies {
-			if bytes.Equal(got, body) {
+			if bytes.Equal(got, storedBody(id, body)) {
 				found[id] = true
 			}
 		}
@@ -155,7 +180,7 @@ func TestMaildir(t *testing.T) {
 			t.Errorf("bad maildir name %q", e.Name())
 		}
 	}
-	if len(found) != 2 {
+	if len(found) != len(testIDs) {
 		t.Errorf("bodies found: %v", found)
 	}
 	if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
@@ -180,8 +205,8 @@ func TestWriteFailureRequeues(t *testing.T) {
 	if _, err := run(ctx, o, &bytes.Buffer{}); err == nil {
 		t.Fatal("run succeeded writing below a file")
 	}
-	if l := queueLen(t, queue); l != 2 {
-		t.Errorf("%d messages in the queue, want both still there", l)
+	if l := queueLen(t, queue); l != len(testIDs) {
+		t.Errorf("%d messages in the queue, want all %d still there", l, len(testIDs))
 	}
 }
 

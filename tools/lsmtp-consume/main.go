@@ -1,8 +1,11 @@
 // Command lsmtp-consume reads the messages lsmtp published to RabbitMQ, to
 // watch a pipeline or to keep what arrives: it prints each message's
-// envelope, or writes each as an .eml file or into a Maildir. A message is
-// acknowledged only after it was written and fsynced, so a crash or a full
-// disk never loses one.
+// envelope (properties, smtp-* headers, trace fields), or writes each as
+// an .eml file or into a Maildir without lsmtp's trace fields above its
+// Received: (Return-Path, X-Original-To, X-Lsmtp-Envelope), which would
+// show every recipient, Bcc ones included, to whoever reads the file. A
+// message is acknowledged only after it was written and fsynced, so a
+// crash or a full disk never loses one.
 //
 //	lsmtp-consume --queue lsmtp.inbound --mode print
 //	lsmtp-consume --mode eml --dir ./mail --count 100
