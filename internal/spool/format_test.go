@@ -15,8 +15,9 @@ import (
 func TestRecordKeepsTLSAndAuth(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := open(t, dir, 1<<30)
-	m := testMessage("TLS1", []byte("body"))
+	m := testMessage("TLS1", []byte("Return-Path: <a@b>\r\nbody"))
 	m.TLSVersion, m.TLSCipher, m.AuthUser = "TLS 1.3", "TLS_AES_128_GCM_SHA256", []byte("alice")
+	m.TraceLen = len("Return-Path: <a@b>\r\n")
 	l, err := appendSync(t, s, m)
 	if err != nil {
 		t.Fatal(err)
@@ -37,6 +38,9 @@ func TestRecordKeepsTLSAndAuth(t *testing.T) {
 	defer got.ReleaseData()
 	if got.TLSVersion != m.TLSVersion || got.TLSCipher != m.TLSCipher || string(got.AuthUser) != "alice" {
 		t.Errorf("read back TLS %q %q, auth %q", got.TLSVersion, got.TLSCipher, got.AuthUser)
+	}
+	if got.TraceLen != m.TraceLen {
+		t.Errorf("read back TraceLen %d, want %d: per-domain copies could not rewrite their trace fields", got.TraceLen, m.TraceLen)
 	}
 }
 

@@ -72,7 +72,7 @@ func recordSize(m *sink.Message) int {
 		n += 4 + len(r)
 	}
 	n += 2 + len(m.ClientIP) + 4 + 2 + len(m.Helo) + 8 + 1 + 1
-	n += 2 + len(m.TLSVersion) + 2 + len(m.TLSCipher) + 2 + min(len(m.AuthUser), 0xffff)
+	n += 2 + len(m.TLSVersion) + 2 + len(m.TLSCipher) + 2 + min(len(m.AuthUser), 0xffff) + 4
 	if m.Data != nil {
 		n += m.Data.Len()
 	}
@@ -115,6 +115,9 @@ func appendRecord(dst []byte, m *sink.Message, now time.Time, nonce uint64, off 
 	dst = appendStr16(dst, m.TLSVersion)
 	dst = appendStr16(dst, m.TLSCipher)
 	dst = appendStr16(dst, string(m.AuthUser))
+	// The trace fields at the head of the body (sink.Limits.TraceFields):
+	// a copy per domain rewrites them for its own recipients.
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(m.TraceLen))
 	if m.Data != nil {
 		dst = append(dst, m.Data.B...)
 	}
@@ -231,7 +234,8 @@ func decode(rec []byte, m *sink.Message, data bool) (time.Time, error) {
 	if u := d.take(d.u16()); len(u) > 0 {
 		m.AuthUser = u
 	}
-	if d.bad {
+	m.TraceLen = d.u32()
+	if d.bad || m.TraceLen > len(d.b) {
 		return time.Time{}, ErrCorrupt
 	}
 	m.Data = nil
