@@ -146,7 +146,7 @@ func NewCollector(src Sources) *Collector {
 		c.spoolReplayed = desc("spool_replayed_total", "Spooled messages confirmed by RabbitMQ and removed from the spool: the replay rate.")
 		c.spoolFailed = desc("spool_failed_total", "Messages the spool could not take (full, disk full, I/O error); they wait in memory, then 451 4.3.1.")
 		c.spoolCorrupt = desc("spool_corrupt_records_total", "Damaged spool records found (torn by a crash, changed on disk) and moved to the quarantine.")
-		c.spoolRejected = desc("spool_rejected_total", "Spooled messages AMQP cannot carry, moved to the quarantine.")
+		c.spoolRejected = desc("spool_rejected_total", "Spooled messages moved to the quarantine because AMQP cannot carry them or a copy stayed unroutable (30 attempts over at least a minute).")
 		c.spoolFsyncs = desc("spool_fsyncs_total", "fsyncs of the spool, one per group of messages.")
 		if c.latency != nil {
 			c.brkLatency = desc("broker_confirm_latency_seconds", "Time from publish to RabbitMQ's confirm.")
