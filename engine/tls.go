@@ -431,10 +431,13 @@ func (s *session) mailGate() *codec.Reply {
 }
 
 // established resets the session once the handshake is done (RFC 3207
-// §4.2: the client must EHLO again; nothing said in the clear counts).
+// §4.2: the client must EHLO again; nothing said in the clear counts,
+// an XCLIENT HELO= neither, as Postfix forgets it at STARTTLS).
 func (s *session) established(st *tls.ConnectionState, now time.Time) {
 	s.resetTransaction()
 	s.helo = s.helo[:0]
+	s.heloOK = false
+	s.xhelo = false
 	s.ehlo = false
 	s.sec.authUser = nil
 	s.sec.startTLS = false

@@ -218,3 +218,21 @@ func TestXclientParseAllocs(t *testing.T) {
 		t.Fatalf("parsed %+v", u)
 	}
 }
+
+// TestXclientHeloThenSTARTTLS guards the reset at STARTTLS: a HELO= from
+// XCLIENT is forgotten with the rest of what was said in the clear (RFC
+// 3207 §4.2), so the relay's EHLO after the handshake names the client
+// again and MAIL is accepted, not 503 for ever.
+func TestXclientHeloThenSTARTTLS(t *testing.T) {
+	ts := startTLSServer(t, Config{XclientFrom: loopbackXclient()})
+	c := dial(t, ts.plain)
+	c.do("XCLIENT ADDR=192.0.2.7 HELO=mx.example", "220 ")
+	c.do("EHLO relay.example", "250 ")
+	c.do("STARTTLS", "220 2.0.0")
+	c.startTLS(ts.clientTLS())
+	c.do("EHLO relay.example", "250 ")
+	runDialog(t, c, xclientMessage)
+	if m := ts.rec.Messages()[0]; m.Helo != "relay.example" {
+		t.Fatalf("helo %q, want relay.example", m.Helo)
+	}
+}
