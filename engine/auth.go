@@ -123,8 +123,15 @@ func (s *session) authCmd(now time.Time) {
 	}
 }
 
-// readAuth reads one response line of the exchange.
+// readAuth reads one response line of the exchange. A drain or a forced
+// shutdown ends it as readCommand ends a session between commands: an
+// AUTH exchange is never inside a transaction (RFC 4954 §4).
 func (s *session) readAuth(in []byte, now time.Time) (int, bool) {
+	if s.srv.force.Load() || s.srv.draining.Load() {
+		s.endAuth()
+		s.closeWith(s.cfg.replies.shutdown)
+		return 0, false
+	}
 	s.lines.MaxLine = authLineMax
 	line, n, err := s.lines.Next(in)
 	s.lines.MaxLine = s.cfg.MaxLineLength

@@ -553,3 +553,42 @@ func TestFilesReloadWhenChanged(t *testing.T) {
 		t.Errorf("auth file reload failures %d, want 1", n)
 	}
 }
+
+// TestAuthPromptForcedShutdown guards the 334 prompt against a forced
+// Shutdown: a client that never answers it still gets the 421 4.3.2 and
+// the close, like a session in any other state.
+func TestAuthPromptForcedShutdown(t *testing.T) {
+	ts := startTLSServer(t, Config{})
+	c := dialStartTLS(t, ts.plain, ts.clientTLS())
+	c.do("EHLO client.test", "250 ")
+	c.do("AUTH LOGIN", "334 ")
+	ctx, cancel := contextWithTimeout(50 * time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ts.srv.Shutdown(ctx) }()
+	c.expect("421 4.3.2")
+	c.expectClosed()
+	<-done
+	if n := ts.srv.Stats().Open.Load(); n != 0 {
+		t.Fatalf("open sessions after a forced shutdown: %d", n)
+	}
+}
+
+// TestAuthPromptDrain: a drain closes a session at the 334 prompt as it
+// closes one between commands (AUTH is never inside a transaction, RFC
+// 4954 §4), so Shutdown need not wait for its deadline.
+func TestAuthPromptDrain(t *testing.T) {
+	ts := startTLSServer(t, Config{})
+	c := dialStartTLS(t, ts.plain, ts.clientTLS())
+	c.do("EHLO client.test", "250 ")
+	c.do("AUTH PLAIN", "334 ")
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ts.srv.Shutdown(ctx) }()
+	c.expect("421 4.3.2")
+	c.expectClosed()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v (the drain waited for its deadline)", err)
+	}
+}
