@@ -592,3 +592,43 @@ func TestAuthPromptDrain(t *testing.T) {
 		t.Fatalf("Shutdown: %v (the drain waited for its deadline)", err)
 	}
 }
+
+// TestReloadWhileFilesReload guards the loggers of the certificate and
+// auth stores: Reload sets them while TLS sessions reload the files and
+// warn through them. Run with -race; without it the test only shows that
+// both go on answering.
+func TestReloadWhileFilesReload(t *testing.T) {
+	ts := startTLSServer(t, Config{})
+	cfg := ts.srv.Config()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := ts.srv.Reload(cfg); err != nil {
+				t.Errorf("Reload: %v", err)
+				return
+			}
+		}
+	}()
+	// Broken files: each look at them warns through the store's logger,
+	// and the credentials and certificate in force stay.
+	mustf(t, os.WriteFile(cfg.AuthFile, []byte("broken line\n"), 0o600), "write")
+	mustf(t, os.WriteFile(cfg.TLSCert, []byte("not a certificate"), 0o600), "write")
+	for range 20 {
+		ts.srv.tls.auth.nextCheck.Store(0)
+		ts.srv.tls.certs.nextCheck.Store(0)
+		c := dialStartTLS(t, ts.plain, ts.clientTLS())
+		c.do("EHLO client.test", "250 ")
+		c.do("AUTH PLAIN "+plainB64("", "alice", alicePass), "235 2.7.0")
+		c.do("QUIT", "221 ")
+		dialTLS(t, ts.implicit, ts.clientTLS()).do("QUIT", "221 ")
+	}
+	close(stop)
+	<-done
+}
