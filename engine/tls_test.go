@@ -632,3 +632,34 @@ func TestReloadWhileFilesReload(t *testing.T) {
 	close(stop)
 	<-done
 }
+
+// TestReloadCannotDropTheFilesOfListenersThatStay guards Reload's order:
+// the TLS and submission listeners stay until a restart, so a reload
+// that takes away the certificate or the auth file with them is refused,
+// not left with listeners that have neither.
+func TestReloadCannotDropTheFilesOfListenersThatStay(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+	}{
+		{"tls-cert", func(c *Config) {
+			c.TLSCert, c.TLSKey, c.AuthFile, c.ListenTLS, c.ListenSubmission = "", "", "", nil, nil
+		}},
+		{"auth-file", func(c *Config) { c.AuthFile, c.ListenSubmission = "", nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startTLSServer(t, Config{})
+			cfg := ts.srv.Config()
+			tc.edit(&cfg)
+			if _, err := ts.srv.Reload(cfg); err == nil {
+				t.Errorf("a reload without %s passed while its listeners stay", tc.name)
+			}
+			// The running configuration is untouched: submission still
+			// takes STARTTLS and AUTH.
+			c := dialStartTLS(t, ts.submit, ts.clientTLS())
+			c.do("EHLO client.test", "250 ")
+			c.do("AUTH PLAIN "+plainB64("", "alice", alicePass), "235 2.7.0")
+			c.do("MAIL FROM:<a@b.test>", "250 2.1.0")
+		})
+	}
+}
