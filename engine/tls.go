@@ -449,7 +449,7 @@ func (s *session) established(st *tls.ConnectionState, now time.Time) {
 	s.heloOK = false
 	s.xhelo = false
 	s.ehlo = false
-	s.sec.authUser = nil
+	s.setAuthUser(nil) // not yet counted: the session is not ready
 	s.sec.startTLS = false
 	s.sec.version = tls.VersionName(st.Version)
 	s.sec.cipher = tls.CipherSuiteName(st.CipherSuite)
