@@ -663,3 +663,25 @@ func TestReloadCannotDropTheFilesOfListenersThatStay(t *testing.T) {
 		})
 	}
 }
+
+// TestTLSInputBufferChargedAndShrunk guards the input buffer of a TLS
+// session (tlsConn.in): grown for a long line it counts in
+// SessionBuffers whole, not only by its unread octets, and once the line
+// is read it goes back to the initial size, so that nothing stays held
+// uncounted past Config.MaxSessionBuffers.
+func TestTLSInputBufferChargedAndShrunk(t *testing.T) {
+	ts := startTLSServer(t, Config{})
+	held := &ts.srv.Stats().SessionBuffers
+	c := dialStartTLS(t, ts.plain, ts.clientTLS())
+	c.do("EHLO client.test", "250 ")
+	c.do("AUTH PLAIN", "334 ")
+	// A partial response line of 8200 octets (under authLineMax): the
+	// buffer doubles twice, to 16 KiB.
+	c.send(strings.Repeat("A", 8200))
+	const grown = 4*tlsInitialBuffer - tlsInitialBuffer
+	waitFor(t, func() bool { return held.Load() >= grown })
+	c.send("\r\n")
+	c.expect("535 5.7.8") // no NULs: no PLAIN response
+	c.do("NOOP", "250 ")
+	waitFor(t, func() bool { return held.Load() < tlsInitialBuffer })
+}
