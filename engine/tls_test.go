@@ -554,29 +554,10 @@ func TestFilesReloadWhenChanged(t *testing.T) {
 	}
 }
 
-// TestAuthPromptForcedShutdown guards the 334 prompt against a forced
-// Shutdown: a client that never answers it still gets the 421 4.3.2 and
-// the close, like a session in any other state.
-func TestAuthPromptForcedShutdown(t *testing.T) {
-	ts := startTLSServer(t, Config{})
-	c := dialStartTLS(t, ts.plain, ts.clientTLS())
-	c.do("EHLO client.test", "250 ")
-	c.do("AUTH LOGIN", "334 ")
-	ctx, cancel := contextWithTimeout(50 * time.Millisecond)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- ts.srv.Shutdown(ctx) }()
-	c.expect("421 4.3.2")
-	c.expectClosed()
-	<-done
-	if n := ts.srv.Stats().Open.Load(); n != 0 {
-		t.Fatalf("open sessions after a forced shutdown: %d", n)
-	}
-}
-
-// TestAuthPromptDrain: a drain closes a session at the 334 prompt as it
-// closes one between commands (AUTH is never inside a transaction, RFC
-// 4954 §4), so Shutdown need not wait for its deadline.
+// TestAuthPromptDrain guards the 334 prompt against Shutdown: a client
+// that never answers it gets the 421 4.3.2 and the close at once, as a
+// session between commands does (AUTH is never inside a transaction,
+// RFC 4954 §4), rather than outliving even a forced shutdown.
 func TestAuthPromptDrain(t *testing.T) {
 	ts := startTLSServer(t, Config{})
 	c := dialStartTLS(t, ts.plain, ts.clientTLS())
