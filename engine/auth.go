@@ -123,8 +123,15 @@ func (s *session) authCmd(now time.Time) {
 	}
 }
 
-// readAuth reads one response line of the exchange.
+// readAuth reads one response line of the exchange. A drain or a forced
+// shutdown ends it as readCommand ends a session between commands: an
+// AUTH exchange is never inside a transaction (RFC 4954 §4).
 func (s *session) readAuth(in []byte, now time.Time) (int, bool) {
+	if s.srv.force.Load() || s.srv.draining.Load() {
+		s.endAuth()
+		s.closeWith(s.cfg.replies.shutdown)
+		return 0, false
+	}
 	s.lines.MaxLine = authLineMax
 	line, n, err := s.lines.Next(in)
 	s.lines.MaxLine = s.cfg.MaxLineLength
@@ -213,16 +220,37 @@ func (s *session) verify(user, pass []byte, now time.Time) {
 		s.authFailed(now)
 		return
 	}
-	s.sec.authUser = append(make([]byte, 0, len(user)), user...)
+	s.setAuthUser(user)
 	s.endAuth()
 	st.Auth[AuthOK].Add(1)
-	st.AuthSessions.Add(1)
 	srv.tls.fails.forget(srv.keyOf(s.remote.Addr()))
 	if log := s.cfg.Logger; log.Enabled(context.Background(), slog.LevelDebug) {
 		log.LogAttrs(context.Background(), slog.LevelDebug, "authenticated",
 			slog.String("client", s.ipText), slog.String("user", string(s.sec.authUser)))
 	}
 	s.reply(replyAuthOK)
+}
+
+// setAuthUser names the session's authenticated user (AUTH, XCLIENT
+// LOGIN=; nil or empty forgets it) and keeps Stats.TLS.AuthSessions: it
+// counts the sessions on TLS that have one, and tlsConn.run takes the
+// session's count back when it ends. A user named in the clear is not
+// counted: STARTTLS forgets it (established) before the session counts
+// as on TLS.
+func (s *session) setAuthUser(user []byte) {
+	had := s.sec.authUser != nil
+	s.sec.authUser = nil
+	if len(user) > 0 {
+		s.sec.authUser = append(make([]byte, 0, len(user)), user...)
+	}
+	has := s.sec.authUser != nil
+	if t := s.tls.Load(); had != has && t != nil && t.ready.Load() {
+		if has {
+			s.srv.stats.TLS.AuthSessions.Add(1)
+		} else {
+			s.srv.stats.TLS.AuthSessions.Add(-1)
+		}
+	}
 }
 
 // authFailed answers 535 after the delay this client IP has earned; it

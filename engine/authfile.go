@@ -191,6 +191,13 @@ type authStore struct {
 
 func (a *authStore) loaded() bool { return a.cur.Load() != nil }
 
+// setLog sets the logger of reload failures under mu, as certStore's.
+func (a *authStore) setLog(log interface{ Warn(string, ...any) }) {
+	a.mu.Lock()
+	a.log = log
+	a.mu.Unlock()
+}
+
 // load reads the file; on failure the credentials in force stay.
 func (a *authStore) load(name string) error {
 	a.mu.Lock()

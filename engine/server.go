@@ -523,6 +523,9 @@ func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = cur.Logger
 	}
+	// The TLS and submission listeners stay until a restart: validate
+	// with them, so that their certificate and auth file cannot go.
+	keptTLS := cfg.keepTLSListeners(&cur.Config)
 	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -544,7 +547,7 @@ func (s *Server) Reload(cfg Config) (restartNeeded []string, err error) {
 		restartNeeded = append(restartNeeded, "sink")
 		cfg.Sink = cur.Sink
 	}
-	restartNeeded = append(restartNeeded, cfg.keepTLSListeners(&cur.Config)...)
+	restartNeeded = append(restartNeeded, keptTLS...)
 	s.reloadTLS(&cfg)
 	cfg.Logger = cur.Logger
 	s.cur.Store(newSettings(cfg))

@@ -388,13 +388,18 @@ func (s *session) onTraffic(c conn, now time.Time) gnet.Action {
 }
 
 // charge counts what the session holds after a pass in
-// Stats.SessionBuffers: its unread input, its unsent replies and the
-// array of out, by the difference from its last charge, so that a pass
-// costs at most one atomic step, none for a session whose buffers did
-// not change. It fails, counting nothing, when the session would grow
-// past bufferShare and the total past Config.MaxSessionBuffers.
+// Stats.SessionBuffers: its unread input (on TLS its grown input buffer,
+// tlsConn.held), its unsent replies and the array of out, by the
+// difference from its last charge, so that a pass costs at most one
+// atomic step, none for a session whose buffers did not change. It
+// fails, counting nothing, when the session would grow past bufferShare
+// and the total past Config.MaxSessionBuffers.
 func (s *session) charge(c conn) bool {
-	held := int64(c.InboundBuffered() + c.OutboundBuffered() + cap(s.out))
+	in := c.InboundBuffered()
+	if t, ok := c.(*tlsConn); ok {
+		in = t.held() // its Write is synchronous: OutboundBuffered is 0
+	}
+	held := int64(in + c.OutboundBuffered() + cap(s.out))
 	prev := s.buffered.Load()
 	delta := held - prev
 	if delta == 0 {

@@ -172,14 +172,16 @@ func (s *Server) setupTLS(cfg *Config) error {
 // A pair or a file that does not load leaves the running one in force;
 // certStore and authStore say so in one log line and a counter.
 func (s *Server) reloadTLS(cfg *Config) {
-	s.tls.certs.log, s.tls.auth.log = cfg.Logger, cfg.Logger
+	s.tls.certs.setLog(cfg.Logger)
+	s.tls.auth.setLog(cfg.Logger)
 	_ = s.tls.certs.load(cfg.TLSCert, cfg.TLSKey)
 	_ = s.tls.auth.load(cfg.AuthFile)
 	s.tls.configure(cfg)
 }
 
 func (t *tlsServer) configure(cfg *Config) {
-	t.certs.log, t.auth.log = cfg.Logger, cfg.Logger
+	t.certs.setLog(cfg.Logger)
+	t.auth.setLog(cfg.Logger)
 	t.conf.Store(&tls.Config{
 		GetCertificate: t.certs.get,
 		MinVersion:     tlsVersions[cfg.TLSMinVersion],
@@ -253,6 +255,14 @@ func modTime(name string) time.Time {
 		return time.Time{}
 	}
 	return fi.ModTime()
+}
+
+// setLog sets the logger of reload failures under mu: a TLS session may
+// be reloading the pair through it.
+func (c *certStore) setLog(log interface{ Warn(string, ...any) }) {
+	c.mu.Lock()
+	c.log = log
+	c.mu.Unlock()
 }
 
 // load reads the pair; on failure the certificate in force stays.
@@ -431,12 +441,15 @@ func (s *session) mailGate() *codec.Reply {
 }
 
 // established resets the session once the handshake is done (RFC 3207
-// §4.2: the client must EHLO again; nothing said in the clear counts).
+// §4.2: the client must EHLO again; nothing said in the clear counts,
+// an XCLIENT HELO= neither, as Postfix forgets it at STARTTLS).
 func (s *session) established(st *tls.ConnectionState, now time.Time) {
 	s.resetTransaction()
 	s.helo = s.helo[:0]
+	s.heloOK = false
+	s.xhelo = false
 	s.ehlo = false
-	s.sec.authUser = nil
+	s.setAuthUser(nil) // not yet counted: the session is not ready
 	s.sec.startTLS = false
 	s.sec.version = tls.VersionName(st.Version)
 	s.sec.cipher = tls.CipherSuiteName(st.CipherSuite)

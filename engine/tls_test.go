@@ -553,3 +553,116 @@ func TestFilesReloadWhenChanged(t *testing.T) {
 		t.Errorf("auth file reload failures %d, want 1", n)
 	}
 }
+
+// TestAuthPromptDrain guards the 334 prompt against Shutdown: a client
+// that never answers it gets the 421 4.3.2 and the close at once, as a
+// session between commands does (AUTH is never inside a transaction,
+// RFC 4954 §4), rather than outliving even a forced shutdown.
+func TestAuthPromptDrain(t *testing.T) {
+	ts := startTLSServer(t, Config{})
+	c := dialStartTLS(t, ts.plain, ts.clientTLS())
+	c.do("EHLO client.test", "250 ")
+	c.do("AUTH PLAIN", "334 ")
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ts.srv.Shutdown(ctx) }()
+	c.expect("421 4.3.2")
+	c.expectClosed()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v (the drain waited for its deadline)", err)
+	}
+}
+
+// TestReloadWhileFilesReload guards the loggers of the certificate and
+// auth stores: Reload sets them while TLS sessions reload the files and
+// warn through them. Run with -race; without it the test only shows that
+// both go on answering.
+func TestReloadWhileFilesReload(t *testing.T) {
+	ts := startTLSServer(t, Config{})
+	cfg := ts.srv.Config()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := ts.srv.Reload(cfg); err != nil {
+				t.Errorf("Reload: %v", err)
+				return
+			}
+		}
+	}()
+	// Broken files: each look at them warns through the store's logger,
+	// and the credentials and certificate in force stay.
+	mustf(t, os.WriteFile(cfg.AuthFile, []byte("broken line\n"), 0o600), "write")
+	mustf(t, os.WriteFile(cfg.TLSCert, []byte("not a certificate"), 0o600), "write")
+	for range 20 {
+		ts.srv.tls.auth.nextCheck.Store(0)
+		ts.srv.tls.certs.nextCheck.Store(0)
+		c := dialStartTLS(t, ts.plain, ts.clientTLS())
+		c.do("EHLO client.test", "250 ")
+		c.do("AUTH PLAIN "+plainB64("", "alice", alicePass), "235 2.7.0")
+		c.do("QUIT", "221 ")
+		dialTLS(t, ts.implicit, ts.clientTLS()).do("QUIT", "221 ")
+	}
+	close(stop)
+	<-done
+}
+
+// TestReloadCannotDropTheFilesOfListenersThatStay guards Reload's order:
+// the TLS and submission listeners stay until a restart, so a reload
+// that takes away the certificate or the auth file with them is refused,
+// not left with listeners that have neither.
+func TestReloadCannotDropTheFilesOfListenersThatStay(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+	}{
+		{"tls-cert", func(c *Config) {
+			c.TLSCert, c.TLSKey, c.AuthFile, c.ListenTLS, c.ListenSubmission = "", "", "", nil, nil
+		}},
+		{"auth-file", func(c *Config) { c.AuthFile, c.ListenSubmission = "", nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startTLSServer(t, Config{})
+			cfg := ts.srv.Config()
+			tc.edit(&cfg)
+			if _, err := ts.srv.Reload(cfg); err == nil {
+				t.Errorf("a reload without %s passed while its listeners stay", tc.name)
+			}
+			// The running configuration is untouched: submission still
+			// takes STARTTLS and AUTH.
+			c := dialStartTLS(t, ts.submit, ts.clientTLS())
+			c.do("EHLO client.test", "250 ")
+			c.do("AUTH PLAIN "+plainB64("", "alice", alicePass), "235 2.7.0")
+			c.do("MAIL FROM:<a@b.test>", "250 2.1.0")
+		})
+	}
+}
+
+// TestTLSInputBufferChargedAndShrunk guards the input buffer of a TLS
+// session (tlsConn.in): grown for a long line it counts in
+// SessionBuffers whole, not only by its unread octets, and once the line
+// is read it goes back to the initial size, so that nothing stays held
+// uncounted past Config.MaxSessionBuffers.
+func TestTLSInputBufferChargedAndShrunk(t *testing.T) {
+	ts := startTLSServer(t, Config{})
+	held := &ts.srv.Stats().SessionBuffers
+	c := dialStartTLS(t, ts.plain, ts.clientTLS())
+	c.do("EHLO client.test", "250 ")
+	c.do("AUTH PLAIN", "334 ")
+	// A partial response line of 8200 octets (under authLineMax): the
+	// buffer doubles twice, to 16 KiB.
+	c.send(strings.Repeat("A", 8200))
+	const grown = 4*tlsInitialBuffer - tlsInitialBuffer
+	waitFor(t, func() bool { return held.Load() >= grown })
+	c.send("\r\n")
+	c.expect("535 5.7.8") // no NULs: no PLAIN response
+	c.do("NOOP", "250 ")
+	waitFor(t, func() bool { return held.Load() < tlsInitialBuffer })
+}

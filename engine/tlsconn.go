@@ -272,16 +272,28 @@ func (t *tlsConn) Peek(n int) ([]byte, error) {
 	return t.in[t.r : t.r+n], nil
 }
 
+// Discard drops what a pass consumed. Once all is read, a buffer that
+// grew for a long line or a burst goes back to the initial size: it is
+// not kept for the life of the connection (flush does the same for out).
 func (t *tlsConn) Discard(n int) (int, error) {
 	n = min(n, t.w-t.r)
 	t.r += n
 	if t.r == t.w {
 		t.r, t.w = 0, 0
+		if len(t.in) > tlsInitialBuffer {
+			t.in = make([]byte, tlsInitialBuffer)
+		}
 	}
 	return n, nil
 }
 
 func (t *tlsConn) InboundBuffered() int { return t.w - t.r }
+
+// held is the input a session charges for (session.charge): its unread
+// octets, or all of its buffer beyond the initial size when that is
+// more, so that a grown buffer counts against Config.MaxSessionBuffers
+// like unread input in gnet's.
+func (t *tlsConn) held() int { return max(t.w-t.r, len(t.in)-tlsInitialBuffer) }
 
 // Write sends at once; a client that stops reading makes it fail after
 // the idle timeout rather than hold the goroutine for ever.

@@ -114,10 +114,11 @@ func (s *session) xclient(now time.Time) {
 	}
 	// LOGIN= is the relay's word for who authenticated with it: the
 	// same as our own AUTH for what follows (smtp-auth-user, ESMTPA).
-	s.sec.authUser = nil
+	var login []byte // none without LOGIN= or with LOGIN=[UNAVAILABLE]
 	if u.hasLogin {
-		s.sec.authUser = append([]byte(nil), u.login...)
+		login = u.login
 	}
+	s.setAuthUser(login)
 	s.out = append(s.out, s.cfg.replies.greeting...)
 }
 

@@ -218,3 +218,69 @@ func TestXclientParseAllocs(t *testing.T) {
 		t.Fatalf("parsed %+v", u)
 	}
 }
+
+// TestXclientHeloThenSTARTTLS guards the reset at STARTTLS: a HELO= from
+// XCLIENT is forgotten with the rest of what was said in the clear (RFC
+// 3207 §4.2), so the relay's EHLO after the handshake names the client
+// again and MAIL is accepted, not 503 for ever.
+func TestXclientHeloThenSTARTTLS(t *testing.T) {
+	ts := startTLSServer(t, Config{XclientFrom: loopbackXclient()})
+	c := dial(t, ts.plain)
+	c.do("XCLIENT ADDR=192.0.2.7 HELO=mx.example", "220 ")
+	c.do("EHLO relay.example", "250 ")
+	c.do("STARTTLS", "220 2.0.0")
+	c.startTLS(ts.clientTLS())
+	c.do("EHLO relay.example", "250 ")
+	runDialog(t, c, xclientMessage)
+	if m := ts.rec.Messages()[0]; m.Helo != "relay.example" {
+		t.Fatalf("helo %q, want relay.example", m.Helo)
+	}
+}
+
+// TestXclientLoginAuthSessionsGauge guards Stats.TLS.AuthSessions: an
+// XCLIENT LOGIN= over TLS counts as AUTH does, an XCLIENT without LOGIN=
+// takes it back, and a closed session leaves the gauge where it found it.
+func TestXclientLoginAuthSessionsGauge(t *testing.T) {
+	ts := startTLSServer(t, Config{XclientFrom: loopbackXclient()})
+	gauge := &ts.srv.Stats().TLS.AuthSessions
+	check := func(when string, want int64) {
+		t.Helper()
+		if n := gauge.Load(); n != want {
+			t.Fatalf("AuthSessions %s: %d, want %d", when, n, want)
+		}
+	}
+	closed := func(c *client) {
+		t.Helper()
+		c.do("QUIT", "221 ")
+		c.expectClosed()
+		waitFor(t, func() bool { return ts.srv.Stats().Open.Load() == 0 })
+	}
+
+	c := dialStartTLS(t, ts.plain, ts.clientTLS())
+	c.do("EHLO relay.example", "250 ")
+	c.do("XCLIENT LOGIN=bob", "220 ")
+	check("after XCLIENT LOGIN=", 1)
+	c.do("XCLIENT LOGIN=carol", "220 ")
+	check("after a second XCLIENT LOGIN=", 1)
+	closed(c)
+	check("after that session closed", 0)
+
+	c = dialStartTLS(t, ts.plain, ts.clientTLS())
+	c.do("EHLO relay.example", "250 ")
+	c.do("AUTH PLAIN "+plainB64("", "alice", alicePass), "235 2.7.0")
+	check("after AUTH", 1)
+	c.do("XCLIENT ADDR=192.0.2.9", "220 ")
+	check("after XCLIENT without LOGIN=", 0)
+	closed(c)
+	check("after that session closed", 0)
+
+	// In the clear LOGIN= is not counted, and STARTTLS forgets it.
+	c = dial(t, ts.plain)
+	c.do("XCLIENT LOGIN=bob", "220 ")
+	c.do("EHLO relay.example", "250 ")
+	c.do("STARTTLS", "220 2.0.0")
+	c.startTLS(ts.clientTLS())
+	check("after XCLIENT LOGIN= in the clear and STARTTLS", 0)
+	closed(c)
+	check("after that session closed", 0)
+}
