@@ -44,11 +44,26 @@ func (l *loadTally) String() string {
 		len(l.acked), n, kinds, len(l.permfails), l.unknown, l.connErrs)
 }
 
-// loadClient sends messages on one SMTP session after another until
-// until() says stop or the deadline passes. A message that gets 4xx, or
-// whose connection breaks, is sent again under the same token, as an MTA
-// would; a new token follows each 250.
-func loadClient(ctx context.Context, addr string, id int, tally *loadTally, deadline time.Time) {
+// loadClient sends messages on one SMTP session after another until ctx
+// is done or the deadline passes. A message that gets 4xx, or whose
+// connection breaks, is sent again under the same token, as an MTA would;
+// a new token follows each 250.
+type loadClient struct {
+	// dial connects to addr and reads the greeting: smtptest.Dial, or
+	// dialFrom for a chosen source address.
+	dial  func(addr string, timeout time.Duration) (*smtptest.Conn, smtptest.Reply, error)
+	addr  string
+	id    int
+	tally *loadTally
+	// deadline, when set, ends the load before ctx does.
+	deadline time.Time
+	// sessionLen, when set, ends a session after that many 250s, so that
+	// a balancer in front has new connections to place.
+	sessionLen int
+}
+
+func (l loadClient) run(ctx context.Context) {
+	tally := l.tally
 	payload := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-.\r\n", 32) // 2 KiB
 	seq := 0
 	var c *smtptest.Conn
@@ -63,12 +78,12 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 			c = nil
 		}
 	}
-	for ctx.Err() == nil && time.Now().Before(deadline) {
+	for ctx.Err() == nil && (l.deadline.IsZero() || time.Now().Before(l.deadline)) {
 		if c == nil {
 			// A short wait for the greeting: connections accepted while
 			// the server stops may get none (see
 			// TestNoConnectionLeftHangingAtStop).
-			conn, greet, err := smtptest.Dial(addr, 2*time.Second)
+			conn, greet, err := l.dial(l.addr, 2*time.Second)
 			if err == nil {
 				conn.Timeout = ioTimeout
 			}
@@ -90,7 +105,7 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 			}
 			c = conn
 		}
-		token := fmt.Sprintf("c%d-%d", id, seq)
+		token := fmt.Sprintf("c%d-%d", l.id, seq)
 		content := []byte("X-Load-Token: " + token + "\r\nSubject: load\r\n\r\n" + payload)
 		// MAIL, RCPT and DATA pipelined (RFC 2920).
 		o := c.Transact("load@example.org", []string{"rcpt@example.com"}, content, true)
@@ -121,6 +136,10 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 		}
 		if err != nil || final.Code != 250 {
 			pause(ctx, 10*time.Millisecond) // a client backing off
+		}
+		if c != nil && l.sessionLen > 0 && final.Code == 250 && seq%l.sessionLen == 0 {
+			c.Cmd("QUIT")
+			drop()
 		}
 	}
 	if c != nil {
@@ -218,7 +237,10 @@ func TestCutUnderLoad(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); loadClient(ctx, s.addr, i, tally, deadline) }()
+		go func() {
+			defer wg.Done()
+			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: deadline}.run(ctx)
+		}()
 	}
 	cuts, cutConns := 0, 0
 	for time.Now().Add(cutEvery).Before(deadline) {
@@ -265,7 +287,10 @@ func TestShutdownDrains(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); loadClient(ctx, s.addr, i, tally, deadline) }()
+		go func() {
+			defer wg.Done()
+			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: deadline}.run(ctx)
+		}()
 	}
 	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
 		tally.mu.Lock()
@@ -334,7 +359,10 @@ func TestShutdownDeadline(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); loadClient(ctx, s.addr, i, tally, time.Now().Add(20*time.Second)) }()
+		go func() {
+			defer wg.Done()
+			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: time.Now().Add(20 * time.Second)}.run(ctx)
+		}()
 	}
 	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
 		tally.mu.Lock()
