@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,28 +61,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
+// envValue is the environment variable name parsed, or def when it is
+// not set; a value that does not parse fails the test.
+func envValue[T any](t *testing.T, name string, def T, parse func(string) (T, error)) T {
 	v := os.Getenv(name)
 	if v == "" {
 		return def
 	}
-	d, err := time.ParseDuration(v)
+	x, err := parse(v)
 	if err != nil {
 		t.Fatalf("%s=%q: %v", name, v, err)
 	}
-	return d
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		t.Fatalf("%s=%q: %v", name, v, err)
-	}
-	return n
+	return x
 }
 
 // startCluster starts the three nodes, stopped when the test ends, also

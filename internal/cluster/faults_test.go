@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -168,9 +169,9 @@ func (r result) String() string {
 // queue fails the test, whatever the fault.
 func TestClusterFaults(t *testing.T) {
 	c := startCluster(t)
-	duration := envDuration(t, "LSMTP_CLUSTER_DURATION", 20*time.Second)
-	sessions := envInt(t, "LSMTP_CLUSTER_SESSIONS", 30)
-	rate := float64(envInt(t, "LSMTP_CLUSTER_RATE", 400))
+	duration := envValue(t, "LSMTP_CLUSTER_DURATION", 20*time.Second, time.ParseDuration)
+	sessions := envValue(t, "LSMTP_CLUSTER_SESSIONS", 30, strconv.Atoi)
+	rate := float64(envValue(t, "LSMTP_CLUSTER_RATE", 400, strconv.Atoi))
 	only := strings.Split(os.Getenv("LSMTP_CLUSTER_FAULTS"), ",")
 	var results []result
 	for _, f := range faults {

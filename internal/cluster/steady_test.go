@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -17,8 +18,8 @@ import (
 // load generator together) spent. docs/SCALING.md sizes clusters from it.
 func TestClusterSteady(t *testing.T) {
 	c := startCluster(t)
-	duration := min(envDuration(t, "LSMTP_CLUSTER_DURATION", 20*time.Second), 20*time.Second)
-	sessions := envInt(t, "LSMTP_CLUSTER_SESSIONS", 30)
+	duration := min(envValue(t, "LSMTP_CLUSTER_DURATION", 20*time.Second, time.ParseDuration), 20*time.Second)
+	sessions := envValue(t, "LSMTP_CLUSTER_SESSIONS", 30, strconv.Atoi)
 	ctx := context.Background()
 	q := "lsmtp.cluster.steady"
 	declareQueue(t, c, 0, q)
