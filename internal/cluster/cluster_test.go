@@ -17,6 +17,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // The tests start a RabbitMQ cluster of three nodes, which takes tens of
@@ -218,7 +219,7 @@ func startStack(t *testing.T, bc broker.Config) *stack {
 		MaxMessageSize: 1 << 20,
 		EventLoops:     2,
 		Sink:           brk,
-		Logger:         testLogger(t, slog.LevelWarn),
+		Logger:         rabbittest.Logger(t, slog.LevelWarn),
 	})
 	if err != nil {
 		brk.Close(context.Background())
@@ -263,24 +264,6 @@ func (s *stack) stop() error {
 		<-s.served
 	})
 	return err
-}
-
-type testLog struct {
-	t    testing.TB
-	done *atomic.Bool
-}
-
-func (w testLog) Write(p []byte) (int, error) {
-	if !w.done.Load() {
-		w.t.Log(strings.TrimSpace(string(p)))
-	}
-	return len(p), nil
-}
-
-func testLogger(t testing.TB, level slog.Level) *slog.Logger {
-	done := &atomic.Bool{}
-	t.Cleanup(func() { done.Store(true) })
-	return slog.New(slog.NewTextHandler(testLog{t: t, done: done}, &slog.HandlerOptions{Level: level}))
 }
 
 // checkDrain shows that the faults' verdict can fail: drain matches a

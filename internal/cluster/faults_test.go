@@ -15,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/lsmtp/lsmtp/broker"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // retryWindow is how long the broker keeps republishing a message the
@@ -215,7 +216,7 @@ func runFault(t *testing.T, c *Cluster, f fault, duration time.Duration, session
 	bc.Exchange, bc.Queue, bc.RoutingKey = q, q, "inbound"
 	bc.QueueArgs = queueArgs
 	bc.Node = "cluster-" + f.name
-	bc.Logger = testLogger(t, slog.LevelInfo)
+	bc.Logger = rabbittest.Logger(t, slog.LevelInfo)
 	s := startStack(t, bc)
 	if at, err := c.Connected(ctx, "lsmtp "+bc.Node); err != nil || !slices.Equal(at, []int{first}) {
 		t.Fatalf("lsmtp connected to nodes %v (%v), want %d", at, err, first)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/broker"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // TestClusterSteady is the baseline for the faults: lsmtp against the
@@ -33,7 +34,7 @@ func TestClusterSteady(t *testing.T) {
 	bc.Exchange, bc.Queue, bc.RoutingKey = q, q, "inbound"
 	bc.QueueArgs = queueArgs
 	bc.Node = "cluster-steady"
-	bc.Logger = testLogger(t, slog.LevelWarn)
+	bc.Logger = rabbittest.Logger(t, slog.LevelWarn)
 	s := startStack(t, bc)
 
 	l := newLedger()

@@ -12,6 +12,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
@@ -222,7 +223,7 @@ func sumValues(m map[string]int) int {
 func TestCutUnderLoad(t *testing.T) {
 	p := newProxy(t)
 	bc := brokerConfig(t, proxyURL(p))
-	bc.Logger = newLogger(t, 100) // hundreds of expected warnings
+	bc.Logger = rabbittest.Logger(t, 100) // hundreds of expected warnings
 	s := startStack(t, bc, true)
 
 	const (
@@ -349,7 +350,7 @@ func TestShutdownDrains(t *testing.T) {
 func TestShutdownDeadline(t *testing.T) {
 	p := newProxy(t)
 	bc := brokerConfig(t, proxyURL(p))
-	bc.Logger = newLogger(t, 100) // the stalled broker makes expected noise
+	bc.Logger = rabbittest.Logger(t, 100) // the stalled broker makes expected noise
 	s := startStack(t, bc, true)
 
 	const clients = 8
