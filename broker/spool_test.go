@@ -138,14 +138,6 @@ func takeDown(b *Broker, p *faultproxy.Proxy) {
 	}
 }
 
-func testBody(n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = 'a' + byte(i%26)
-	}
-	return b
-}
-
 // With RabbitMQ unreachable, 50 sessions sending one message after the
 // other all get 250 at once (fsynced in the spool), none 451; when it is
 // back, every one of them is in the queue, each sender's in order.
