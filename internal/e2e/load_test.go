@@ -148,6 +148,23 @@ func (l loadClient) run(ctx context.Context) {
 	}
 }
 
+// waitAcked waits until the clients have had want 250s, and fails the
+// test when that takes more than 10 s.
+func waitAcked(t *testing.T, tally *loadTally, want int) {
+	t.Helper()
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		tally.mu.Lock()
+		n := len(tally.acked)
+		tally.mu.Unlock()
+		if n >= want {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("only %d messages acknowledged in 10 s", n)
+		}
+	}
+}
+
 func pause(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -293,17 +310,7 @@ func TestShutdownDrains(t *testing.T) {
 			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: deadline}.run(ctx)
 		}()
 	}
-	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
-		tally.mu.Lock()
-		n := len(tally.acked)
-		tally.mu.Unlock()
-		if n >= 200 {
-			break
-		}
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("only %d messages acknowledged in 10 s", n)
-		}
-	}
+	waitAcked(t, tally, 200)
 	p.Stall()
 	time.Sleep(200 * time.Millisecond) // every client now waits for a confirm
 	stallStart := time.Now()
@@ -365,17 +372,7 @@ func TestShutdownDeadline(t *testing.T) {
 			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: time.Now().Add(20 * time.Second)}.run(ctx)
 		}()
 	}
-	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
-		tally.mu.Lock()
-		n := len(tally.acked)
-		tally.mu.Unlock()
-		if n >= 50 {
-			break
-		}
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("only %d messages acknowledged in 10 s", n)
-		}
-	}
+	waitAcked(t, tally, 50)
 	p.Stall()
 	time.Sleep(200 * time.Millisecond)
 	stallStart := time.Now()
