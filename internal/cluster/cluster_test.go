@@ -176,18 +176,27 @@ func TestClusterStartStop(t *testing.T) {
 var queueArgs = map[string]any{"x-quorum-initial-group-size": 3}
 
 // declareQueue declares quorum queue q on node i, which makes node i its
-// first leader (queue_leader_locator client-local).
-func declareQueue(t *testing.T, c *Cluster, i int, q string) {
+
+// nodeChannel is a channel on node i, closed with its connection when
+// the test ends.
+func nodeChannel(t *testing.T, c *Cluster, i int) *amqp.Channel {
 	t.Helper()
 	conn, err := amqp.Dial(c.Nodes[i].URL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	ch, err := conn.Channel()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ch
+}
+
+// first leader (queue_leader_locator client-local).
+func declareQueue(t *testing.T, c *Cluster, i int, q string) {
+	t.Helper()
+	ch := nodeChannel(t, c, i)
 	args := amqp.Table{"x-queue-type": "quorum"}
 	for k, v := range queueArgs {
 		args[k] = v
@@ -272,15 +281,7 @@ func (s *stack) stop() error {
 // second copy, and the token stored under both C and D).
 func checkDrain(t *testing.T, c *Cluster, q string) {
 	t.Helper()
-	conn, err := amqp.Dial(c.Nodes[0].URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := nodeChannel(t, c, 0)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
