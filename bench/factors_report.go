@@ -17,8 +17,7 @@ func (r *FactorReport) Markdown() string {
 		title = "What a publish costs RabbitMQ (factor table)"
 	}
 	w("## %s\n\n", title)
-	w("Measured by `lsmtp-bench factors` on %s with RabbitMQ %s on the same machine (%s in all; load average %.1f at the start, %.1f at the end, on %d cores). ",
-		r.Started.UTC().Format("2006-01-02 15:04 MST"), orUnknown(r.RabbitMQ), r.Took.Round(time.Second), r.Load[0], r.Load[1], runtime.NumCPU())
+	b.WriteString(measuredBy("factors", r.Started, r.RabbitMQ, r.Took, r.Load))
 	w("A plain amqp091-go publisher (`broker.RawPublish`, no SMTP) sends %s persistent messages per row and run, "+
 		"%d unconfirmed in all (split over the row's channels), to a durable queue, exchange and, where named, alternate exchange "+
 		"of the row's own, declared before and deleted after every run. The body is %d octets (Received: field, a few header fields, filler); "+
@@ -94,4 +93,12 @@ func (r *FactorReport) Markdown() string {
 		w("\n")
 	}
 	return b.String()
+}
+
+// measuredBy opens a report section: which lsmtp-bench command measured
+// it, when, against which RabbitMQ, for how long and on how loaded a
+// machine.
+func measuredBy(command string, started time.Time, rabbitMQ string, took time.Duration, load [2]float64) string {
+	return fmt.Sprintf("Measured by `lsmtp-bench %s` on %s with RabbitMQ %s on the same machine (%s in all; load average %.1f at the start, %.1f at the end, on %d cores). ",
+		command, started.UTC().Format("2006-01-02 15:04 MST"), orUnknown(rabbitMQ), took.Round(time.Second), load[0], load[1], runtime.NumCPU())
 }

@@ -2,9 +2,7 @@ package bench
 
 import (
 	"fmt"
-	"runtime"
 	"strings"
-	"time"
 )
 
 // Markdown is the side-by-side section.
@@ -13,8 +11,7 @@ func (r *PeersReport) Markdown() string {
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	c := r.Config
 	w("## lsmtp side by side with a go-smtp bridge\n\n")
-	w("Measured by `lsmtp-bench peers` on %s with RabbitMQ %s on the same machine (%s in all; load average %.1f at the start, %.1f at the end, on %d cores). ",
-		r.Started.UTC().Format("2006-01-02 15:04 MST"), orUnknown(r.RabbitMQ), r.Took.Round(time.Second), r.Load[0], r.Load[1], runtime.NumCPU())
+	b.WriteString(measuredBy("peers", r.Started, r.RabbitMQ, r.Took, r.Load))
 	w("The bridge is `%s` (emersion/go-smtp and amqp091-go: default exchange, no headers, one shared channel, a deferred confirm per message "+
 		"and 250 after it), built from its source for the run; lsmtp runs with its defaults and the same queue type. "+
 		"Each has a durable queue of its own, purged before every run. Each load runs lsmtp, bridge, lsmtp, bridge, ... (%d pairs) after a short "+

@@ -124,10 +124,7 @@ func benchmarkBrokerSink(b *testing.B, env string) {
 	defer br.Close(context.Background())
 	waitReady(b, br, 5*time.Second)
 
-	body := make([]byte, benchSize)
-	for i := range body {
-		body[i] = 'a' + byte(i%26)
-	}
+	body := testBody(benchSize)
 	// At most as many messages in flight as the ring holds: the engine
 	// would answer the rest 451 4.3.2, which is not what is measured here.
 	inFlight := cfg.RingSize

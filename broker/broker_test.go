@@ -224,16 +224,7 @@ func TestMissingExchange(t *testing.T) {
 	if err := rec.result(t, "QMISS"); err != sink.ErrUnavailable {
 		t.Fatalf("completed with %v, want %v", err, sink.ErrUnavailable)
 	}
-	admin := rabbittest.AdminChannel(t)
-	if err := admin.ExchangeDeclare(cfg.Exchange, "topic", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.QueueDeclare(cfg.Queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := admin.QueueBind(cfg.Queue, "#", cfg.Exchange, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	declareTopology(t, cfg)
 	// Until the worker has reopened its channel, messages fail fast; retry
 	// like a client would.
 	deadline := time.Now().Add(5 * time.Second)
@@ -409,11 +400,7 @@ func TestRingFull(t *testing.T) {
 // confirm; Submit after Close answers 421.
 func TestCloseDrains(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
-	b, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, b, 5*time.Second)
+	b := newReadyBroker(t, cfg)
 	rec := newRecorder()
 	const n = 500
 	for i := 0; i < n; i++ {
@@ -449,11 +436,7 @@ func TestCloseDrains(t *testing.T) {
 func TestCloseDeadline(t *testing.T) {
 	p := newProxy(t)
 	cfg := testConfig(t, proxyURL(p))
-	b, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, b, 5*time.Second)
+	b := newReadyBroker(t, cfg)
 	rec := newRecorder()
 	p.Stall()
 	const n = 20
@@ -618,11 +601,7 @@ func cpuTime(t testing.TB) time.Duration {
 // every message is completed exactly once, those after Close with 421.
 func TestCloseWhileSubmitting(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
-	b, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, b, 5*time.Second)
+	b := newReadyBroker(t, cfg)
 	rec := newRecorder()
 	var wg sync.WaitGroup
 	var submitted atomic.Int64

@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
@@ -49,16 +47,7 @@ func checkChannelRetry(t *testing.T, workers int, gap time.Duration) {
 		rec.wait(t, n+1, 10*time.Second)
 		time.Sleep(gap)
 	}
-	admin := rabbittest.AdminChannel(t)
-	if err := admin.ExchangeDeclare(cfg.Exchange, "topic", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.QueueDeclare(cfg.Queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := admin.QueueBind(cfg.Queue, "#", cfg.Exchange, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	declareTopology(t, cfg)
 	ok := 0
 	start := time.Now()
 	for time.Since(start) < 4*time.Second {

@@ -31,11 +31,7 @@ func TestCutUnderLoad(t *testing.T) {
 	p := newProxy(t)
 	cfg := testConfig(t, proxyURL(p))
 	cfg.Window = 64
-	b, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, b, 5*time.Second)
+	b := newReadyBroker(t, cfg)
 
 	const (
 		maxMessages = 6000
@@ -51,10 +47,7 @@ func TestCutUnderLoad(t *testing.T) {
 	sent := 0
 	go func() {
 		defer wg.Done()
-		body := make([]byte, 2048)
-		for i := range body {
-			body[i] = 'a' + byte(i%26)
-		}
+		body := testBody(2048)
 		deadline := time.Now().Add(15 * time.Second)
 		for ; sent < maxMessages && time.Now().Before(deadline); sent++ {
 			select {

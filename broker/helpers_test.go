@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
@@ -94,6 +95,43 @@ func startBroker(t testing.TB, cfg Config) *Broker {
 		}
 	})
 	return b
+}
+
+// testBody is an n-byte message body of the letters a to z, repeated.
+func testBody(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = 'a' + byte(i%26)
+	}
+	return b
+}
+
+// newReadyBroker starts a broker the test closes itself (what its Close
+// returns is part of the test) and waits until it is connected.
+func newReadyBroker(t testing.TB, cfg Config) *Broker {
+	t.Helper()
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, b, 5*time.Second)
+	return b
+}
+
+// declareTopology declares cfg's exchange (topic) and quorum queue, bound
+// with "#", as Declare does: for the tests that start without them.
+func declareTopology(t testing.TB, cfg Config) {
+	t.Helper()
+	admin := rabbittest.AdminChannel(t)
+	if err := admin.ExchangeDeclare(cfg.Exchange, "topic", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.QueueDeclare(cfg.Queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.QueueBind(cfg.Queue, "#", cfg.Exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func waitReady(t testing.TB, b *Broker, within time.Duration) {

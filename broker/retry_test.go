@@ -63,21 +63,14 @@ func TestCutShorterThanWindowNoTempfail(t *testing.T) {
 	cfg := testConfig(t, proxyURL(p))
 	cfg.Window = 64
 	cfg.PublishRetryWindow = 10 * time.Second
-	b, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, b, 5*time.Second)
+	b := newReadyBroker(t, cfg)
 
 	const (
 		maxMessages = 100000 // a bound; the load runs until the faults are over
 		inFlight    = 300    // SMTP sessions, each waiting for its reply
 	)
 	rec := newTimedRecorder(inFlight)
-	body := make([]byte, 2048)
-	for i := range body {
-		body[i] = 'a' + byte(i%26)
-	}
+	body := testBody(2048)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -17,10 +17,7 @@ func spoolBench(b *testing.B) (*Broker, Config, func() error) {
 	cfg.SpoolDir = b.TempDir()
 	br := startBroker(b, cfg)
 	waitReady(b, br, 5*time.Second) // declares the queue
-	p.Down()
-	for br.Ready() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	takeDown(br, p)
 	return br, cfg, p.Up
 }
 

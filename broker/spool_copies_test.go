@@ -2,25 +2,19 @@ package broker
 
 import (
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // spoolWhileDown submits m while RabbitMQ is unreachable through p, so
 // that it is answered from the spool, and brings RabbitMQ back.
-func spoolWhileDown(t *testing.T, b *Broker, p interface {
-	Down()
-	Up() error
-}, submit func(syncDone)) {
+func spoolWhileDown(t *testing.T, b *Broker, p *faultproxy.Proxy, submit func(syncDone)) {
 	t.Helper()
 	waitReady(t, b, 5*time.Second)
-	p.Down()
-	for b.Ready() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	takeDown(b, p)
 	done := make(syncDone, 1)
 	submit(done)
 	if err := <-done; err != nil {
@@ -90,16 +84,8 @@ func TestSpooledKeepsTLSAndAuthHeaders(t *testing.T) {
 // its record is looked for, not past a hole.
 func TestSpoolDiskFullThenSmallAllDelivered(t *testing.T) {
 	p := newProxy(t)
-	cfg := spoolConfig(t, proxyURL(p))
-	cfg.PublishRetryWindow = 500 * time.Millisecond
-	cfg.ConfirmTimeout = 500 * time.Millisecond
-	cfg.SpoolDir = filepath.Join(mountTmpfs(t, "8M"), "spool")
-	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
-	p.Down()
-	for b.Ready() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	cfg := smallDiskConfig(t, p)
+	b := startThenDown(t, cfg, p)
 	var ok []string
 	for i := 0; i < 100; i++ {
 		id := fmt.Sprintf("big-%03d", i)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
@@ -107,12 +108,34 @@ func spoolConfig(t *testing.T, url string) Config {
 	return cfg
 }
 
-func testBody(n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = 'a' + byte(i%26)
-	}
+// smallDiskConfig is spoolConfig through p with the spool on an 8 MiB
+// tmpfs and half-second deadlines: the disk fills after a few large
+// messages, and one that then waits in memory is answered soon.
+func smallDiskConfig(t *testing.T, p *faultproxy.Proxy) Config {
+	cfg := spoolConfig(t, proxyURL(p))
+	cfg.PublishRetryWindow = 500 * time.Millisecond
+	cfg.ConfirmTimeout = 500 * time.Millisecond
+	cfg.SpoolDir = filepath.Join(mountTmpfs(t, "8M"), "spool")
+	return cfg
+}
+
+// startThenDown starts a broker on cfg, waits until it is connected
+// through p, and then takes RabbitMQ away (takeDown).
+func startThenDown(t testing.TB, cfg Config, p *faultproxy.Proxy) *Broker {
+	t.Helper()
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	takeDown(b, p)
 	return b
+}
+
+// takeDown makes RabbitMQ unreachable through p and waits until b has
+// seen it go: what b is given next goes to the spool.
+func takeDown(b *Broker, p *faultproxy.Proxy) {
+	p.Down()
+	for b.Ready() {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // With RabbitMQ unreachable, 50 sessions sending one message after the
@@ -121,12 +144,7 @@ func testBody(n int) []byte {
 func TestSpoolBrokerDown(t *testing.T) {
 	p := newProxy(t)
 	cfg := spoolConfig(t, proxyURL(p))
-	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
-	p.Down()
-	for b.Ready() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	b := startThenDown(t, cfg, p)
 	start := time.Now()
 	senders := runSenders(t, b, "down", 50, 40, testBody(2048))
 	took := time.Since(start)
@@ -190,12 +208,7 @@ func copyDir(t *testing.T, src, dst string) {
 func TestSpoolRestartAfterCrash(t *testing.T) {
 	p := newProxy(t)
 	cfg := spoolConfig(t, proxyURL(p))
-	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
-	p.Down()
-	for b.Ready() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	b := startThenDown(t, cfg, p)
 	senders := runSenders(t, b, "crash", 10, 20, testBody(4096))
 	for _, s := range senders {
 		if len(s.errs) > 0 {
@@ -294,16 +307,8 @@ func mountTmpfs(t *testing.T, size string) string {
 // message is spooled with 250.
 func TestSpoolDiskFull(t *testing.T) {
 	p := newProxy(t)
-	cfg := spoolConfig(t, proxyURL(p))
-	cfg.PublishRetryWindow = 500 * time.Millisecond
-	cfg.ConfirmTimeout = 500 * time.Millisecond
-	cfg.SpoolDir = filepath.Join(mountTmpfs(t, "8M"), "spool")
-	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
-	p.Down()
-	for b.Ready() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	cfg := smallDiskConfig(t, p)
+	b := startThenDown(t, cfg, p)
 	body := testBody(256 << 10)
 	var ok []string
 	var full error
@@ -333,10 +338,7 @@ func TestSpoolDiskFull(t *testing.T) {
 		st := b.Stats()
 		return st.SpoolMessages == 0 && st.SpoolDiskBytes == 0
 	})
-	p.Down()
-	for b.Ready() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	takeDown(b, p)
 	if err := send(b, "after", "full@example.org", body); err != nil {
 		t.Fatalf("after the spool drained: %v, want 250", err)
 	}

@@ -91,6 +91,31 @@ func subcommand(word string, args []string) (sub string, flagArgs []string, ok b
 	return rest[1], append(flagArgs, rest[2:]...), true
 }
 
+// subcommandConfig loads the configuration a subcommand works with, from
+// flagArgs, env and the file they name. When it cannot, it has said why
+// on stderr and returns ok false with the exit code: exitProblems for
+// problems in the configuration (each on a line, then their count),
+// exitOK after --help, exitUsage for an argument the flag package
+// rejected. Arguments left after the flags are in c.args, for the
+// subcommand to judge.
+func subcommandConfig(flagArgs []string, env lookupEnv, stderr io.Writer) (c *config, code int, ok bool) {
+	c, err := loadConfig(flagArgs, env, stderr)
+	var p problems
+	switch {
+	case errors.As(err, &p):
+		for _, line := range p {
+			fmt.Fprintln(stderr, "lsmtp:", line)
+		}
+		fmt.Fprintf(stderr, "lsmtp: configuration has %d problem(s)\n", len(p))
+		return nil, exitProblems, false
+	case errors.Is(err, flag.ErrHelp):
+		return nil, exitOK, false
+	case err != nil:
+		return nil, exitUsage, false // the flag package said why
+	}
+	return c, exitOK, true
+}
+
 func configCommand(sub string, flagArgs []string, env lookupEnv, stdout, stderr io.Writer) int {
 	switch sub {
 	case "check", "print":
@@ -108,19 +133,9 @@ func configCommand(sub string, flagArgs []string, env lookupEnv, stdout, stderr 
 		fmt.Fprintf(stderr, "lsmtp: config %q: want check, print or sample\n", sub)
 		return exitUsage
 	}
-	c, err := loadConfig(flagArgs, env, stderr)
-	var p problems
-	switch {
-	case errors.As(err, &p):
-		for _, line := range p {
-			fmt.Fprintln(stderr, "lsmtp:", line)
-		}
-		fmt.Fprintf(stderr, "lsmtp: configuration has %d problem(s)\n", len(p))
-		return exitProblems
-	case errors.Is(err, flag.ErrHelp):
-		return exitOK
-	case err != nil:
-		return exitUsage // the flag package said why
+	c, code, ok := subcommandConfig(flagArgs, env, stderr)
+	if !ok {
+		return code
 	}
 	if len(c.args) > 0 {
 		fmt.Fprintf(stderr, "lsmtp: unexpected argument %q\n", c.args[0])

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -37,18 +36,9 @@ func spoolCommand(sub string, flagArgs []string, env lookupEnv, stdout, stderr i
 		fmt.Fprintf(stderr, "lsmtp: spool %q: want ls, show ID or export DIR\n", sub)
 		return exitUsage
 	}
-	c, err := loadConfig(flagArgs, env, stderr)
-	var p problems
-	switch {
-	case errors.As(err, &p):
-		for _, line := range p {
-			fmt.Fprintln(stderr, "lsmtp:", line)
-		}
-		return exitProblems
-	case errors.Is(err, flag.ErrHelp):
-		return exitOK
-	case err != nil:
-		return exitUsage
+	c, code, ok := subcommandConfig(flagArgs, env, stderr)
+	if !ok {
+		return code
 	}
 	args := c.args
 	if operand == "" && sub != "ls" && len(args) > 0 {
@@ -71,6 +61,7 @@ func spoolCommand(sub string, flagArgs []string, env lookupEnv, stdout, stderr i
 		fmt.Fprintln(stderr, "lsmtp:", err)
 		return exitProblems
 	}
+	var err error
 	switch sub {
 	case "ls":
 		err = spoolList(dir, stdout)

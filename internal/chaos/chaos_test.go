@@ -6,23 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
-
-// testLog writes progress lines into the test log while the test runs.
-type testLog struct {
-	t    *testing.T
-	done *atomic.Bool
-}
-
-func (w testLog) Write(p []byte) (int, error) {
-	if !w.done.Load() {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
 
 // envRabbitRestart enables fault (b) in TestChaosShort: stopping the
 // RabbitMQ application disturbs every other test using RabbitMQ at that
@@ -37,8 +25,6 @@ func TestChaosShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 20 s run; skipped with -short")
 	}
-	done := &atomic.Bool{}
-	t.Cleanup(func() { done.Store(true) })
 	cfg := Defaults()
 	cfg.Duration = 20 * time.Second
 	cfg.Sessions = 6
@@ -50,7 +36,7 @@ func TestChaosShort(t *testing.T) {
 	// TIME_WAIT, as a real restart does (e2e.TestRestartOnSamePort).
 	cfg.SamePort = true
 	cfg.Name = fmt.Sprintf("lsmtp-chaos-test.%08x", rand.Uint32())
-	cfg.Log = testLog{t: t, done: done}
+	cfg.Log = rabbittest.LogWriter(t)
 	rabbitRestart := os.Getenv(envRabbitRestart) == "1"
 	if rabbitRestart {
 		cfg.Faults = []Fault{FaultCut, FaultLSMTPRestart, FaultRabbitRestart}

@@ -377,16 +377,24 @@ func (c *Cluster) Running(i int) bool {
 	return n.cmd != nil
 }
 
+// runningNode returns node i and the channel closed when its server
+// process exits, or an error when that process does not run.
+func (c *Cluster) runningNode(i int) (*Node, chan struct{}, error) {
+	n := c.Nodes[i]
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return n, nil, fmt.Errorf("%s is not running", n.Name)
+	}
+	return n, n.done, nil
+}
+
 // Kill sends SIGKILL to node i's Erlang VM (kill -9: no goodbye to its
 // peers or clients) and waits until its server is gone.
 func (c *Cluster) Kill(i int) error {
-	n := c.Nodes[i]
-	n.mu.Lock()
-	done := n.done
-	running := n.cmd != nil
-	n.mu.Unlock()
-	if !running {
-		return fmt.Errorf("%s is not running", n.Name)
+	n, done, err := c.runningNode(i)
+	if err != nil {
+		return err
 	}
 	if KillNodes(n.Name) == 0 {
 		return fmt.Errorf("%s: no beam.smp found", n.Name)
@@ -420,13 +428,9 @@ func waitGone(within time.Duration, names ...string) error {
 // Stop stops node i gracefully (rabbitmqctl stop: clients are closed,
 // quorum queue leadership is handed over) and waits until it is gone.
 func (c *Cluster) Stop(ctx context.Context, i int) error {
-	n := c.Nodes[i]
-	n.mu.Lock()
-	done := n.done
-	running := n.cmd != nil
-	n.mu.Unlock()
-	if !running {
-		return fmt.Errorf("%s is not running", n.Name)
+	n, done, err := c.runningNode(i)
+	if err != nil {
+		return err
 	}
 	if _, err := c.Ctl(ctx, i, "rabbitmqctl", "stop"); err != nil {
 		return err

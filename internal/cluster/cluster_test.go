@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // The tests start a RabbitMQ cluster of three nodes, which takes tens of
@@ -62,28 +62,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
+// envValue is the environment variable name parsed, or def when it is
+// not set; a value that does not parse fails the test.
+func envValue[T any](t *testing.T, name string, def T, parse func(string) (T, error)) T {
 	v := os.Getenv(name)
 	if v == "" {
 		return def
 	}
-	d, err := time.ParseDuration(v)
+	x, err := parse(v)
 	if err != nil {
 		t.Fatalf("%s=%q: %v", name, v, err)
 	}
-	return d
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		t.Fatalf("%s=%q: %v", name, v, err)
-	}
-	return n
+	return x
 }
 
 // startCluster starts the three nodes, stopped when the test ends, also
@@ -186,18 +176,27 @@ func TestClusterStartStop(t *testing.T) {
 var queueArgs = map[string]any{"x-quorum-initial-group-size": 3}
 
 // declareQueue declares quorum queue q on node i, which makes node i its
-// first leader (queue_leader_locator client-local).
-func declareQueue(t *testing.T, c *Cluster, i int, q string) {
+
+// nodeChannel is a channel on node i, closed with its connection when
+// the test ends.
+func nodeChannel(t *testing.T, c *Cluster, i int) *amqp.Channel {
 	t.Helper()
 	conn, err := amqp.Dial(c.Nodes[i].URL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	ch, err := conn.Channel()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ch
+}
+
+// first leader (queue_leader_locator client-local).
+func declareQueue(t *testing.T, c *Cluster, i int, q string) {
+	t.Helper()
+	ch := nodeChannel(t, c, i)
 	args := amqp.Table{"x-queue-type": "quorum"}
 	for k, v := range queueArgs {
 		args[k] = v
@@ -229,7 +228,7 @@ func startStack(t *testing.T, bc broker.Config) *stack {
 		MaxMessageSize: 1 << 20,
 		EventLoops:     2,
 		Sink:           brk,
-		Logger:         testLogger(t, slog.LevelWarn),
+		Logger:         rabbittest.Logger(t, slog.LevelWarn),
 	})
 	if err != nil {
 		brk.Close(context.Background())
@@ -276,39 +275,13 @@ func (s *stack) stop() error {
 	return err
 }
 
-type testLog struct {
-	t    testing.TB
-	done *atomic.Bool
-}
-
-func (w testLog) Write(p []byte) (int, error) {
-	if !w.done.Load() {
-		w.t.Log(strings.TrimSpace(string(p)))
-	}
-	return len(p), nil
-}
-
-func testLogger(t testing.TB, level slog.Level) *slog.Logger {
-	done := &atomic.Bool{}
-	t.Cleanup(func() { done.Store(true) })
-	return slog.New(slog.NewTextHandler(testLog{t: t, done: done}, &slog.HandlerOptions{Level: level}))
-}
-
 // checkDrain shows that the faults' verdict can fail: drain matches a
 // queue holding queue IDs A, B, B and C (C's token again under D) against
 // 250s for A, B, C and E, and must find E lost and two duplicates (B's
 // second copy, and the token stored under both C and D).
 func checkDrain(t *testing.T, c *Cluster, q string) {
 	t.Helper()
-	conn, err := amqp.Dial(c.Nodes[0].URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := nodeChannel(t, c, 0)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/lsmtp/lsmtp/broker"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // retryWindow is how long the broker keeps republishing a message the
@@ -168,9 +170,9 @@ func (r result) String() string {
 // queue fails the test, whatever the fault.
 func TestClusterFaults(t *testing.T) {
 	c := startCluster(t)
-	duration := envDuration(t, "LSMTP_CLUSTER_DURATION", 20*time.Second)
-	sessions := envInt(t, "LSMTP_CLUSTER_SESSIONS", 30)
-	rate := float64(envInt(t, "LSMTP_CLUSTER_RATE", 400))
+	duration := envValue(t, "LSMTP_CLUSTER_DURATION", 20*time.Second, time.ParseDuration)
+	sessions := envValue(t, "LSMTP_CLUSTER_SESSIONS", 30, strconv.Atoi)
+	rate := float64(envValue(t, "LSMTP_CLUSTER_RATE", 400, strconv.Atoi))
 	only := strings.Split(os.Getenv("LSMTP_CLUSTER_FAULTS"), ",")
 	var results []result
 	for _, f := range faults {
@@ -214,7 +216,7 @@ func runFault(t *testing.T, c *Cluster, f fault, duration time.Duration, session
 	bc.Exchange, bc.Queue, bc.RoutingKey = q, q, "inbound"
 	bc.QueueArgs = queueArgs
 	bc.Node = "cluster-" + f.name
-	bc.Logger = testLogger(t, slog.LevelInfo)
+	bc.Logger = rabbittest.Logger(t, slog.LevelInfo)
 	s := startStack(t, bc)
 	if at, err := c.Connected(ctx, "lsmtp "+bc.Node); err != nil || !slices.Equal(at, []int{first}) {
 		t.Fatalf("lsmtp connected to nodes %v (%v), want %d", at, err, first)

@@ -3,11 +3,13 @@ package cluster
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lsmtp/lsmtp/broker"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 )
 
 // TestClusterSteady is the baseline for the faults: lsmtp against the
@@ -17,8 +19,8 @@ import (
 // load generator together) spent. docs/SCALING.md sizes clusters from it.
 func TestClusterSteady(t *testing.T) {
 	c := startCluster(t)
-	duration := min(envDuration(t, "LSMTP_CLUSTER_DURATION", 20*time.Second), 20*time.Second)
-	sessions := envInt(t, "LSMTP_CLUSTER_SESSIONS", 30)
+	duration := min(envValue(t, "LSMTP_CLUSTER_DURATION", 20*time.Second, time.ParseDuration), 20*time.Second)
+	sessions := envValue(t, "LSMTP_CLUSTER_SESSIONS", 30, strconv.Atoi)
 	ctx := context.Background()
 	q := "lsmtp.cluster.steady"
 	declareQueue(t, c, 0, q)
@@ -32,7 +34,7 @@ func TestClusterSteady(t *testing.T) {
 	bc.Exchange, bc.Queue, bc.RoutingKey = q, q, "inbound"
 	bc.QueueArgs = queueArgs
 	bc.Node = "cluster-steady"
-	bc.Logger = testLogger(t, slog.LevelWarn)
+	bc.Logger = rabbittest.Logger(t, slog.LevelWarn)
 	s := startStack(t, bc)
 
 	l := newLedger()

@@ -70,7 +70,7 @@ func expectFinalAfter(t *testing.T, c *smtptest.Conn, want string, atLeast time.
 // retry window is spent, and the session stays usable.
 func TestBrokerClosedPort(t *testing.T) {
 	bc := brokerConfig(t, "amqp://guest:guest@"+closedPort(t)+"/")
-	bc.Logger = newLogger(t, 100) // the connect errors are expected; keep the log quiet
+	bc.Logger = rabbittest.Logger(t, 100) // the connect errors are expected; keep the log quiet
 	// The message waits up to the window now (max of window and confirm timeout), not 451 at once.
 	bc.PublishRetryWindow, bc.ConfirmTimeout = 500*time.Millisecond, 300*time.Millisecond
 	s := startStack(t, bc, false)
@@ -170,8 +170,8 @@ func TestUnroutable(t *testing.T) {
 func TestMissingExchange(t *testing.T) {
 	bc := brokerConfig(t, rabbittest.URL)
 	bc.Declare = false
-	bc.Logger = newLogger(t, 100) // channel failures are expected here
-	bc.PublishRetryWindow = 0     // asserts the immediate 451; with a window the message waits for the exchange
+	bc.Logger = rabbittest.Logger(t, 100) // channel failures are expected here
+	bc.PublishRetryWindow = 0             // asserts the immediate 451; with a window the message waits for the exchange
 	s := startStack(t, bc, true)
 	c := s.session(t, "client.example", true)
 	expectFinal(t, c, replyUnavailable)

@@ -124,82 +124,6 @@ func dialFrom(local, addr string, timeout time.Duration) (*smtptest.Conn, smtpte
 	return s, greet, nil
 }
 
-// proxiedClient is loadClient through HAProxy from haproxyClientIP.
-func proxiedClient(ctx context.Context, addr string, id int, tally *loadTally) {
-	payload := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-.\r\n", 32)
-	seq := 0
-	var c *smtptest.Conn
-	defer func() {
-		if c != nil {
-			c.Close()
-		}
-	}()
-	for ctx.Err() == nil {
-		if c == nil {
-			conn, greet, err := dialFrom(haproxyClientIP, addr, 2*time.Second)
-			if err == nil {
-				conn.Timeout = ioTimeout
-				if greet.Code != 220 {
-					conn.Close()
-					err = fmt.Errorf("greeting %q", greet.String())
-				} else if _, err = conn.Expect("EHLO load.example", 250); err != nil {
-					conn.Close()
-				}
-			}
-			if err != nil {
-				tally.mu.Lock()
-				tally.connErrs++
-				tally.mu.Unlock()
-				pause(ctx, 20*time.Millisecond)
-				continue
-			}
-			c = conn
-		}
-		token := fmt.Sprintf("p%d-%d", id, seq)
-		content := []byte("X-Load-Token: " + token + "\r\nSubject: load\r\n\r\n" + payload)
-		o := c.Transact("load@example.org", []string{"rcpt@example.com"}, content, true)
-		final, bodySent, err := o.Final, o.BodySent, o.Err
-		now := time.Now()
-		tally.mu.Lock()
-		switch {
-		case err != nil && bodySent:
-			tally.unknown++
-		case err != nil:
-			tally.connErrs++
-		case final.Code == 250:
-			if qid, ok := final.QueueID(); ok {
-				tally.acked[qid] = token
-				tally.ackedAt[qid] = now
-			} else {
-				tally.permfails = append(tally.permfails, "250 without a queue ID: "+final.String())
-			}
-			seq++
-		case final.Code >= 400 && final.Code < 500:
-			tally.tempfails[final.Last()]++
-		default:
-			tally.permfails = append(tally.permfails, final.String())
-		}
-		tally.mu.Unlock()
-		if err != nil || final.Code == 421 {
-			c.Close()
-			c = nil
-		}
-		if err != nil || final.Code != 250 {
-			pause(ctx, 10*time.Millisecond)
-		}
-		// A new session now and then, so that the balancer has new
-		// connections to place.
-		if c != nil && seq%10 == 0 && final.Code == 250 {
-			c.Cmd("QUIT")
-			c.Close()
-			c = nil
-		}
-	}
-	if c != nil {
-		c.Cmd("QUIT")
-	}
-}
-
 // TestHAProxyTwoNodes: two lsmtp nodes behind HAProxy with send-proxy-v2,
 // sharing one queue, under load from 127.0.0.5. The client's address
 // reaches the smtp-client-ip header of every message through the PROXY
@@ -225,13 +149,16 @@ func TestHAProxyTwoNodes(t *testing.T) {
 	tally := newTally()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	fromClientIP := func(addr string, timeout time.Duration) (*smtptest.Conn, smtptest.Reply, error) {
+		return dialFrom(haproxyClientIP, addr, timeout)
+	}
 	var wg sync.WaitGroup
 	const sessions = 20
 	for i := range sessions {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			proxiedClient(ctx, front, i, tally)
+			loadClient{dial: fromClientIP, addr: front, id: i, tally: tally, sessionLen: 10}.run(ctx)
 		}()
 	}
 	time.Sleep(2 * time.Second)

@@ -12,6 +12,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
@@ -44,11 +45,26 @@ func (l *loadTally) String() string {
 		len(l.acked), n, kinds, len(l.permfails), l.unknown, l.connErrs)
 }
 
-// loadClient sends messages on one SMTP session after another until
-// until() says stop or the deadline passes. A message that gets 4xx, or
-// whose connection breaks, is sent again under the same token, as an MTA
-// would; a new token follows each 250.
-func loadClient(ctx context.Context, addr string, id int, tally *loadTally, deadline time.Time) {
+// loadClient sends messages on one SMTP session after another until ctx
+// is done or the deadline passes. A message that gets 4xx, or whose
+// connection breaks, is sent again under the same token, as an MTA would;
+// a new token follows each 250.
+type loadClient struct {
+	// dial connects to addr and reads the greeting: smtptest.Dial, or
+	// dialFrom for a chosen source address.
+	dial  func(addr string, timeout time.Duration) (*smtptest.Conn, smtptest.Reply, error)
+	addr  string
+	id    int
+	tally *loadTally
+	// deadline, when set, ends the load before ctx does.
+	deadline time.Time
+	// sessionLen, when set, ends a session after that many 250s, so that
+	// a balancer in front has new connections to place.
+	sessionLen int
+}
+
+func (l loadClient) run(ctx context.Context) {
+	tally := l.tally
 	payload := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-.\r\n", 32) // 2 KiB
 	seq := 0
 	var c *smtptest.Conn
@@ -63,12 +79,12 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 			c = nil
 		}
 	}
-	for ctx.Err() == nil && time.Now().Before(deadline) {
+	for ctx.Err() == nil && (l.deadline.IsZero() || time.Now().Before(l.deadline)) {
 		if c == nil {
 			// A short wait for the greeting: connections accepted while
 			// the server stops may get none (see
 			// TestNoConnectionLeftHangingAtStop).
-			conn, greet, err := smtptest.Dial(addr, 2*time.Second)
+			conn, greet, err := l.dial(l.addr, 2*time.Second)
 			if err == nil {
 				conn.Timeout = ioTimeout
 			}
@@ -90,7 +106,7 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 			}
 			c = conn
 		}
-		token := fmt.Sprintf("c%d-%d", id, seq)
+		token := fmt.Sprintf("c%d-%d", l.id, seq)
 		content := []byte("X-Load-Token: " + token + "\r\nSubject: load\r\n\r\n" + payload)
 		// MAIL, RCPT and DATA pipelined (RFC 2920).
 		o := c.Transact("load@example.org", []string{"rcpt@example.com"}, content, true)
@@ -122,9 +138,30 @@ func loadClient(ctx context.Context, addr string, id int, tally *loadTally, dead
 		if err != nil || final.Code != 250 {
 			pause(ctx, 10*time.Millisecond) // a client backing off
 		}
+		if c != nil && l.sessionLen > 0 && final.Code == 250 && seq%l.sessionLen == 0 {
+			c.Cmd("QUIT")
+			drop()
+		}
 	}
 	if c != nil {
 		c.Cmd("QUIT")
+	}
+}
+
+// waitAcked waits until the clients have had want 250s, and fails the
+// test when that takes more than 10 s.
+func waitAcked(t *testing.T, tally *loadTally, want int) {
+	t.Helper()
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		tally.mu.Lock()
+		n := len(tally.acked)
+		tally.mu.Unlock()
+		if n >= want {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("only %d messages acknowledged in 10 s", n)
+		}
 	}
 }
 
@@ -203,7 +240,7 @@ func sumValues(m map[string]int) int {
 func TestCutUnderLoad(t *testing.T) {
 	p := newProxy(t)
 	bc := brokerConfig(t, proxyURL(p))
-	bc.Logger = newLogger(t, 100) // hundreds of expected warnings
+	bc.Logger = rabbittest.Logger(t, 100) // hundreds of expected warnings
 	s := startStack(t, bc, true)
 
 	const (
@@ -218,7 +255,10 @@ func TestCutUnderLoad(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); loadClient(ctx, s.addr, i, tally, deadline) }()
+		go func() {
+			defer wg.Done()
+			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: deadline}.run(ctx)
+		}()
 	}
 	cuts, cutConns := 0, 0
 	for time.Now().Add(cutEvery).Before(deadline) {
@@ -265,19 +305,12 @@ func TestShutdownDrains(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); loadClient(ctx, s.addr, i, tally, deadline) }()
+		go func() {
+			defer wg.Done()
+			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: deadline}.run(ctx)
+		}()
 	}
-	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
-		tally.mu.Lock()
-		n := len(tally.acked)
-		tally.mu.Unlock()
-		if n >= 200 {
-			break
-		}
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("only %d messages acknowledged in 10 s", n)
-		}
-	}
+	waitAcked(t, tally, 200)
 	p.Stall()
 	time.Sleep(200 * time.Millisecond) // every client now waits for a confirm
 	stallStart := time.Now()
@@ -324,7 +357,7 @@ func TestShutdownDrains(t *testing.T) {
 func TestShutdownDeadline(t *testing.T) {
 	p := newProxy(t)
 	bc := brokerConfig(t, proxyURL(p))
-	bc.Logger = newLogger(t, 100) // the stalled broker makes expected noise
+	bc.Logger = rabbittest.Logger(t, 100) // the stalled broker makes expected noise
 	s := startStack(t, bc, true)
 
 	const clients = 8
@@ -334,19 +367,12 @@ func TestShutdownDeadline(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); loadClient(ctx, s.addr, i, tally, time.Now().Add(20*time.Second)) }()
+		go func() {
+			defer wg.Done()
+			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: time.Now().Add(20 * time.Second)}.run(ctx)
+		}()
 	}
-	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
-		tally.mu.Lock()
-		n := len(tally.acked)
-		tally.mu.Unlock()
-		if n >= 50 {
-			break
-		}
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("only %d messages acknowledged in 10 s", n)
-		}
-	}
+	waitAcked(t, tally, 50)
 	p.Stall()
 	time.Sleep(200 * time.Millisecond)
 	stallStart := time.Now()

@@ -26,7 +26,7 @@ func TestRestartOnSamePort(t *testing.T) {
 	serve := func(listen string) (*engine.Server, chan error) {
 		srv, err := engine.New(engine.Config{
 			Listen: []string{listen}, Hostname: serverName, EventLoops: 1,
-			Sink: &sink.Null{}, Logger: newLogger(t, slog.LevelWarn),
+			Sink: &sink.Null{}, Logger: rabbittest.Logger(t, slog.LevelWarn),
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -114,7 +114,7 @@ func runSpoolOutage(t *testing.T, url string, o outage, lead, length time.Durati
 	// A retry window shorter than the outage: without the spool the
 	// outage would be a 451 4.3.0 for every message caught in it.
 	bc.PublishRetryWindow, bc.ConfirmTimeout = time.Second, time.Second
-	bc.Logger = newLogger(t, slog.LevelError) // reconnect warnings are expected, one per attempt
+	bc.Logger = rabbittest.Logger(t, slog.LevelError) // reconnect warnings are expected, one per attempt
 	s := startStack(t, bc, true)
 	t.Cleanup(restore) // before the stack stops and the queue is deleted
 

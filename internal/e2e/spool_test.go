@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,8 +33,7 @@ func startLsmtp(t *testing.T, bin string, args ...string) (*exec.Cmd, string) {
 	addr := closedPort(t)
 	cmd := exec.Command(bin, append([]string{"--listen", addr, "--admin-listen", "", "--log-level", "warn",
 		"--hostname", serverName, "--node", nodeName}, args...)...)
-	done := &atomic.Bool{}
-	cmd.Stderr = testLog{t: t, done: done}
+	cmd.Stderr = rabbittest.LogWriter(t)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +42,6 @@ func startLsmtp(t *testing.T, bin string, args ...string) (*exec.Cmd, string) {
 			cmd.Process.Kill()
 			cmd.Wait()
 		}
-		done.Store(true)
 	})
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {

@@ -3,12 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,28 +25,6 @@ const (
 	maxMessageSize = 1 << 20       // small enough to test at the bound quickly
 	ioTimeout      = 10 * time.Second
 )
-
-// testLog sends log lines to the test's log while the test runs and
-// drops them afterwards (a late line from a goroutine must not panic).
-type testLog struct {
-	t    testing.TB
-	done *atomic.Bool
-}
-
-func (w testLog) Write(p []byte) (int, error) {
-	if !w.done.Load() {
-		w.t.Log(strings.TrimSpace(string(p)))
-	}
-	return len(p), nil
-}
-
-// newLogger logs at level and above into the test log.
-func newLogger(t testing.TB, level slog.Level) *slog.Logger {
-	done := &atomic.Bool{}
-	t.Cleanup(func() { done.Store(true) })
-	var w io.Writer = testLog{t: t, done: done}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-}
 
 // deleteAtEnd deletes queues and exchanges when the test ends (a fresh
 // channel each: a failed delete closes its channel).
@@ -94,7 +70,7 @@ func brokerConfig(t testing.TB, url string) broker.Config {
 	cfg.ConfirmTimeout = 5 * time.Second
 	cfg.DialTimeout = 2 * time.Second
 	cfg.Node = nodeName
-	cfg.Logger = newLogger(t, slog.LevelInfo)
+	cfg.Logger = rabbittest.Logger(t, slog.LevelInfo)
 	deleteAtEnd(t, []string{name}, []string{name})
 	return cfg
 }
@@ -127,7 +103,7 @@ func startStack(t testing.TB, bc broker.Config, waitReady bool, tweak ...func(*e
 		MaxMessageSize: maxMessageSize,
 		EventLoops:     2,
 		Sink:           brk,
-		Logger:         newLogger(t, slog.LevelWarn),
+		Logger:         rabbittest.Logger(t, slog.LevelWarn),
 	}
 	for _, f := range tweak {
 		f(&ec)

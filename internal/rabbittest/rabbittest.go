@@ -1,7 +1,8 @@
 // Package rabbittest holds what tests that talk to the real RabbitMQ share:
 // its address, unique names for their exchanges and queues, a plain
 // channel for setting up and inspecting them, a consumer that reads what
-// reached a queue, and a fault proxy in front of the broker.
+// reached a queue, a fault proxy in front of the broker, and a logger
+// into the test's log for the broker and the engine a test starts.
 package rabbittest
 
 import (
