@@ -831,19 +831,7 @@ func hostileNoopFlood(t *testing.T, h *hostileServer, id string) {
 // socket had not taken yet.
 func hostileSlowReader(t *testing.T, h *hostileServer, _ string) {
 	const n = 100_000
-	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	conn, err := d.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
+	conn := dialSmallReceiveBuffer(t, h.addr)
 	defer conn.Close()
 	r := bufio.NewReaderSize(conn, 512)
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -873,15 +861,11 @@ func hostileSlowReader(t *testing.T, h *hostileServer, _ string) {
 	}
 }
 
-// hostileNeverReads sends 200,000 NOOPs (1.2 MB) and reads nothing. The
-// server must not hold 2.8 MB of replies for it: once outputHighMark of
-// replies waits unsent it takes no more commands (backpressure), so its
-// intake stops well short of the stream; with no progress, the idle
-// timeout then closes the connection.
-func hostileNeverReads(t *testing.T, h *hostileServer, _ string) {
-	const n = 200_000
-	// A small receive buffer, set before connecting, keeps the client's
-	// kernel from taking the replies in.
+// dialSmallReceiveBuffer connects with a 16 KiB receive buffer, set
+// before connecting, so that the client's kernel takes few replies in
+// and the server's own buffers hold the rest.
+func dialSmallReceiveBuffer(t *testing.T, addr string) net.Conn {
+	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
@@ -891,10 +875,21 @@ func hostileNeverReads(t *testing.T, h *hostileServer, _ string) {
 		}
 		return serr
 	}}
-	conn, err := d.Dial("tcp", h.addr)
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
+	return conn
+}
+
+// hostileNeverReads sends 200,000 NOOPs (1.2 MB) and reads nothing. The
+// server must not hold 2.8 MB of replies for it: once outputHighMark of
+// replies waits unsent it takes no more commands (backpressure), so its
+// intake stops well short of the stream; with no progress, the idle
+// timeout then closes the connection.
+func hostileNeverReads(t *testing.T, h *hostileServer, _ string) {
+	const n = 200_000
+	conn := dialSmallReceiveBuffer(t, h.addr)
 	defer conn.Close()
 	r := bufio.NewReader(conn)
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
