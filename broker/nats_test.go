@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"sort"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/lsmtp/lsmtp/internal/natstest"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
@@ -247,5 +249,140 @@ func TestNATSStreamFull(t *testing.T) {
 	}
 	if st := b.Stats(); st.Nacked == 0 || st.Expired != 1 {
 		t.Errorf("stats: nacked %d expired %d", st.Nacked, st.Expired)
+	}
+}
+
+// TestNATSDuplicateStoredOnce: a publish of a queue ID the stream already
+// holds, within its duplicate window, is acknowledged (the message is
+// answered 250) and stored once: first two messages with one queue ID,
+// then the broker's own republish of a message whose PubAck it never got
+// (the proxy holds the server's replies, so the publish reaches the
+// stream but its PubAck does not reach lsmtp; the cut connection makes it
+// publish again on the next one).
+func TestNATSDuplicateStoredOnce(t *testing.T) {
+	p := natstest.Proxy(t)
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+
+	// Direct double publish.
+	b.Submit(traceMessage(rec, "QDUP1", "a@example.org", []string{"b@example.com"}, []byte("one\r\n")))
+	rec.wait(t, 1, 5*time.Second)
+	b.Submit(traceMessage(rec, "QDUP1", "a@example.org", []string{"b@example.com"}, []byte("one\r\n")))
+	rec.wait(t, 2, 5*time.Second)
+	for _, err := range rec.results["QDUP1"] {
+		if err != nil {
+			t.Fatalf("QDUP1 completed with %v", err)
+		}
+	}
+	if n := natstest.Count(t, names.Stream); n != 1 {
+		t.Fatalf("%d messages in the stream after a double publish, want 1", n)
+	}
+	if st := b.Stats(); st.Duplicates != 1 {
+		t.Errorf("Duplicates = %d, want 1", st.Duplicates)
+	}
+
+	// The republish after a lost PubAck.
+	p.HoldReplies()
+	m := traceMessage(rec, "QDUP2", "a@example.org", []string{"b@example.com"}, []byte("two\r\n"))
+	data := bytes.Clone(m.Data.B)
+	b.Submit(m)
+	for deadline := time.Now().Add(5 * time.Second); natstest.Count(t, names.Stream) < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the publish did not reach the stream")
+		}
+	}
+	rec.mu.Lock()
+	n := rec.n
+	rec.mu.Unlock()
+	if n != 2 {
+		t.Fatal("completed without its PubAck")
+	}
+	p.Cut()
+	p.Resume()
+	rec.wait(t, 3, 10*time.Second)
+	if err := rec.result(t, "QDUP2"); err != nil {
+		t.Fatalf("QDUP2 completed with %v", err)
+	}
+	got := natstest.Messages(t, names.Stream)
+	if len(got) != 2 {
+		t.Fatalf("%d messages in the stream, want 2", len(got))
+	}
+	wantNATSMessage(t, got[1], m, "QDUP2", cfg.NATSSubject, data, []string{"b@example.com"}, true)
+	st := b.Stats()
+	if st.Duplicates != 2 || st.Republished != 1 || st.Lost != 1 {
+		t.Errorf("stats: duplicates %d republished %d lost %d, want 2, 1, 1", st.Duplicates, st.Republished, st.Lost)
+	}
+}
+
+// TestNATSCutUnderLoad: messages keep coming while the connection is cut
+// every 100 ms. Every message is answered 250 within its retry window,
+// and the stream holds each exactly once: what was published again
+// after a lost PubAck was deduplicated.
+func TestNATSCutUnderLoad(t *testing.T) {
+	p := natstest.Proxy(t)
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	cfg.Logger = rabbittest.Logger(t, slog.LevelError) // every cut is a warning
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	const loadTime = 2 * time.Second
+	total := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for end := time.Now().Add(loadTime); time.Now().Before(end); total++ {
+			b.Submit(traceMessage(rec, fmt.Sprintf("QCUT%05d", total), "a@example.org", []string{"b@example.com"}, testBody(512)))
+			if total%20 == 0 {
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+	}()
+	cuts := 0
+	for {
+		select {
+		case <-done:
+		case <-time.After(100 * time.Millisecond):
+			p.Cut()
+			cuts++
+			continue
+		}
+		break
+	}
+	rec.wait(t, total, 30*time.Second)
+	failed := 0
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for id, errs := range rec.results {
+		if len(errs) != 1 || errs[0] != nil {
+			failed++
+			if failed < 5 {
+				t.Errorf("%s: %v", id, errs)
+			}
+		}
+	}
+	ids := map[string]int{}
+	for _, m := range natstest.Messages(t, names.Stream) {
+		ids[m.Header.Get(HeaderMsgID)]++
+	}
+	lost, twice := 0, 0
+	for i := 0; i < total; i++ {
+		switch ids[fmt.Sprintf("QCUT%05d", i)] {
+		case 0:
+			lost++
+		case 1:
+		default:
+			twice++
+		}
+	}
+	st := b.Stats()
+	t.Logf("%d messages, %d cuts, %d connects; lost in flight %d, republished %d, deduplicated %d",
+		total, cuts, st.Connects, st.Lost, st.Republished, st.Duplicates)
+	if failed != 0 || lost != 0 || twice != 0 || len(ids) != total {
+		t.Errorf("failed %d, lost %d, stored twice %d, distinct %d of %d", failed, lost, twice, len(ids), total)
+	}
+	if cuts < 10 || st.Connects < 10 {
+		t.Errorf("%d connects for %d cuts", st.Connects, cuts)
 	}
 }
