@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"reflect"
@@ -384,5 +385,159 @@ func TestNATSCutUnderLoad(t *testing.T) {
 	}
 	if cuts < 10 || st.Connects < 10 {
 		t.Errorf("%d connects for %d cuts", st.Connects, cuts)
+	}
+}
+
+// TestNATSCloseDrains: Close waits for the PubAcks of what it holds, and
+// what has none when its context ends is answered 451 4.3.0, never 250.
+func TestNATSCloseDrains(t *testing.T) {
+	p := natstest.Proxy(t)
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	b := newReadyBroker(t, cfg)
+	rec := newRecorder()
+	for i := 0; i < 50; i++ {
+		b.Submit(traceMessage(rec, fmt.Sprintf("QDRAIN%02d", i), "a@example.org", []string{"b@example.com"}, testBody(256)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for i := 0; i < 50; i++ {
+		if err := rec.result(t, fmt.Sprintf("QDRAIN%02d", i)); err != nil {
+			t.Errorf("QDRAIN%02d: %v", i, err)
+		}
+	}
+	if n := natstest.Count(t, names.Stream); n != 50 {
+		t.Errorf("%d messages in the stream, want 50", n)
+	}
+
+	// PubAcks held back: Close's deadline answers the rest.
+	cfg2, _ := testNATSConfig(t, natstest.ProxyURL(p))
+	b2 := newReadyBroker(t, cfg2)
+	p.HoldReplies()
+	defer p.Resume()
+	rec2 := newRecorder()
+	b2.Submit(traceMessage(rec2, "QHELD", "a@example.org", []string{"b@example.com"}, testBody(256)))
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if err := b2.Close(ctx2); err == nil {
+		t.Error("Close returned nil with a PubAck outstanding")
+	}
+	rec2.wait(t, 1, 5*time.Second)
+	if err := rec2.result(t, "QHELD"); err != sink.ErrUnavailable {
+		t.Errorf("held message completed with %v, want %v", err, sink.ErrUnavailable)
+	}
+}
+
+// TestNATSSpool: with NATS unreachable a spooled message is answered 250
+// at once, and published into the stream once the server is back.
+func TestNATSSpool(t *testing.T) {
+	p := natstest.Proxy(t)
+	p.Down()
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	cfg.SpoolDir = t.TempDir()
+	b := startBroker(t, cfg)
+	rec := newRecorder()
+	m := traceMessage(rec, "QSPOOL", "a@example.org", []string{"b@example.com"}, []byte("spooled\r\n"))
+	data := bytes.Clone(m.Data.B)
+	b.Submit(m)
+	rec.wait(t, 1, 5*time.Second)
+	if err := rec.result(t, "QSPOOL"); err != nil {
+		t.Fatalf("spooled message: %v", err)
+	}
+	if err := p.Up(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); b.Stats().Replayed != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not replayed: %+v", b.Stats())
+		}
+	}
+	got := natstest.Messages(t, names.Stream)
+	if len(got) != 1 {
+		t.Fatalf("%d messages in the stream, want 1", len(got))
+	}
+	if !bytes.Equal(got[0].Data, data) || got[0].Header.Get(HeaderMsgID) != "QSPOOL" {
+		t.Errorf("replayed %q with Nats-Msg-Id %q", got[0].Data, got[0].Header.Get(HeaderMsgID))
+	}
+}
+
+// TestNATSNoResponders: with NATSDeclare off and no stream for the
+// subject, the publish has no responders: retried within the window,
+// then 451 4.3.0; a stream created meanwhile takes the next message.
+func TestNATSNoResponders(t *testing.T) {
+	cfg, names := testNATSConfig(t, natstest.URL)
+	cfg.NATSDeclare = false
+	cfg.PublishRetryWindow = 300 * time.Millisecond
+	cfg.ConfirmTimeout = 300 * time.Millisecond
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	b.Submit(traceMessage(rec, "QNR1", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+	rec.wait(t, 1, 5*time.Second)
+	if err := rec.result(t, "QNR1"); err != sink.ErrUnavailable {
+		t.Fatalf("completed with %v, want %v", err, sink.ErrUnavailable)
+	}
+	if st := b.Stats(); st.Nacked == 0 || st.Retried == 0 {
+		t.Errorf("stats: nacked %d retried %d, want both > 0", st.Nacked, st.Retried)
+	}
+	natstest.CreateStream(t, names.Stream, 0, cfg.NATSSubject)
+	b.Submit(traceMessage(rec, "QNR2", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+	rec.wait(t, 2, 5*time.Second)
+	if err := rec.result(t, "QNR2"); err != nil {
+		t.Fatalf("with the stream there: %v", err)
+	}
+}
+
+// TestNATSStreamFullNoRetry: without a retry window a full stream is
+// answered 451 4.3.1 at once.
+func TestNATSStreamFullNoRetry(t *testing.T) {
+	cfg, _ := testNATSConfig(t, natstest.URL)
+	cfg.NATSMaxBytes = 1024
+	cfg.PublishRetryWindow = 0
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	b.Submit(traceMessage(rec, "QFNR", "a@example.org", []string{"b@example.com"}, testBody(2000)))
+	rec.wait(t, 1, 5*time.Second)
+	if err := rec.result(t, "QFNR"); err != ErrStorageFull {
+		t.Fatalf("completed with %v, want %v", err, ErrStorageFull)
+	}
+	if st := b.Stats(); st.Retried != 0 || st.Failed != 1 {
+		t.Errorf("stats: retried %d failed %d, want 0 and 1", st.Retried, st.Failed)
+	}
+}
+
+// TestNATSDeclareUpdatesStream: an existing stream gets lsmtp's settings
+// (the subject added, max bytes, discard new, the duplicate window) and
+// keeps the others.
+func TestNATSDeclareUpdatesStream(t *testing.T) {
+	cfg, names := testNATSConfig(t, natstest.URL)
+	natstest.CreateStream(t, names.Stream, 0, names.Subject+".other")
+	js := natstest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, names.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.CachedInfo().Config
+	c.MaxMsgs, c.Duplicates = 1000, 30*time.Second
+	if _, err := js.UpdateStream(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	cfg.NATSMaxBytes = 1 << 20
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := info.Config
+	if !reflect.DeepEqual(got.Subjects, []string{names.Subject + ".other", cfg.NATSSubject}) || got.MaxBytes != 1<<20 ||
+		got.Discard != jetstream.DiscardNew || got.Duplicates != 2*time.Minute || got.MaxMsgs != 1000 || got.Storage != jetstream.FileStorage {
+		t.Errorf("stream config after declare: subjects %v max bytes %d discard %v duplicates %s max msgs %d",
+			got.Subjects, got.MaxBytes, got.Discard, got.Duplicates, got.MaxMsgs)
 	}
 }
