@@ -354,7 +354,10 @@ func (l *natsLink) kill() {
 // watch follows l until it is lost (false) or stop closes (true).
 func (l *natsLink) watch(b *Broker, stop <-chan struct{}) (stopped bool) {
 	if mp := l.nc.MaxPayload(); mp > 0 {
-		b.log.Debug("NATS server limits", "url", l.url, "max_payload", mp)
+		// nats-server's default is 1 MiB, below lsmtp's default
+		// max-message-size: say once per connect what the bound is.
+		b.log.Info("NATS server takes messages (headers and body) up to max_payload; larger ones are answered 451",
+			"url", l.url, "max_payload", mp)
 	}
 	tick := time.NewTicker(b.watchdogInterval())
 	defer tick.Stop()
