@@ -102,7 +102,9 @@ type NATSRun struct {
 	Messages    int64   // messages the per-message figures count
 	LsmtpCPUms  float64 // per message; 0 for the ceiling
 	BrokerCPUms float64 // nats-server or RabbitMQ
+	BrokerSys   float64 // its read and write system calls per message; -1 unknown
 	ClientCPUms float64 // the load generator, or the ceiling's publisher
+	BusyCores   float64 // the whole machine's busy CPU over the window, in cores
 	Check       string  // the broker check, "" when it passed
 	Err         string
 }
@@ -311,9 +313,13 @@ func natsLoadRun(ctx context.Context, cfg *NATSConfig, srv *Server, brokerPid in
 	lc := LoadConfig{Targets: []string{srv.Addr}, Sessions: cfg.Sessions, PerConn: cfg.PerConn, Pipelining: true,
 		Duration: cfg.Window, Warmup: 2 * time.Second}
 	var t0 time.Time
+	var busy0 time.Duration
 	var window time.Duration
-	lc.WindowStart = func() { s0, b0, t0 = sampleProc(srv.Pid()), sampleProc(brokerPid), time.Now() }
-	lc.WindowEnd = func() { s1, b1, window = sampleProc(srv.Pid()), sampleProc(brokerPid), time.Since(t0) }
+	lc.WindowStart = func() { s0, b0, busy0, t0 = sampleProc(srv.Pid()), sampleProc(brokerPid), SystemCPU(), time.Now() }
+	lc.WindowEnd = func() {
+		s1, b1, window = sampleProc(srv.Pid()), sampleProc(brokerPid), time.Since(t0)
+		nr.BusyCores = (SystemCPU() - busy0).Seconds() / window.Seconds()
+	}
 	res, err := Run(ctx, lc)
 	if err != nil {
 		nr.Err = err.Error()
@@ -323,7 +329,7 @@ func natsLoadRun(ctx context.Context, cfg *NATSConfig, srv *Server, brokerPid in
 	}
 	nr.Messages, nr.Rate = res.WindowOK, res.Rate
 	nr.LsmtpCPUms, _ = perMessage(s0, s1, nr.Messages)
-	nr.BrokerCPUms, _ = perMessage(b0, b1, nr.Messages)
+	nr.BrokerCPUms, nr.BrokerSys = perMessage(b0, b1, nr.Messages)
 	if nr.Messages > 0 {
 		nr.ClientCPUms = res.GenCPU * window.Seconds() * 1000 / float64(nr.Messages)
 	}
@@ -342,14 +348,17 @@ func natsLoadRun(ctx context.Context, cfg *NATSConfig, srv *Server, brokerPid in
 // unacknowledged (NATSCeiling), and checks that the stream holds every
 // acknowledged message.
 func natsCeilingRun(ctx context.Context, js jetstream.JetStream, natsPid int, subject string, sample *jetstream.RawStreamMsg, pending int, window time.Duration) (nr NATSRun) {
-	p0, b0 := sampleProc(0), sampleProc(natsPid)
+	p0, b0, busy0 := sampleProc(0), sampleProc(natsPid), SystemCPU()
 	res, err := NATSCeilingPublish(ctx, js, subject, sample.Data, sample.Header, pending, window)
 	p1, b1 := sampleProc(0), sampleProc(natsPid)
 	if err != nil {
 		nr.Err = err.Error()
 	}
+	if res.Elapsed > 0 {
+		nr.BusyCores = (SystemCPU() - busy0).Seconds() / res.Elapsed.Seconds()
+	}
 	nr.Messages, nr.Rate = res.Acked, res.Rate()
-	nr.BrokerCPUms, _ = perMessage(b0, b1, nr.Messages)
+	nr.BrokerCPUms, nr.BrokerSys = perMessage(b0, b1, nr.Messages)
 	nr.ClientCPUms, _ = perMessage(p0, p1, nr.Messages)
 	if res.Failed > 0 {
 		nr.Check = fmt.Sprintf("%d publishes failed", res.Failed)
