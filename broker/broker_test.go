@@ -544,7 +544,7 @@ func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
 		"amqp://guest:secret@host:5672/vh": "amqp://guest:xxxxx@host:5672/vh",
 		"amqp://host/":                     "amqp://host/",
-		"amqp://u:p%zz@host/":              "<unparsable AMQP URL>",
+		"amqp://u:p%zz@host/":              "<unparsable URL>",
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)

@@ -204,7 +204,7 @@ func TestLimits(t *testing.T) {
 	// SMTPUTF8 12, received-at 46, node 24, recipients 21 = 1001; TLS
 	// version 277, cipher 276, auth user 275 = 828.
 	want := sink.Limits{MaxEnvelope: frameSize - frameOverhead - 300 - 1001 - 828, RecipientOverhead: 5}
-	if got := b.Limits(); got != want {
+	if got := b.amqpLimits(); got != want {
 		t.Errorf("static key: %+v, want %+v", got, want)
 	}
 
@@ -213,7 +213,7 @@ func TestLimits(t *testing.T) {
 	want.MaxDomain = (255 - len("in..x.")) / 2
 	want.MaxDomains = 50
 	want.CopyPerDomain = true
-	if got := b.Limits(); got != want {
+	if got := b.amqpLimits(); got != want {
 		t.Errorf("%s: %+v, want %+v", cfg.RoutingKey, got, want)
 	}
 }

@@ -71,10 +71,11 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 	n := &node{args: args, env: env, boot: c, log: log, level: level, served: make(chan error, 1)}
 	n.cur.Store(c)
 	n.sk = &sink.Null{}
-	if c.o.sink == "amqp" {
-		// broker.New does not wait for RabbitMQ: with the broker down the
+	if c.o.sink == broker.SinkAMQP || c.o.sink == broker.SinkNATS {
+		// broker.New does not wait for the broker: with it down the
 		// server still starts and answers DATA with 451 until it is up.
 		bc := c.o.brk
+		bc.Sink = c.o.sink
 		if bc.Node == "" {
 			bc.Node = c.o.eng.Hostname
 		}
