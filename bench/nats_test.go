@@ -2,23 +2,26 @@ package bench
 
 import (
 	"context"
-	"fmt"
-	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/lsmtp/lsmtp/internal/natstest"
 )
 
 // TestNATSCeilingPublish: every publish the ceiling counts as
 // acknowledged is in the stream, with its own Nats-Msg-Id (no
 // duplicate dropped), the given header and body.
 func TestNATSCeilingPublish(t *testing.T) {
-	nc, err := nats.Connect(nats.DefaultURL)
+	test := natstest.Unique(t)
+	stream, subject := test.Stream, test.Subject+".ceiling"
+	natstest.CreateStream(t, stream, 0, subject)
+	nc, err := nats.Connect(natstest.URL)
 	if err != nil {
-		t.Fatalf("NATS with JetStream is needed for this test: %v", err)
+		t.Fatal(err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second))
@@ -27,13 +30,10 @@ func TestNATSCeilingPublish(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	tag := fmt.Sprintf("%08x", rand.Uint32())
-	stream, subject := "LSMTP_TEST_CEILING_"+strings.ToUpper(tag), "lsmtp-test.ceiling."+tag
-	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{subject}, Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute})
+	st, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer js.DeleteStream(context.Background(), stream)
 	body := []byte("Received: from x\r\n\r\nbody\r\n")
 	res, err := NATSCeilingPublish(ctx, js, subject, body, nats.Header{"smtp-sender": {"a@example.org"}}, 8, 300*time.Millisecond)
 	if err != nil || res.Acked == 0 || res.Failed != 0 {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,10 +15,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-)
 
-// natsURL is the machine's NATS server with JetStream.
-const natsURL = "nats://127.0.0.1:4222"
+	"github.com/lsmtp/lsmtp/internal/natstest"
+)
 
 // testStream creates a stream of its own for the test (file storage, as
 // lsmtp declares it) holding testIDs shaped as lsmtp publishes them:
@@ -29,34 +27,12 @@ const natsURL = "nats://127.0.0.1:4222"
 // ends.
 func testStream(t *testing.T) (stream, subject string, bodies map[string][]byte) {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatalf("NATS with JetStream is needed for this test: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	names := natstest.Unique(t)
+	stream, subject = names.Stream, names.Subject+".inbound"
+	natstest.CreateStream(t, stream, 0, subject, subject+".>")
+	js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	tag := fmt.Sprintf("%08x", rand.Uint32())
-	stream = "LSMTP_TEST_CONSUME_" + strings.ToUpper(tag)
-	subject = "lsmtp-test." + tag + ".inbound"
-	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: stream, Subjects: []string{subject, subject + ".>"},
-		Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute,
-	})
-	if err != nil {
-		t.Fatalf("create stream: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := js.DeleteStream(ctx, stream); err != nil {
-			t.Errorf("delete stream %s: %v", stream, err)
-		}
-	})
 	bodies = testBodies()
 	for _, id := range testIDs {
 		msg := &nats.Msg{Subject: subject, Data: bodies[id], Header: nats.Header{}}
@@ -79,19 +55,14 @@ func testStream(t *testing.T) (stream, subject string, bodies map[string][]byte)
 // natsConsume runs lsmtp-consume on stream for count messages.
 func natsConsume(t *testing.T, stream string, count int, args ...string) (int, string) {
 	t.Helper()
-	return runConsume(t, append([]string{"--source", "nats", "--nats-url", natsURL, "--nats-stream", stream, "--count", fmt.Sprint(count)}, args...)...)
+	return runConsume(t, append([]string{"--source", "nats", "--nats-url", natstest.URL, "--nats-stream", stream, "--count", fmt.Sprint(count)}, args...)...)
 }
 
 // consumerState is what the durable consumer still holds: messages not
 // yet delivered, and delivered but not acknowledged.
 func consumerState(t *testing.T, stream, durable string) (pending uint64, ackPending int) {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := js.Consumer(ctx, stream, durable)
@@ -229,7 +200,7 @@ func TestNATSWriteFailureRequeues(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil { // a file where the directory should be
 		t.Fatal(err)
 	}
-	o, err := parseFlags([]string{"--source", "nats", "--nats-url", natsURL, "--nats-stream", stream, "--mode", "eml", "--dir", file + "/sub"}, func(string) string { return "" })
+	o, err := parseFlags([]string{"--source", "nats", "--nats-url", natstest.URL, "--nats-stream", stream, "--mode", "eml", "--dir", file + "/sub"}, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +245,7 @@ func TestMain(m *testing.M) {
 func TestNATSKilledBeforeWrite(t *testing.T) {
 	stream, _, bodies := testStream(t)
 	dir := t.TempDir()
-	args := []string{"--source", "nats", "--nats-url", natsURL, "--nats-stream", stream, "--nats-ack-wait", "1s", "--mode", "eml", "--dir", dir, "--count", "1"}
+	args := []string{"--source", "nats", "--nats-url", natstest.URL, "--nats-stream", stream, "--nats-ack-wait", "1s", "--mode", "eml", "--dir", dir, "--count", "1"}
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), childArgs+"="+strings.Join(args, "\x1f"))
 	stdout, err := child.StdoutPipe()
