@@ -545,6 +545,9 @@ func TestRedactURL(t *testing.T) {
 		"amqp://guest:secret@host:5672/vh": "amqp://guest:xxxxx@host:5672/vh",
 		"amqp://host/":                     "amqp://host/",
 		"amqp://u:p%zz@host/":              "<unparsable URL>",
+		"nats://user:secret@host:4222":     "nats://user:xxxxx@host:4222",
+		"nats://s3cr3t-token@host:4222":    "nats://xxxxx@host:4222",
+		"tls://host:4222":                  "tls://host:4222",
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)

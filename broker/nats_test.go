@@ -2,7 +2,9 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"sort"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/lsmtp/lsmtp/internal/natstest"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
@@ -247,5 +250,300 @@ func TestNATSStreamFull(t *testing.T) {
 	}
 	if st := b.Stats(); st.Nacked == 0 || st.Expired != 1 {
 		t.Errorf("stats: nacked %d expired %d", st.Nacked, st.Expired)
+	}
+}
+
+// TestNATSDuplicateStoredOnce: a publish of a queue ID the stream already
+// holds, within its duplicate window, is acknowledged (the message is
+// answered 250) and stored once: first two messages with one queue ID,
+// then the broker's own republish of a message whose PubAck it never got
+// (the proxy holds the server's replies, so the publish reaches the
+// stream but its PubAck does not reach lsmtp; the cut connection makes it
+// publish again on the next one).
+func TestNATSDuplicateStoredOnce(t *testing.T) {
+	p := natstest.Proxy(t)
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+
+	// Direct double publish.
+	b.Submit(traceMessage(rec, "QDUP1", "a@example.org", []string{"b@example.com"}, []byte("one\r\n")))
+	rec.wait(t, 1, 5*time.Second)
+	b.Submit(traceMessage(rec, "QDUP1", "a@example.org", []string{"b@example.com"}, []byte("one\r\n")))
+	rec.wait(t, 2, 5*time.Second)
+	for _, err := range rec.results["QDUP1"] {
+		if err != nil {
+			t.Fatalf("QDUP1 completed with %v", err)
+		}
+	}
+	if n := natstest.Count(t, names.Stream); n != 1 {
+		t.Fatalf("%d messages in the stream after a double publish, want 1", n)
+	}
+	if st := b.Stats(); st.Duplicates != 1 {
+		t.Errorf("Duplicates = %d, want 1", st.Duplicates)
+	}
+
+	// The republish after a lost PubAck.
+	p.HoldReplies()
+	m := traceMessage(rec, "QDUP2", "a@example.org", []string{"b@example.com"}, []byte("two\r\n"))
+	data := bytes.Clone(m.Data.B)
+	b.Submit(m)
+	for deadline := time.Now().Add(5 * time.Second); natstest.Count(t, names.Stream) < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the publish did not reach the stream")
+		}
+	}
+	rec.mu.Lock()
+	n := rec.n
+	rec.mu.Unlock()
+	if n != 2 {
+		t.Fatal("completed without its PubAck")
+	}
+	p.Cut()
+	p.Resume()
+	rec.wait(t, 3, 10*time.Second)
+	if err := rec.result(t, "QDUP2"); err != nil {
+		t.Fatalf("QDUP2 completed with %v", err)
+	}
+	got := natstest.Messages(t, names.Stream)
+	if len(got) != 2 {
+		t.Fatalf("%d messages in the stream, want 2", len(got))
+	}
+	wantNATSMessage(t, got[1], m, "QDUP2", cfg.NATSSubject, data, []string{"b@example.com"}, true)
+	st := b.Stats()
+	if st.Duplicates != 2 || st.Republished != 1 || st.Lost != 1 {
+		t.Errorf("stats: duplicates %d republished %d lost %d, want 2, 1, 1", st.Duplicates, st.Republished, st.Lost)
+	}
+}
+
+// TestNATSCutUnderLoad: messages keep coming while the connection is cut
+// every 100 ms. Every message is answered 250 within its retry window,
+// and the stream holds each exactly once: what was published again
+// after a lost PubAck was deduplicated.
+func TestNATSCutUnderLoad(t *testing.T) {
+	p := natstest.Proxy(t)
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	cfg.Logger = rabbittest.Logger(t, slog.LevelError) // every cut is a warning
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	const loadTime = 2 * time.Second
+	total := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for end := time.Now().Add(loadTime); time.Now().Before(end); total++ {
+			b.Submit(traceMessage(rec, fmt.Sprintf("QCUT%05d", total), "a@example.org", []string{"b@example.com"}, testBody(512)))
+			if total%20 == 0 {
+				time.Sleep(2 * time.Millisecond)
+				// As the engine's connection limit would: a bounded
+				// number of messages held at once, so that none is
+				// answered ErrBusy however slow the run.
+				for b.pending.Load() > 2000 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+		}
+	}()
+	cuts := 0
+	for {
+		select {
+		case <-done:
+		case <-time.After(100 * time.Millisecond):
+			p.Cut()
+			cuts++
+			continue
+		}
+		break
+	}
+	rec.wait(t, total, 30*time.Second)
+	failed := 0
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for id, errs := range rec.results {
+		if len(errs) != 1 || errs[0] != nil {
+			failed++
+			if failed < 5 {
+				t.Errorf("%s: %v", id, errs)
+			}
+		}
+	}
+	ids := map[string]int{}
+	for _, m := range natstest.Messages(t, names.Stream) {
+		ids[m.Header.Get(HeaderMsgID)]++
+	}
+	lost, twice := 0, 0
+	for i := 0; i < total; i++ {
+		switch ids[fmt.Sprintf("QCUT%05d", i)] {
+		case 0:
+			lost++
+		case 1:
+		default:
+			twice++
+		}
+	}
+	st := b.Stats()
+	t.Logf("%d messages, %d cuts, %d connects; lost in flight %d, republished %d, deduplicated %d",
+		total, cuts, st.Connects, st.Lost, st.Republished, st.Duplicates)
+	if failed != 0 || lost != 0 || twice != 0 || len(ids) != total {
+		t.Errorf("failed %d, lost %d, stored twice %d, distinct %d of %d", failed, lost, twice, len(ids), total)
+	}
+	if cuts < 10 || st.Connects < 10 {
+		t.Errorf("%d connects for %d cuts", st.Connects, cuts)
+	}
+}
+
+// TestNATSCloseDrains: Close waits for the PubAcks of what it holds, and
+// what has none when its context ends is answered 451 4.3.0, never 250.
+func TestNATSCloseDrains(t *testing.T) {
+	p := natstest.Proxy(t)
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	b := newReadyBroker(t, cfg)
+	rec := newRecorder()
+	for i := 0; i < 50; i++ {
+		b.Submit(traceMessage(rec, fmt.Sprintf("QDRAIN%02d", i), "a@example.org", []string{"b@example.com"}, testBody(256)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for i := 0; i < 50; i++ {
+		if err := rec.result(t, fmt.Sprintf("QDRAIN%02d", i)); err != nil {
+			t.Errorf("QDRAIN%02d: %v", i, err)
+		}
+	}
+	if n := natstest.Count(t, names.Stream); n != 50 {
+		t.Errorf("%d messages in the stream, want 50", n)
+	}
+
+	// PubAcks held back: Close's deadline answers the rest.
+	cfg2, _ := testNATSConfig(t, natstest.ProxyURL(p))
+	b2 := newReadyBroker(t, cfg2)
+	p.HoldReplies()
+	defer p.Resume()
+	rec2 := newRecorder()
+	b2.Submit(traceMessage(rec2, "QHELD", "a@example.org", []string{"b@example.com"}, testBody(256)))
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if err := b2.Close(ctx2); err == nil {
+		t.Error("Close returned nil with a PubAck outstanding")
+	}
+	rec2.wait(t, 1, 5*time.Second)
+	if err := rec2.result(t, "QHELD"); err != sink.ErrUnavailable {
+		t.Errorf("held message completed with %v, want %v", err, sink.ErrUnavailable)
+	}
+}
+
+// TestNATSSpool: with NATS unreachable a spooled message is answered 250
+// at once, and published into the stream once the server is back.
+func TestNATSSpool(t *testing.T) {
+	p := natstest.Proxy(t)
+	p.Down()
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	cfg.SpoolDir = t.TempDir()
+	b := startBroker(t, cfg)
+	rec := newRecorder()
+	m := traceMessage(rec, "QSPOOL", "a@example.org", []string{"b@example.com"}, []byte("spooled\r\n"))
+	data := bytes.Clone(m.Data.B)
+	b.Submit(m)
+	rec.wait(t, 1, 5*time.Second)
+	if err := rec.result(t, "QSPOOL"); err != nil {
+		t.Fatalf("spooled message: %v", err)
+	}
+	if err := p.Up(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); b.Stats().Replayed != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not replayed: %+v", b.Stats())
+		}
+	}
+	got := natstest.Messages(t, names.Stream)
+	if len(got) != 1 {
+		t.Fatalf("%d messages in the stream, want 1", len(got))
+	}
+	if !bytes.Equal(got[0].Data, data) || got[0].Header.Get(HeaderMsgID) != "QSPOOL" {
+		t.Errorf("replayed %q with Nats-Msg-Id %q", got[0].Data, got[0].Header.Get(HeaderMsgID))
+	}
+}
+
+// TestNATSNoResponders: with NATSDeclare off and no stream for the
+// subject, the publish has no responders: retried within the window,
+// then 451 4.3.0; a stream created meanwhile takes the next message.
+func TestNATSNoResponders(t *testing.T) {
+	cfg, names := testNATSConfig(t, natstest.URL)
+	cfg.NATSDeclare = false
+	cfg.PublishRetryWindow = 300 * time.Millisecond
+	cfg.ConfirmTimeout = 300 * time.Millisecond
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	b.Submit(traceMessage(rec, "QNR1", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+	rec.wait(t, 1, 5*time.Second)
+	if err := rec.result(t, "QNR1"); err != sink.ErrUnavailable {
+		t.Fatalf("completed with %v, want %v", err, sink.ErrUnavailable)
+	}
+	if st := b.Stats(); st.Nacked == 0 || st.Retried == 0 {
+		t.Errorf("stats: nacked %d retried %d, want both > 0", st.Nacked, st.Retried)
+	}
+	natstest.CreateStream(t, names.Stream, 0, cfg.NATSSubject)
+	b.Submit(traceMessage(rec, "QNR2", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+	rec.wait(t, 2, 5*time.Second)
+	if err := rec.result(t, "QNR2"); err != nil {
+		t.Fatalf("with the stream there: %v", err)
+	}
+}
+
+// TestNATSStreamFullNoRetry: without a retry window a full stream is
+// answered 451 4.3.1 at once.
+func TestNATSStreamFullNoRetry(t *testing.T) {
+	cfg, _ := testNATSConfig(t, natstest.URL)
+	cfg.NATSMaxBytes = 1024
+	cfg.PublishRetryWindow = 0
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	b.Submit(traceMessage(rec, "QFNR", "a@example.org", []string{"b@example.com"}, testBody(2000)))
+	rec.wait(t, 1, 5*time.Second)
+	if err := rec.result(t, "QFNR"); err != ErrStorageFull {
+		t.Fatalf("completed with %v, want %v", err, ErrStorageFull)
+	}
+	if st := b.Stats(); st.Retried != 0 || st.Failed != 1 {
+		t.Errorf("stats: retried %d failed %d, want 0 and 1", st.Retried, st.Failed)
+	}
+}
+
+// TestNATSDeclareUpdatesStream: an existing stream gets lsmtp's settings
+// (the subject added, max bytes, discard new, the duplicate window) and
+// keeps the others.
+func TestNATSDeclareUpdatesStream(t *testing.T) {
+	cfg, names := testNATSConfig(t, natstest.URL)
+	natstest.CreateStream(t, names.Stream, 0, names.Subject+".other")
+	js := natstest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, names.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.CachedInfo().Config
+	c.MaxMsgs, c.Duplicates = 1000, 30*time.Second
+	if _, err := js.UpdateStream(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	cfg.NATSMaxBytes = 1 << 20
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := info.Config
+	if !reflect.DeepEqual(got.Subjects, []string{names.Subject + ".other", cfg.NATSSubject}) || got.MaxBytes != 1<<20 ||
+		got.Discard != jetstream.DiscardNew || got.Duplicates != 2*time.Minute || got.MaxMsgs != 1000 || got.Storage != jetstream.FileStorage {
+		t.Errorf("stream config after declare: subjects %v max bytes %d discard %v duplicates %s max msgs %d",
+			got.Subjects, got.MaxBytes, got.Discard, got.Duplicates, got.MaxMsgs)
 	}
 }
