@@ -47,9 +47,10 @@ fuzz:
 	done
 
 # The benchmark suite (about 25 minutes): Table I of the paper and beyond,
-# every row checked against RabbitMQ, then the factor table and lsmtp
-# side by side with the go-smtp bridge (BENCHFLAGS='-sections none' skips
-# those); writes BENCHMARKS.md and bench/*.png.
+# every row checked against RabbitMQ, then the factor table, lsmtp
+# side by side with the go-smtp bridge and lsmtp → JetStream (skipped
+# without a nats-server; BENCHFLAGS='-sections none' skips those); writes
+# BENCHMARKS.md and bench/*.png.
 # BENCHFLAGS passes extra flags, e.g. BENCHFLAGS='-profile /tmp/prof -rows pipe'.
 bench: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
@@ -78,6 +79,17 @@ bench-peers: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
 	@tools/rabbitmq-up
 	./bin/lsmtp-bench peers -lsmtp bin/lsmtp -out bench/factors.md $(BENCHFLAGS)
+
+# lsmtp --sink nats beside a raw nats.go async-publish ceiling and beside
+# lsmtp --sink amqp, alternating, under the same SMTP load (about 3
+# minutes; BENCHFLAGS=-quick for one pair in about a minute); needs
+# nats-server with JetStream on 127.0.0.1:4222 and RabbitMQ; writes
+# bench/nats.md (make bench includes it).
+.PHONY: bench-nats
+bench-nats: build
+	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
+	@tools/rabbitmq-up
+	./bin/lsmtp-bench nats -lsmtp bin/lsmtp -out bench/nats.md $(BENCHFLAGS)
 
 # Chaos (about 7 minutes): the short variant with every fault (go test
 # ./internal/chaos), then lsmtp-chaos with its defaults, then make cluster

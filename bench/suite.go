@@ -120,6 +120,7 @@ type SuiteConfig struct {
 	// the suite's).
 	Factors *FactorConfig
 	Peers   *PeersConfig
+	NATS    *NATSConfig // lsmtp → JetStream beside its ceiling and lsmtp → RabbitMQ
 }
 
 func (sc *SuiteConfig) setDefaults() {
@@ -347,8 +348,8 @@ func RunSuite(ctx context.Context, cfg SuiteConfig) error {
 	return failure
 }
 
-// runSections runs the factor table and the comparison with the bridge,
-// when configured, for the report.
+// runSections runs the factor table, the comparison with the bridge and
+// the JetStream section, when configured, for the report.
 func (s *Suite) runSections(ctx context.Context) error {
 	if f := s.cfg.Factors; f != nil {
 		f.Progress = s.cfg.Progress
@@ -380,6 +381,27 @@ func (s *Suite) runSections(ctx context.Context) error {
 		}
 		if err != nil {
 			return fmt.Errorf("side by side: %w", err)
+		}
+	}
+	if n := s.cfg.NATS; n != nil && FindProcess("nats-server") == 0 {
+		s.notes = append(s.notes, "No nats-server runs on this machine: the JetStream section was skipped.")
+	} else if n != nil {
+		n.Progress = s.cfg.Progress
+		if n.Lsmtp == "" {
+			n.Lsmtp = s.cfg.Lsmtp
+		}
+		if n.AMQPURL == "" {
+			n.AMQPURL = s.cfg.AMQPURL
+		}
+		if n.LogDir == "" {
+			n.LogDir = s.cfg.LogDir
+		}
+		rep, err := RunNATS(ctx, *n)
+		if rep != nil {
+			s.sections = append(s.sections, rep)
+		}
+		if err != nil {
+			return fmt.Errorf("JetStream: %w", err)
 		}
 	}
 	return nil
