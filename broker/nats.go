@@ -81,6 +81,10 @@ func (c *Config) validateNATS() []error {
 			bad("NATSURLs", "%s: scheme %q: want nats, tls, ws or wss", RedactURL(u), p.Scheme)
 		case p.Host == "":
 			bad("NATSURLs", "%s: no host", RedactURL(u))
+		case strings.Contains(u, ","):
+			// nats.go would take it as a list of servers, and the log
+			// lines would show every password but the first.
+			bad("NATSURLs", "%s: one server per URL (give the option once per server)", RedactURL(strings.Split(u, ",")[0])+",...")
 		}
 	}
 	kinds := 0
@@ -267,13 +271,33 @@ func (t *natsTransport) dial(url string) (link, error) {
 		nc.Close()
 		return nil, errors.New("the server does not support headers (NATS 2.2 or later needed)")
 	}
+	check := t.inspect
 	if b.cfg.NATSDeclare {
-		if err := t.declare(nc); err != nil {
-			nc.Close()
-			return nil, err
-		}
+		check = t.declare
+	}
+	if err := check(nc); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	return l, nil
+}
+
+// inspect, without declaring, refuses a stream that would drop what it
+// acknowledges (checkRetention). A stream it cannot look up (absent, or
+// the account may publish but not read stream info) is left to the
+// publishes: their errors are answered as always.
+func (t *natsTransport) inspect(nc *nats.Conn) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), t.b.cfg.DialTimeout)
+	defer cancel()
+	s, err := js.Stream(ctx, t.b.cfg.NATSStream)
+	if err != nil {
+		return nil
+	}
+	return t.checkRetention(s.CachedInfo().Config)
 }
 
 // declare creates the stream, or updates the one that exists so that it
@@ -314,6 +338,9 @@ func (t *natsTransport) declare(nc *nats.Conn) error {
 	if cur.Storage != jetstream.FileStorage {
 		return fmt.Errorf("stream %q exists with %s storage: lsmtp needs file storage", cfg.NATSStream, cur.Storage)
 	}
+	if err := t.checkRetention(cur); err != nil {
+		return err
+	}
 	want := cur
 	want.Subjects = append([]string(nil), cur.Subjects...)
 	if !containsString(want.Subjects, t.streamSubject()) {
@@ -332,6 +359,23 @@ func (t *natsTransport) declare(nc *nats.Conn) error {
 	}
 	if _, err := js.UpdateStream(ctx, want); err != nil {
 		return fmt.Errorf("update stream %q: %w", cfg.NATSStream, err)
+	}
+	return nil
+}
+
+// checkRetention refuses a stream that acknowledges a message and then
+// drops it unread: with interest retention JetStream removes a message
+// no consumer is interested in as soon as it is stored, so every 250
+// would be a silent loss while no consumer is bound. Limits that remove
+// old mail (an age, a per-subject cap that discards old messages) are
+// the operator's policy, said once at connect.
+func (t *natsTransport) checkRetention(cur jetstream.StreamConfig) error {
+	if cur.Retention == jetstream.InterestPolicy {
+		return fmt.Errorf("stream %q has interest retention: JetStream drops a message no consumer is bound for right after its PubAck; use limits or work-queue retention", cur.Name)
+	}
+	if cur.MaxAge > 0 || cur.MaxMsgsPerSubject > 0 && !cur.DiscardNewPerSubject {
+		t.b.log.Warn("NATS stream removes stored mail that may not have been read: messages older than max_age, or past max_msgs_per_subject (oldest first)",
+			"stream", cur.Name, "max_age", cur.MaxAge, "max_msgs_per_subject", cur.MaxMsgsPerSubject)
 	}
 	return nil
 }
@@ -404,6 +448,10 @@ type natsPublisher struct {
 	opts       []jetstream.PublishOpt
 	maxPayload int64
 	dropped    atomic.Int64 // PubAcks the handlers could not hand over (settled as timed out)
+	closing    atomic.Bool  // close has begun: the handlers hand nothing over
+	// timedOut is set when the worker's window timer fired: the next
+	// wait looks for a publish the worker gave up on.
+	timedOut bool
 
 	domainGroups
 	common nats.Header // the smtp-* headers but smtp-recipients, of the message last prepared
@@ -416,14 +464,21 @@ type natsPublisher struct {
 // publisher opens w's JetStream context on l. Its window is bounded by
 // the worker (Window publishes, each of at most MaxDomains copies); the
 // context's own bound is above that so that a publish never stalls in
-// it, and its timeout (ConfirmTimeout) drops a PubAck that never comes
-// from its books, reported as an error like any other.
+// it. The context has no timeout of its own: nats.go would free the
+// timed-out publish's reply token, draw it again for a later publish and
+// hand that one the late PubAck, a 250 for a message the stream may have
+// refused. The worker times publishes out (expire), and a session whose
+// publish timed out ends (errRecycle), so that its context, with every
+// token it still holds, goes with it.
 func (l *natsLink) publisher(w *worker) (publisher, error) {
 	t := w.b.tr.(*natsTransport)
 	room := 2 * (w.b.cfg.Window + maxCopies)
 	p := &natsPublisher{t: t, l: l, acks: make(chan natsAck, room), sent: make(map[*nats.Msg]uint64, w.b.cfg.Window),
 		maxPayload: l.nc.MaxPayload()}
 	hand := func(a natsAck) {
+		if p.closing.Load() {
+			return // CleanupPublisher fails what is pending: the worker settled it already
+		}
 		select {
 		case p.acks <- a:
 		default:
@@ -432,7 +487,6 @@ func (l *natsLink) publisher(w *worker) (publisher, error) {
 	}
 	js, err := jetstream.New(l.nc,
 		jetstream.WithPublishAsyncMaxPending(room),
-		jetstream.WithPublishAsyncTimeout(w.b.cfg.ConfirmTimeout),
 		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, a *jetstream.PubAck) {
 			hand(natsAck{msg: m, ack: a})
 		}),
@@ -622,6 +676,12 @@ func (p *natsPublisher) cork()         {}
 func (p *natsPublisher) uncork() error { return nil }
 
 func (p *natsPublisher) wait(w *worker) (woke, error) {
+	if p.timedOut {
+		p.timedOut = false
+		if p.holdsExpired(w) {
+			return 0, errRecycle
+		}
+	}
 	ws := &w.ws
 	select {
 	case a := <-p.acks:
@@ -637,10 +697,28 @@ func (p *natsPublisher) wait(w *worker) (woke, error) {
 	case <-ws.deferred:
 		return wokeDeferred, nil
 	case <-ws.timeout:
+		p.timedOut = true
 		return wokeTimeout, nil
 	case <-ws.stop:
 		return wokeStop, nil
 	}
+}
+
+// holdsExpired says whether a publish the worker timed out still waits
+// in the context for its PubAck: its tag is below the window's first.
+// It runs only after the window's timer fired, so its scan (at most the
+// window) costs nothing on the path of a message.
+func (p *natsPublisher) holdsExpired(w *worker) bool {
+	first := w.nextTag
+	if w.fifo.len() > 0 {
+		first = w.fifo.front().tag
+	}
+	for _, tag := range p.sent {
+		if tag < first {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *natsPublisher) drain(w *worker) {
@@ -655,6 +733,7 @@ func (p *natsPublisher) drain(w *worker) {
 }
 
 func (p *natsPublisher) close(err error) error {
+	p.closing.Store(true)
 	p.js.CleanupPublisher()
 	if n := p.dropped.Swap(0); n > 0 {
 		p.t.b.log.Warn("NATS PubAcks arrived faster than the worker took them; their publishes were settled as timed out",
@@ -681,9 +760,6 @@ func (p *natsPublisher) settle(w *worker, a natsAck) {
 	o := outNacked
 	var apiErr *jetstream.APIError
 	switch {
-	case errors.Is(a.err, jetstream.ErrAsyncPublishTimeout):
-		b.stats.timedOut.Add(1)
-		o = outUnknown
 	case errors.Is(a.err, nats.ErrDisconnected), errors.Is(a.err, nats.ErrConnectionClosed):
 		b.stats.lost.Add(1)
 		o = outUnknown

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -545,5 +546,93 @@ func TestNATSDeclareUpdatesStream(t *testing.T) {
 		got.Discard != jetstream.DiscardNew || got.Duplicates != 2*time.Minute || got.MaxMsgs != 1000 || got.Storage != jetstream.FileStorage {
 		t.Errorf("stream config after declare: subjects %v max bytes %d discard %v duplicates %s max msgs %d",
 			got.Subjects, got.MaxBytes, got.Discard, got.Duplicates, got.MaxMsgs)
+	}
+}
+
+// TestNATSInterestStreamRefused: a stream with interest retention drops
+// a message no consumer is bound for right after acknowledging it, so
+// lsmtp does not publish into one (each 250 would be a silent loss),
+// whether it declares the stream or only uses it.
+func TestNATSInterestStreamRefused(t *testing.T) {
+	for _, declare := range []bool{true, false} {
+		t.Run(fmt.Sprintf("declare=%v", declare), func(t *testing.T) {
+			cfg, names := testNATSConfig(t, natstest.URL)
+			cfg.NATSDeclare = declare
+			cfg.PublishRetryWindow = 300 * time.Millisecond
+			cfg.ConfirmTimeout = 300 * time.Millisecond
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := natstest.JetStream(t).CreateStream(ctx, jetstream.StreamConfig{Name: names.Stream,
+				Subjects: []string{cfg.NATSSubject}, Storage: jetstream.FileStorage, Retention: jetstream.InterestPolicy}); err != nil {
+				t.Fatal(err)
+			}
+			b := startBroker(t, cfg)
+			for deadline := time.Now().Add(5 * time.Second); b.Stats().ConnectFailures < 2; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no failed connect: %+v", b.Stats())
+				}
+			}
+			if b.Ready() {
+				t.Fatal("ready with an interest-retention stream")
+			}
+			rec := newRecorder()
+			b.Submit(traceMessage(rec, "QINTEREST", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+			rec.wait(t, 1, 5*time.Second)
+			if err := rec.result(t, "QINTEREST"); err == nil {
+				t.Fatal("answered 250 by a broker that never published")
+			}
+		})
+	}
+}
+
+// TestNATSURLList: one --nats-url names one server. nats.go takes a
+// comma-separated value as a list, and the log lines would then show
+// every password but the first: such a value is refused, and the error
+// names no password.
+func TestNATSURLList(t *testing.T) {
+	cfg, _ := testNATSConfig(t, natstest.URL)
+	cfg.NATSURLs = []string{"nats://u:first@127.0.0.1:4222,nats://u:second@127.0.0.1:4223"}
+	err := cfg.Validate()
+	if err == nil {
+		t.Fatal("a comma-separated URL list was accepted")
+	}
+	if s := err.Error(); strings.Contains(s, "first") || strings.Contains(s, "second") || !strings.Contains(s, "one server per URL") {
+		t.Errorf("error %q", s)
+	}
+}
+
+// TestNATSTimedOutPublishRecycles: a publish whose PubAck does not come
+// within ConfirmTimeout ends its worker's JetStream context (so that no
+// later publish can be handed the late PubAck under a reused reply
+// token) and is republished on a new one at once, not after a channel
+// failure's backoff; the stream's duplicate window keeps one copy.
+func TestNATSTimedOutPublishRecycles(t *testing.T) {
+	p := natstest.Proxy(t)
+	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+	cfg.NATSWorkers = 1
+	cfg.ConfirmTimeout = 300 * time.Millisecond
+	cfg.PublishRetryWindow = 5 * time.Second
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	rec := newRecorder()
+	p.HoldReplies()
+	b.Submit(traceMessage(rec, "QRECYCLE", "a@example.org", []string{"b@example.com"}, []byte("held\r\n")))
+	for deadline := time.Now().Add(5 * time.Second); b.Stats().TimedOut == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the publish did not time out: %+v", b.Stats())
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // the republish goes out on the new context, its PubAck held too
+	p.Resume()
+	rec.wait(t, 1, 5*time.Second)
+	if err := rec.result(t, "QRECYCLE"); err != nil {
+		t.Fatalf("completed with %v", err)
+	}
+	st := b.Stats()
+	if st.ChannelFailures != 0 || st.Republished == 0 {
+		t.Errorf("channel failures %d (want 0: a recycle is not a failure), republished %d", st.ChannelFailures, st.Republished)
+	}
+	if n := natstest.Count(t, names.Stream); n != 1 {
+		t.Errorf("%d messages in the stream, want 1", n)
 	}
 }

@@ -191,6 +191,12 @@ func (w *worker) failRing() {
 // errChannelClosed ends a session whose channel or connection closed.
 var errChannelClosed = errors.New("channel closed")
 
+// errRecycle ends a session that its publisher cannot go on with but
+// whose link is fine (a NATS context holding a publish the worker timed
+// out): the worker opens the next one at once, without the backoff of
+// a failure.
+var errRecycle = errors.New("publisher recycled")
+
 // session publishes through one publisher on c until it or c closes
 // (error) or the broker stops the workers (nil). Whatever is unconfirmed
 // then is deferred (or, when stopping or without a retry window, answered
@@ -242,6 +248,9 @@ func (w *worker) session(c *connection) (err error) {
 		canPublish := w.fifo.len() < w.b.cfg.Window && w.b.state.Load()&stateBlocked == 0
 		w.ws.deferred = w.armTimer(canPublish)
 		ev, err := p.wait(w)
+		if errors.Is(err, errRecycle) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -429,6 +438,12 @@ func (w *worker) settleTag(tag uint64, o outcome) {
 	}
 	e.settled, e.out = true, o
 	w.b.confirmLatency.Observe(float64(w.b.now()-e.published) / 1e9)
+	w.settleKnownHead()
+}
+
+// settleKnownHead settles the publishes at the head of the FIFO whose
+// outcome came already (out of order, through settleTag).
+func (w *worker) settleKnownHead() {
 	for w.fifo.len() > 0 && w.fifo.front().settled {
 		head := w.fifo.pop()
 		if head.failed && head.out == outAcked {
@@ -530,6 +545,7 @@ func (w *worker) expire() {
 		w.b.stats.timedOut.Add(1)
 		w.settle(w.fifo.pop(), outUnknown)
 		n++
+		w.settleKnownHead()
 	}
 	if n > 0 && w.b.limits.timeout.allow(now) {
 		w.b.log.Warn(w.b.tr.kind()+" did not confirm in time", "worker", w.id, "publishes", n,
@@ -540,8 +556,13 @@ func (w *worker) expire() {
 // failInFlight settles every unconfirmed publish as lost: its channel or
 // connection closed, or the workers stop.
 func (w *worker) failInFlight() {
-	n := w.fifo.len()
+	n := 0
 	for w.fifo.len() > 0 {
+		if w.fifo.front().settled { // its confirm came, out of order
+			w.settleKnownHead()
+			continue
+		}
+		n++
 		w.b.stats.lost.Add(1)
 		w.settle(w.fifo.pop(), outUnknown)
 	}
