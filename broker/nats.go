@@ -52,10 +52,9 @@ const natsMinDuplicates = 2 * time.Minute
 // max_control_line (4096 by default).
 const natsMaxSubject = 3072
 
-// natsEmptyDomain stands for the domain of a recipient without one (a bare
-// "postmaster", RFC 5321 §4.5.1) in a {domain} subject: a subject token
-// may not be empty.
-const natsEmptyDomain = "_"
+// natsEmptyDomain stands for the domain of a recipient without one in a
+// {domain} subject, as in the copy's ID (copyID).
+const natsEmptyDomain = emptyDomainID
 
 // Outcomes of a PubAck error JetStream sends (its err_code values).
 const (
@@ -509,14 +508,7 @@ func (p *natsPublisher) subject(i int) string {
 }
 
 func (p *natsPublisher) msgID(m *sink.Message, i int) string {
-	if !p.t.templated {
-		return m.QueueID
-	}
-	d := p.groups[i].domain
-	if d == "" {
-		d = natsEmptyDomain
-	}
-	return m.QueueID + "." + d
+	return p.copyID(m.QueueID, i, p.t.templated)
 }
 
 func (p *natsPublisher) check(copies int) problem {
