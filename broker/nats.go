@@ -328,7 +328,30 @@ func (t *natsTransport) dial(url string) (link, error) {
 			return nil, err
 		}
 	}
+	t.learnMaxPayload(l)
 	return l, nil
+}
+
+// learnMaxPayload sets the size the engine advertises from the server's
+// max_payload, before the connection is marked ready, so that no EHLO
+// on it offers more. nats-server's default is 1 MiB, below lsmtp's
+// default max-message-size: one line per connect says what SMTP now
+// offers.
+func (t *natsTransport) learnMaxPayload(l *natsLink) {
+	b := t.b
+	mp := l.nc.MaxPayload()
+	if mp <= 0 {
+		return
+	}
+	size := max(mp-t.reserve, 1)
+	b.maxSize.Store(size)
+	if b.cfg.MaxMessageSize == 0 || size < b.cfg.MaxMessageSize {
+		b.log.Warn("NATS server's max_payload is below max-message-size: advertising the smaller SIZE; larger messages get 552 5.3.4",
+			"url", l.url, "max_payload", mp, "reserved", t.reserve, "size", size, "max_message_size", b.cfg.MaxMessageSize)
+		return
+	}
+	b.log.Info("NATS server's max_payload is above max-message-size", "url", l.url, "max_payload", mp,
+		"max_message_size", b.cfg.MaxMessageSize)
 }
 
 // declare creates the stream, or updates the one that exists so that it
@@ -408,20 +431,6 @@ func (l *natsLink) kill() {
 
 // watch follows l until it is lost (false) or stop closes (true).
 func (l *natsLink) watch(b *Broker, stop <-chan struct{}) (stopped bool) {
-	if mp := l.nc.MaxPayload(); mp > 0 {
-		t := b.tr.(*natsTransport)
-		size := max(mp-t.reserve, 1)
-		b.maxSize.Store(size)
-		// nats-server's default is 1 MiB, below lsmtp's default
-		// max-message-size: say once per connect what SMTP now offers.
-		if b.cfg.MaxMessageSize == 0 || size < b.cfg.MaxMessageSize {
-			b.log.Warn("NATS server's max_payload is below max-message-size: advertising the smaller SIZE, larger messages get 552 5.3.4",
-				"url", l.url, "max_payload", mp, "reserved", t.reserve, "size", size, "max_message_size", b.cfg.MaxMessageSize)
-		} else {
-			b.log.Info("NATS server's max_payload is above max-message-size", "url", l.url, "max_payload", mp,
-				"max_message_size", b.cfg.MaxMessageSize)
-		}
-	}
 	tick := time.NewTicker(b.watchdogInterval())
 	defer tick.Stop()
 	for {
