@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/bytebufferpool"
 
 	"github.com/lsmtp/lsmtp/internal/natstest"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
@@ -545,5 +547,47 @@ func TestNATSDeclareUpdatesStream(t *testing.T) {
 		got.Discard != jetstream.DiscardNew || got.Duplicates != 2*time.Minute || got.MaxMsgs != 1000 || got.Storage != jetstream.FileStorage {
 		t.Errorf("stream config after declare: subjects %v max bytes %d discard %v duplicates %s max msgs %d",
 			got.Subjects, got.MaxBytes, got.Discard, got.Duplicates, got.MaxMsgs)
+	}
+}
+
+// TestNATSReserveHoldsTheLargestEnvelope: a message of exactly the size
+// advertised, with every field lsmtp adds at its largest (the envelope
+// at Limits' MaxEnvelope, the Received: field at sink.MaxReceived),
+// passes the per-message max_payload check in each envelope mode and
+// with a {domain} subject: what the engine accepts always fits.
+func TestNATSReserveHoldsTheLargestEnvelope(t *testing.T) {
+	const maxPayload = 1 << 20
+	for _, env := range []string{EnvelopeTrace, EnvelopeHeaders, EnvelopeBoth} {
+		for _, subject := range []string{"lsmtp.inbound", "lsmtp.inbound.{domain}"} {
+			cfg := DefaultConfig()
+			cfg.Sink, cfg.Envelope, cfg.NATSSubject, cfg.Node = SinkNATS, env, subject, strings.Repeat("n", 255)
+			b := &Broker{cfg: cfg}
+			tr := newNATSTransport(b)
+			b.tr = tr
+			lim := tr.limits()
+			// Recipients of 254 octets up to MaxEnvelope, as the engine counts it.
+			m := newMessage(nil, strings.Repeat("Q", 26), strings.Repeat("s", 254), nil, nil)
+			used := len(m.Sender) + lim.RecipientOverhead
+			for i := 0; used+254+lim.RecipientOverhead <= lim.MaxEnvelope; i++ {
+				m.Recipients = append(m.Recipients, []byte(fmt.Sprintf("%03d%s@d.example", i, strings.Repeat("r", 254-13))))
+				used += 254 + lim.RecipientOverhead
+			}
+			m.Helo, m.AuthUser = make([]byte, 512), make([]byte, 255)
+			m.TLSVersion, m.TLSCipher = "TLS 1.3", strings.Repeat("c", 64)
+			var data []byte
+			if tr.trace {
+				data = sink.AppendTrace(nil, m, m.Recipients)
+			}
+			data = append(data, make([]byte, sink.MaxReceived+maxPayload-int(tr.reserve))...)
+			m.Data = &bytebufferpool.ByteBuffer{B: data}
+			p := &natsPublisher{t: tr, maxPayload: maxPayload}
+			if tr.headers {
+				p.common = make(nats.Header, 13)
+			}
+			copies := p.prepare(m)
+			if pr := p.check(copies); pr.what != "" {
+				t.Errorf("%s, %s: %d recipients: %s, %d octets over %d", env, subject, len(m.Recipients), pr.what, pr.size, pr.limit)
+			}
+		}
 	}
 }
