@@ -64,8 +64,8 @@ func makeReplies(cfg Config) serverReplies {
 		return codec.AppendReply(nil, code, enhanced, h+" "+text)
 	}
 	return serverReplies{
-		greeting: reply(220, "", "ESMTP"),
-		helo:     codec.AppendReply(nil, 250, "", h),
+		greeting:    reply(220, "", "ESMTP"),
+		helo:        codec.AppendReply(nil, 250, "", h),
 		ehlo:        makeEHLO(h, cfg.MaxMessageSize),
 		quit:        reply(221, "2.0.0", "Bye"),
 		shutdown:    reply(421, "4.3.2", "Service shutting down, try again later"),
