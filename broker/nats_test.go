@@ -83,8 +83,13 @@ func TestNATSContract(t *testing.T) {
 			cfg.Envelope = env
 			b := startBroker(t, cfg)
 			waitReady(t, b, 5*time.Second)
-			if lim := b.Limits(); lim != (sink.Limits{TraceFields: env != EnvelopeHeaders}) {
-				t.Errorf("Limits = %+v", lim)
+			want := sink.Limits{TraceFields: env != EnvelopeHeaders, MaxEnvelope: 32 << 10, RecipientOverhead: len("smtp-recipients: \r\n")}
+			if lim := b.Limits(); lim != want {
+				t.Errorf("Limits = %+v, want %+v", lim, want)
+			}
+			// The stock server's max_payload, 1 MiB, less the reserve.
+			if n := b.MaxMessageSize(); n != 1<<20-b.tr.(*natsTransport).reserve || n < 1<<20-96<<10 {
+				t.Errorf("MaxMessageSize = %d", n)
 			}
 			allBytes := make([]byte, 256)
 			for i := range allBytes {
