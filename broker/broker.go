@@ -42,6 +42,10 @@ type Broker struct {
 	maxWait  int64 // Config.maxWait in ns: a message's deadline is received + maxWait
 	retry    bool  // Config.PublishRetryWindow > 0
 
+	// maxSize is the largest client message the broker can take
+	// (sink.SizeLimiter), learned at each connect; 0 for none known.
+	maxSize atomic.Int64
+
 	state   atomic.Uint32 // stateReady | stateBlocked | stateClosing
 	pending atomic.Int64  // messages between Submit and Complete
 	stats   counters
@@ -158,6 +162,16 @@ func (b *Broker) Kind() string { return b.tr.kind() }
 func (b *Broker) Limits() sink.Limits { return b.tr.limits() }
 
 var _ sink.Limiter = (*Broker)(nil)
+
+// MaxMessageSize is the largest client message the broker can take
+// (sink.SizeLimiter): for NATS, the server's max_payload less what lsmtp
+// adds at its largest, from the last connect; 0 before it, and always 0
+// for RabbitMQ, which tells a client no limit of its own (its
+// max_message_size, 128 MiB by default, is above what the in-flight
+// budget lets one message be).
+func (b *Broker) MaxMessageSize() int64 { return b.maxSize.Load() }
+
+var _ sink.SizeLimiter = (*Broker)(nil)
 
 // Submit hands msg to a publisher worker. It never blocks and does not
 // allocate. After Close it answers sink.ErrShuttingDown, and with more

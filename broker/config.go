@@ -164,6 +164,10 @@ type Config struct {
 
 	// Node names this lsmtp node in the smtp-node header (the hostname by default).
 	Node string
+	// MaxMessageSize is the SMTP side's largest message as configured at
+	// start, only for the log line at connect that says when the
+	// broker's own bound is smaller (Broker.MaxMessageSize); 0: unknown.
+	MaxMessageSize int64
 	// Logger receives the broker's logs; nil means slog.Default().
 	Logger *slog.Logger
 

@@ -116,7 +116,8 @@
 //
 //	delivery_mode   2 (persistent)
 //	content_type    "message/rfc822"
-//	message_id      the queue ID (shared by the copies of one message)
+//	message_id      the queue ID; "<queue ID>.<domain>" for a {domain}
+//	                copy, as Nats-Msg-Id (copyID)
 //	timestamp       when the message was received (seconds, per AMQP)
 //	app_id          "lsmtp"
 //

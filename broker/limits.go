@@ -6,6 +6,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/internal/queueid"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
@@ -61,7 +62,9 @@ func (b *Broker) amqpLimits() sink.Limits {
 	var l sink.Limits
 	fixed, n := routingKeyParts(b.cfg.RoutingKey)
 	if n > 0 {
-		l.MaxDomain = (shortstrMax - fixed) / n // ≥ 1: Validate
+		// The routing key and the copy's message_id (<queue ID>.<domain>,
+		// copyID) are short strings.
+		l.MaxDomain = min((shortstrMax-fixed)/n, shortstrMax-queueid.Len-1) // ≥ 1: Validate
 		l.MaxDomains = b.cfg.MaxDomains
 		l.CopyPerDomain = true
 	}
@@ -155,6 +158,9 @@ func (p *publishBuilder) check(copies, frameMax int) problem {
 		g := &p.groups[i]
 		if n := p.keyFixed + p.keyDomains*len(g.domain); n > shortstrMax {
 			return problem{what: "routing key", size: n, limit: shortstrMax}
+		}
+		if n := len(p.pub.MessageId) + 1 + max(len(g.domain), len(emptyDomainID)); n > shortstrMax {
+			return problem{what: "message ID", size: n, limit: shortstrMax}
 		}
 		if n := base + p.recipientsSize(g.rcpts); n > limit {
 			return problem{what: "content header", size: n, limit: limit}

@@ -52,10 +52,9 @@ const natsMinDuplicates = 2 * time.Minute
 // max_control_line (4096 by default).
 const natsMaxSubject = 3072
 
-// natsEmptyDomain stands for the domain of a recipient without one (a bare
-// "postmaster", RFC 5321 §4.5.1) in a {domain} subject: a subject token
-// may not be empty.
-const natsEmptyDomain = "_"
+// natsEmptyDomain stands for the domain of a recipient without one in a
+// {domain} subject, as in the copy's ID (copyID).
+const natsEmptyDomain = emptyDomainID
 
 // Outcomes of a PubAck error JetStream sends (its err_code values).
 const (
@@ -160,6 +159,10 @@ type natsTransport struct {
 	// time within which the broker republishes a message whose client
 	// waits.
 	duplicates time.Duration
+	// reserve is what a message's payload holds besides the client's
+	// octets, at its largest (reserveFor): max_payload less this is the
+	// size advertised.
+	reserve int64
 }
 
 func newNATSTransport(b *Broker) *natsTransport {
@@ -169,6 +172,7 @@ func newNATSTransport(b *Broker) *natsTransport {
 		t.prefix = strings.TrimSuffix(b.cfg.NATSSubject, "."+DomainPlaceholder)
 	}
 	t.duplicates = max(natsMinDuplicates, b.cfg.maxWait()+b.cfg.ConfirmTimeout)
+	t.reserve = t.reserveFor()
 	return t
 }
 
@@ -187,8 +191,9 @@ func (t *natsTransport) streamSubject() string {
 // limits: the domain becomes a subject token (its length is bounded by
 // the control line, far beyond what SMTP allows a domain); the envelope
 // travels in the body or in headers that share the message's payload
-// limit, which publish checks per message against the server's
-// max_payload.
+// limit, and is bounded (natsMaxEnvelope) so that the size advertised
+// can leave room for it (reserveFor). publish still checks every message
+// against the server's max_payload.
 func (t *natsTransport) limits() sink.Limits {
 	var l sink.Limits
 	if t.templated {
@@ -197,7 +202,57 @@ func (t *natsTransport) limits() sink.Limits {
 		l.CopyPerDomain = true
 	}
 	l.TraceFields = t.trace
+	l.MaxEnvelope = natsMaxEnvelope
+	l.RecipientOverhead = natsRecipientOverhead
 	return l
+}
+
+// The envelope's bound for NATS: the sender and every recipient, each
+// with natsRecipientOverhead, in at most natsMaxEnvelope octets. 32 KiB
+// holds 100 recipients (the default max-recipients) of the longest path
+// RFC 5321 §4.5.3.1.3 allows; past it RCPT gets 452 4.5.3.
+const (
+	natsMaxEnvelope = 32 << 10
+	// natsRecipientOverhead is the most a recipient's line adds to its
+	// octets: "X-Original-To: " and CRLF in the trace fields (17), its
+	// smtp-recipients header line, as size counts it (19).
+	natsRecipientOverhead = len(HeaderRecipients) + 4
+)
+
+// reserveFor is what a payload holds besides the client's octets at its
+// largest: the engine's Received: field (sink.MaxReceived); the trace
+// fields and the smtp-* headers (as configured) of the largest envelope
+// Limits lets through, every other field at its largest (as amqpLimits
+// reserves them); Nats-Msg-Id and the subject, as size counts them.
+func (t *natsTransport) reserveFor() int64 {
+	m := sink.Message{
+		QueueID:    strings.Repeat("Q", reserveShort),
+		ClientIP:   strings.Repeat("f", reserveShort),
+		ClientPort: 65535,
+		Helo:       make([]byte, reserveHelo),
+		Size:       1 << 62,
+		Body:       sink.BodyBinaryMIME,
+		SMTPUTF8:   true,
+		Received:   time.Date(2999, 12, 31, 23, 59, 59, 999e6, time.UTC),
+		TLSVersion: strings.Repeat("v", reserveShort),
+		TLSCipher:  strings.Repeat("c", reserveShort),
+		AuthUser:   make([]byte, reserveShort),
+	}
+	p := &natsPublisher{t: t}
+	if t.headers {
+		p.common = make(nats.Header, 13)
+		p.fillHeaders(&m)
+	}
+	n := int64(sink.MaxReceived) + int64(p.fixedSize())
+	if t.headers {
+		n += natsMaxEnvelope // the sender's and recipients' header values
+	}
+	if t.trace {
+		// Return-Path's and X-Lsmtp-Envelope's fixed parts, X-Lsmtp-Auth,
+		// and the addresses with their lines.
+		n += int64(len(sink.AppendTrace(nil, &m, nil))) + natsMaxEnvelope
+	}
+	return n
 }
 
 // natsLink is one NATS connection.
@@ -279,6 +334,7 @@ func (t *natsTransport) dial(url string) (link, error) {
 		nc.Close()
 		return nil, err
 	}
+	t.learnMaxPayload(l)
 	return l, nil
 }
 
@@ -298,6 +354,28 @@ func (t *natsTransport) inspect(nc *nats.Conn) error {
 		return nil
 	}
 	return t.checkRetention(s.CachedInfo().Config)
+}
+
+// learnMaxPayload sets the size the engine advertises from the server's
+// max_payload, before the connection is marked ready, so that no EHLO
+// on it offers more. nats-server's default is 1 MiB, below lsmtp's
+// default max-message-size: one line per connect says what SMTP now
+// offers.
+func (t *natsTransport) learnMaxPayload(l *natsLink) {
+	b := t.b
+	mp := l.nc.MaxPayload()
+	if mp <= 0 {
+		return
+	}
+	size := max(mp-t.reserve, 1)
+	b.maxSize.Store(size)
+	if b.cfg.MaxMessageSize == 0 || size < b.cfg.MaxMessageSize {
+		b.log.Warn("NATS server's max_payload is below max-message-size: advertising the smaller SIZE; larger messages get 552 5.3.4",
+			"url", l.url, "max_payload", mp, "reserved", t.reserve, "size", size, "max_message_size", b.cfg.MaxMessageSize)
+		return
+	}
+	b.log.Info("NATS server's max_payload is above max-message-size", "url", l.url, "max_payload", mp,
+		"max_message_size", b.cfg.MaxMessageSize)
 }
 
 // declare creates the stream, or updates the one that exists so that it
@@ -397,12 +475,6 @@ func (l *natsLink) kill() {
 
 // watch follows l until it is lost (false) or stop closes (true).
 func (l *natsLink) watch(b *Broker, stop <-chan struct{}) (stopped bool) {
-	if mp := l.nc.MaxPayload(); mp > 0 {
-		// nats-server's default is 1 MiB, below lsmtp's default
-		// max-message-size: say once per connect what the bound is.
-		b.log.Info("NATS server takes messages (headers and body) up to max_payload; larger ones are answered 451",
-			"url", l.url, "max_payload", mp)
-	}
 	tick := time.NewTicker(b.watchdogInterval())
 	defer tick.Stop()
 	for {
@@ -563,14 +635,7 @@ func (p *natsPublisher) subject(i int) string {
 }
 
 func (p *natsPublisher) msgID(m *sink.Message, i int) string {
-	if !p.t.templated {
-		return m.QueueID
-	}
-	d := p.groups[i].domain
-	if d == "" {
-		d = natsEmptyDomain
-	}
-	return m.QueueID + "." + d
+	return p.copyID(m.QueueID, i, p.t.templated)
 }
 
 func (p *natsPublisher) check(copies int) problem {
@@ -628,12 +693,7 @@ func subjectToken(d string) bool {
 // trace fields, which name only its recipients and so are not longer
 // than the message's).
 func (p *natsPublisher) size(i int) int {
-	n := len("NATS/1.0\r\n\r\n") + len(HeaderMsgID) + 4 + len(p.t.b.cfg.NATSSubject) + 256 // the ID: queue ID and domain
-	for k, vs := range p.common {
-		for _, v := range vs {
-			n += len(k) + 4 + len(v)
-		}
-	}
+	n := p.fixedSize()
 	rcpts := p.all
 	if p.t.templated {
 		rcpts = p.groups[i].names
@@ -668,6 +728,19 @@ func (p *natsPublisher) send(m *sink.Message, i int, tag uint64) (id, key string
 	}
 	p.sent[msg] = tag
 	return id, key, nil
+}
+
+// fixedSize is what copy i's payload holds but its body and its
+// recipients' headers: the header block, Nats-Msg-Id, the other smtp-*
+// headers; the subject is counted too, though the server does not.
+func (p *natsPublisher) fixedSize() int {
+	n := len("NATS/1.0\r\n\r\n") + len(HeaderMsgID) + 4 + len(p.t.b.cfg.NATSSubject) + 256 // the ID: queue ID and domain
+	for k, vs := range p.common {
+		for _, v := range vs {
+			n += len(k) + 4 + len(v)
+		}
+	}
+	return n
 }
 
 // nats.go writes from its own buffer, flushed by its flusher goroutine as

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/bytebufferpool"
 
 	"github.com/lsmtp/lsmtp/internal/natstest"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
@@ -82,8 +83,13 @@ func TestNATSContract(t *testing.T) {
 			cfg.Envelope = env
 			b := startBroker(t, cfg)
 			waitReady(t, b, 5*time.Second)
-			if lim := b.Limits(); lim != (sink.Limits{TraceFields: env != EnvelopeHeaders}) {
-				t.Errorf("Limits = %+v", lim)
+			want := sink.Limits{TraceFields: env != EnvelopeHeaders, MaxEnvelope: 32 << 10, RecipientOverhead: len("smtp-recipients: \r\n")}
+			if lim := b.Limits(); lim != want {
+				t.Errorf("Limits = %+v, want %+v", lim, want)
+			}
+			// The stock server's max_payload, 1 MiB, less the reserve.
+			if n := b.MaxMessageSize(); n != 1<<20-b.tr.(*natsTransport).reserve || n < 1<<20-96<<10 {
+				t.Errorf("MaxMessageSize = %d", n)
 			}
 			allBytes := make([]byte, 256)
 			for i := range allBytes {
@@ -634,5 +640,47 @@ func TestNATSTimedOutPublishRecycles(t *testing.T) {
 	}
 	if n := natstest.Count(t, names.Stream); n != 1 {
 		t.Errorf("%d messages in the stream, want 1", n)
+	}
+}
+
+// TestNATSReserveHoldsTheLargestEnvelope: a message of exactly the size
+// advertised, with every field lsmtp adds at its largest (the envelope
+// at Limits' MaxEnvelope, the Received: field at sink.MaxReceived),
+// passes the per-message max_payload check in each envelope mode and
+// with a {domain} subject: what the engine accepts always fits.
+func TestNATSReserveHoldsTheLargestEnvelope(t *testing.T) {
+	const maxPayload = 1 << 20
+	for _, env := range []string{EnvelopeTrace, EnvelopeHeaders, EnvelopeBoth} {
+		for _, subject := range []string{"lsmtp.inbound", "lsmtp.inbound.{domain}"} {
+			cfg := DefaultConfig()
+			cfg.Sink, cfg.Envelope, cfg.NATSSubject, cfg.Node = SinkNATS, env, subject, strings.Repeat("n", 255)
+			b := &Broker{cfg: cfg}
+			tr := newNATSTransport(b)
+			b.tr = tr
+			lim := tr.limits()
+			// Recipients of 254 octets up to MaxEnvelope, as the engine counts it.
+			m := newMessage(nil, strings.Repeat("Q", 26), strings.Repeat("s", 254), nil, nil)
+			used := len(m.Sender) + lim.RecipientOverhead
+			for i := 0; used+254+lim.RecipientOverhead <= lim.MaxEnvelope; i++ {
+				m.Recipients = append(m.Recipients, []byte(fmt.Sprintf("%03d%s@d.example", i, strings.Repeat("r", 254-13))))
+				used += 254 + lim.RecipientOverhead
+			}
+			m.Helo, m.AuthUser = make([]byte, 512), make([]byte, 255)
+			m.TLSVersion, m.TLSCipher = "TLS 1.3", strings.Repeat("c", 64)
+			var data []byte
+			if tr.trace {
+				data = sink.AppendTrace(nil, m, m.Recipients)
+			}
+			data = append(data, make([]byte, sink.MaxReceived+maxPayload-int(tr.reserve))...)
+			m.Data = &bytebufferpool.ByteBuffer{B: data}
+			p := &natsPublisher{t: tr, maxPayload: maxPayload}
+			if tr.headers {
+				p.common = make(nats.Header, 13)
+			}
+			copies := p.prepare(m)
+			if pr := p.check(copies); pr.what != "" {
+				t.Errorf("%s, %s: %d recipients: %s, %d octets over %d", env, subject, len(m.Recipients), pr.what, pr.size, pr.limit)
+			}
+		}
 	}
 }

@@ -237,8 +237,32 @@ func (p *publishBuilder) copyOf(m *sink.Message, i int) (string, amqp.Publishing
 		p.headers[HeaderRecipients] = g.rcpts
 	}
 	pub := p.pub
+	pub.MessageId = p.copyID(m.QueueID, i, true)
 	pub.Body = p.body(m, i, p.trace)
 	return strings.ReplaceAll(p.b.cfg.RoutingKey, DomainPlaceholder, g.domain), pub
+}
+
+// emptyDomainID stands for the domain of a recipient without one (a bare
+// "postmaster", RFC 5321 §4.5.1) in a copy's ID and a {domain} subject:
+// a subject token may not be empty, and an ID ending in "." would read
+// as a mistake.
+const emptyDomainID = "_"
+
+// copyID is the message ID of copy i of the message last split (AMQP
+// message_id, NATS Nats-Msg-Id): the queue ID for a message published
+// once (a static routing key or subject), "<queue ID>.<domain>" for a
+// per-domain copy, so that a consumer that drops duplicates by ID keeps
+// every copy, and a copy published again (a retry, the spool's replay)
+// carries the ID of its first publish, which depends on nothing else.
+func (d *domainGroups) copyID(queueID string, i int, templated bool) string {
+	if !templated {
+		return queueID
+	}
+	dom := d.groups[i].domain
+	if dom == "" {
+		dom = emptyDomainID
+	}
+	return queueID + "." + dom
 }
 
 // releaseCopy gives back the body built for a copy, if any.

@@ -83,6 +83,7 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 		// Every connection may have one message in the sink: room for
 		// all of them means a full hand-off ring never refuses mail.
 		bc.MaxWaiting = engine.ConnLimit(c.o.eng.MaxConns)
+		bc.MaxMessageSize = c.o.eng.MaxMessageSize
 		if n.brk, err = broker.New(bc); err != nil {
 			return nil, err
 		}

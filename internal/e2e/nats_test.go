@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -170,22 +171,113 @@ func checkNATSMessage(t *testing.T, tx *transaction, m *jetstream.RawStreamMsg, 
 	checkBody(t, tx, body, at)
 }
 
-// TestNATSOverMaxPayload: a message that with its headers exceeds the
-// server's max_payload (1 MiB by default) can never be published: it is
-// answered 451 at once, stored nowhere, and the next message goes through.
-func TestNATSOverMaxPayload(t *testing.T) {
+// TestNATSSizeFromMaxPayload: the stock nats-server takes 1 MiB per
+// message (max_payload), below the default max-message-size. EHLO
+// advertises what fits once lsmtp's own fields are added, MAIL SIZE= and
+// bodies past it get 552 5.3.4 (a body after its end, the session still
+// in step), and a body of exactly that size gets 250 and reaches the
+// stream byte for byte, with DATA and with BDAT.
+func TestNATSSizeFromMaxPayload(t *testing.T) {
+	for _, env := range []string{broker.EnvelopeTrace, broker.EnvelopeBoth} {
+		t.Run(env, func(t *testing.T) { testNATSSizeFromMaxPayload(t, env) })
+	}
+}
+
+func testNATSSizeFromMaxPayload(t *testing.T, env string) {
 	bc, names := natsBrokerConfig(t, natstest.URL)
-	s := startStack(t, bc, true, func(ec *engine.Config) { ec.MaxMessageSize = 2 << 20 })
-	c := s.session(t, "big.example", true)
-	r, err := c.Send("a@example.org", []string{"b@example.com"}, lines(1<<20))
-	if err != nil || r.Last() != "451 4.3.0 Temporary failure storing the message, try again later" {
-		t.Fatalf("a message over max_payload: %q, %v", r.String(), err)
+	bc.Envelope = env
+	bc.MaxMessageSize = engine.Defaults.MaxMessageSize
+	s := startStack(t, bc, true)
+	c := s.session(t, "big.example", false)
+	r, err := c.Cmd("EHLO big.example")
+	if err != nil || r.Code != 250 {
+		t.Fatalf("EHLO: %q, %v", r.String(), err)
 	}
-	if r, err := c.Send("a@example.org", []string{"b@example.com"}, lines(1000)); err != nil || r.Code != 250 {
-		t.Fatalf("the next message: %q, %v", r.String(), err)
+	var size int64
+	for _, l := range r.Lines {
+		if v, ok := strings.CutPrefix(l[min(4, len(l)):], "SIZE "); ok {
+			size, _ = strconv.ParseInt(v, 10, 64)
+		}
 	}
-	if n := natstest.Count(t, names.Stream); n != 1 {
-		t.Errorf("%d messages in the stream, want 1", n)
+	if size != s.brk.MaxMessageSize() || size >= 1<<20 || size < 1<<20-96<<10 {
+		t.Fatalf("EHLO advertises SIZE %d; want the broker's bound %d, under max_payload (1 MiB) by what lsmtp adds", size, s.brk.MaxMessageSize())
+	}
+	t.Logf("EHLO advertises SIZE %d (max_payload %d)", size, 1<<20)
+	const tooBig = "552 5.3.4 Message size exceeds fixed maximum message size"
+	over := fmt.Sprintf("MAIL FROM:<a@example.org> SIZE=%d", size+1)
+	if r, err := c.Cmd(over); err != nil || r.Last() != tooBig {
+		t.Fatalf("%s: %q, %v", over, r.String(), err)
+	}
+	rcpts := []string{"b@example.com", "c@example.com"}
+	send := func(what string, content []byte, bdat bool) smtptest.Reply {
+		t.Helper()
+		if _, err := c.Expect(fmt.Sprintf("MAIL FROM:<a@example.org> SIZE=%d", size), 250); err != nil {
+			t.Fatal(err)
+		}
+		for _, rc := range rcpts {
+			if _, err := c.Expect("RCPT TO:<"+rc+">", 250); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if bdat {
+			half := len(content) / 2
+			if err := c.WriteBDAT(content[:half], false); err != nil {
+				t.Fatal(err)
+			}
+			if r, err := c.Read(); err != nil || r.Code != 250 {
+				t.Fatalf("%s: first chunk: %q, %v", what, r.String(), err)
+			}
+			if err := c.WriteBDAT(content[half:], true); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			if _, err := c.Expect("DATA", 354); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.WriteData(content); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r, err := c.Read()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return r
+	}
+	var ids []string
+	for _, bdat := range []bool{false, true} {
+		what := map[bool]string{false: "DATA", true: "BDAT"}[bdat]
+		if r := send(what, lines(int(size)+1), bdat); r.Last() != tooBig {
+			t.Fatalf("%s one octet over SIZE: %q", what, r.String())
+		}
+		if _, err := c.Expect("NOOP", 250); err != nil {
+			t.Fatalf("%s: session after the refused body: %v", what, err)
+		}
+		r := send(what, lines(int(size)), bdat)
+		id, ok := r.QueueID()
+		if !ok {
+			t.Fatalf("%s of exactly SIZE: %q, want 250", what, r.String())
+		}
+		ids = append(ids, id)
+	}
+	content := lines(int(size))
+	got := natstest.Messages(t, names.Stream)
+	if len(got) != len(ids) {
+		t.Fatalf("%d messages in the stream, want %d", len(got), len(ids))
+	}
+	for i, m := range got {
+		if id := m.Header.Get(broker.HeaderMsgID); id != ids[i] {
+			t.Errorf("message %d: Nats-Msg-Id %q, want %q", i, id, ids[i])
+		}
+		head, ok := bytes.CutSuffix(m.Data, content)
+		if !ok {
+			t.Errorf("%s: the stream's body does not end in the %d octets sent", ids[i], size)
+			continue
+		}
+		if !bytes.HasPrefix(head, []byte("Return-Path: <a@example.org>\r\nX-Original-To: b@example.com\r\nX-Original-To: c@example.com\r\n")) ||
+			!bytes.Contains(head, []byte(" id "+ids[i]+";")) || !bytes.HasSuffix(head, []byte(" +0000\r\n")) {
+			t.Errorf("%s: the fields above the body:\n%s", ids[i], head)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/lsmtp/lsmtp/internal/natstest"
+	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
 
@@ -208,4 +210,63 @@ func domains(rcpts []string) map[string]bool {
 		d[strings.ToLower(r[strings.LastIndexByte(r, '@')+1:])] = true
 	}
 	return d
+}
+
+// TestEndToEndAMQPCopies: lsmtp --sink amqp with a {domain} routing key,
+// then lsmtp-consume --mode eml: one message to two domains is two
+// copies with the message_ids <queue ID>.<domain>, and so two files, each
+// lsmtp's Received: field and then exactly the client's octets; neither
+// copy overwrites the other.
+func TestEndToEndAMQPCopies(t *testing.T) {
+	name := fmt.Sprintf("lsmtp-test.consume.%s.%08x", t.Name(), rand.Uint32())
+	ch := rabbittest.AdminChannel(t)
+	t.Cleanup(func() { // after lsmtp stopped (cleanups run last first)
+		ch.QueueDelete(name, false, false, false)
+		ch.ExchangeDelete(name, false, false)
+	})
+	addr := startLsmtp(t, "--sink", "amqp", "--amqp-url", rabbittest.URL, "--exchange", name, "--queue", name,
+		"--queue-type", "classic", "--routing-key", "inbound.{domain}")
+	m := &e2eMessage{from: "a@example.org", rcpts: []string{"one@example.com", "bcc@Example.NET", "two@example.com"},
+		content: []byte("Subject: two domains\r\nTo: one@example.com\r\n\r\nhi\r\n.\r\n")}
+	c, _, err := smtptest.Dial(addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Expect("EHLO client.example", 250); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Send(m.from, m.rcpts, m.content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := r.QueueID()
+	if !ok {
+		t.Fatalf("final reply %q, want 250 with a queue ID", r.String())
+	}
+	m.id = id
+
+	dir := t.TempDir()
+	if n, _ := runConsume(t, "--amqp-url", rabbittest.URL, "--queue", name, "--count", "2", "--mode", "eml", "--dir", dir); n != 2 {
+		t.Fatalf("handled %d, want 2", n)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	if want := []string{id + ".example.com.eml", id + ".example.net.eml"}; fmt.Sprint(names) != fmt.Sprint(want) {
+		t.Fatalf("files %v, want %v", names, want)
+	}
+	for _, n := range names {
+		got, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkStored(t, n, got, m)
+	}
+	if l := queueLen(t, name); l != 0 {
+		t.Errorf("%d messages left unacknowledged", l)
+	}
 }
