@@ -22,12 +22,15 @@ run: build
 RACEPKGS ?= ./engine ./broker ./internal/e2e ./internal/chaos ./internal/faultproxy ./cmd/lsmtp
 
 # The whole suite, then RACEPKGS with -race; broker tests need RabbitMQ on
-# 127.0.0.1:5672 (installed or started if need be, see tools/rabbitmq-up).
+# 127.0.0.1:5672 and the --sink nats tests NATS with JetStream on
+# 127.0.0.1:4222 (each installed or started if need be, see
+# tools/rabbitmq-up and tools/nats-up).
 # LSMTP_CLUSTER=1 make test adds internal/cluster's 20 s fault runs against
 # a three-node cluster of its own (about 3 minutes more).
 test:
 	@command -v "$$($(GO) env CC)" >/dev/null || { echo "go test -race needs a C compiler for cgo: 'apt-get install gcc' (Debian/Ubuntu)" >&2; exit 1; }
 	@tools/rabbitmq-up
+	@tools/nats-up
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 15m $(PKGS)
 	$(GO) test -race -count=1 -timeout 15m $(RACEPKGS)
@@ -89,6 +92,7 @@ bench-peers: build
 bench-nats: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
 	@tools/rabbitmq-up
+	@tools/nats-up
 	./bin/lsmtp-bench nats -lsmtp bin/lsmtp -out bench/nats.md $(BENCHFLAGS)
 
 # Chaos (about 7 minutes): the short variant with every fault (go test
