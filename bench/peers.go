@@ -40,14 +40,15 @@ type PeersConfig struct {
 
 	Listen, Admin string // lsmtp's addresses
 	PeerListen    string // the bridge's
+	LogDir        string // server logs; "" makes a temporary directory
+	Progress      io.Writer
+
 	// OnlyLoads, when not empty, keeps only the loads with these IDs
 	// (pipe, source-d, source).
 	OnlyLoads []string
 	// LsmtpArgs are extra flags for lsmtp, after the ones the run sets
 	// (to measure a setting against the defaults).
 	LsmtpArgs []string
-	LogDir        string // server logs; "" makes a temporary directory
-	Progress      io.Writer
 }
 
 func (c *PeersConfig) setDefaults() {
