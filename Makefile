@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := ./...
 FUZZTIME ?= 30s
 
-.PHONY: stress spool-outage run test test-short bench bench-quick bench-factors bench-peers fuzz lint build chaos cluster
+.PHONY: stress spool-outage run test test-short bench bench-quick bench-factors bench-peers bench-12k bench-12k-quick fuzz lint build chaos cluster
 
 build:
 	$(GO) build -o bin/lsmtp ./cmd/lsmtp
@@ -65,6 +65,16 @@ bench-quick: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
 	@tools/rabbitmq-up
 	./bin/lsmtp-bench suite -quick -lsmtp bin/lsmtp -out bench/quick/BENCHMARKS.md -plots bench/quick $(BENCHFLAGS)
+
+# Issue 11's scenario alone (about 1.5 minutes; -quick: a 4 s window):
+# 12,000 sessions at 315 ms RTT from two generator processes, pipelining,
+# 10 msg/conn, lsmtp's defaults but for --max-conns 0 --max-conns-per-ip 0;
+# the report (4xx, msg/s, the in-flight budget's peak use, RabbitMQ count)
+# goes to bench/quick/12k/ (not committed). make bench runs the row too.
+bench-12k bench-12k-quick: build
+	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
+	@tools/rabbitmq-up
+	./bin/lsmtp-bench suite $(if $(filter bench-12k-quick,$@),-quick) -rows '^scale-12k-pipe-k10$$' -sections none -lsmtp bin/lsmtp -out bench/quick/12k/BENCHMARKS.md -plots bench/quick/12k $(BENCHFLAGS)
 
 # What each part of a publish costs RabbitMQ (about 8 minutes): a plain
 # amqp091-go publisher, one row per publish shape, classic and quorum

@@ -84,6 +84,11 @@ type RowResult struct {
 	ServerCPU, RabbitCPU, GenCPU, OtherCPU, BusyCPU float64
 	Load1                                           float64 // load average when the row started
 	OpenConns                                       int     // connections open at the lsmtp server(s) when the window closed
+	// The most message octets and messages the lsmtp server(s) held at
+	// once during the window (lsmtp_in_flight_bytes and
+	// lsmtp_broker_pending_messages, summed, sampled every 250 ms), and
+	// the in-flight byte budget (lsmtp_in_flight_bytes_limit, summed).
+	PeakInFlight, InFlightLimit, PeakPending float64
 
 	Profiles   *Profiles
 	GenProfile string // the generator's own CPU profile, if taken
@@ -199,8 +204,13 @@ func (sc *SuiteConfig) RowsToRun() []Row {
 	}
 	ceiling := Row{ID: "ceiling", Group: "loopback", Label: "raw amqp091-go publish ceiling", Kind: KindCeiling, Load: LoadConfig{Duration: w}}
 
+	scale12k := scale("scale-12k-pipe-k10", "12,000 sessions, pipelining, 10 msg/conn", 12000, 10, true, false)
+	scale12k.Load.Processes = 2
+
 	var rows []Row
-	if sc.Quick {
+	// -rows picks from every row, -quick or not: -quick then only
+	// shortens the window.
+	if sc.Quick && sc.Rows == "" {
 		rows = append(rows,
 			ceiling,
 			loop("loop-null", "lsmtp, null sink, 1 msg/conn", KindNull, 1, false),
@@ -232,6 +242,10 @@ func (sc *SuiteConfig) RowsToRun() []Row {
 			// the server answers 451 (hand-off full) to the excess.
 			scale("scale-5k-bdat-k10", "5,000 sessions, BDAT, 10 msg/conn", 5000, 10, true, true),
 			scale("scale-10k-bdat-k10", "10,000 sessions, BDAT, 10 msg/conn", 10000, 10, true, true),
+			// Issue 11's scenario as a new user ran it: two generator
+			// processes, pipelining without BDAT, 10 msg/conn. make
+			// bench-12k runs it alone (bench-12k-quick with a 4 s window).
+			scale12k,
 		)
 		rows = append(rows,
 			sink("sink-loop", "smtp-sink, 1 msg/conn", 200, 1, 0, true),
@@ -602,8 +616,12 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 		return d
 	}
 	var genProfile *os.File
+	var stopHeld func()
 	cfg.WindowStart = func() {
 		t0, srv0, r0, b0 = time.Now(), serverCPU(), ProcCPU(rabbit), SystemCPU()
+		if row.Kind == KindAMQP {
+			stopHeld = sampleHeld(servers, rr)
+		}
 		if s.cfg.ProfileDir != "" && row.Kind != KindSmtpSink {
 			waitProfiles = CaptureProfiles(servers[0].Admin, s.cfg.ProfileDir, row.ID, cfg.Duration)
 		}
@@ -618,6 +636,9 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 		}
 	}
 	cfg.WindowEnd = func() {
+		if stopHeld != nil {
+			stopHeld()
+		}
 		if genProfile != nil {
 			pprof.StopCPUProfile()
 			genProfile.Close()
@@ -766,6 +787,37 @@ func rowSummary(rr *RowResult) string {
 
 func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) + "s" }
 
+// sampleHeld records in rr the most the servers held at once (message
+// octets against the in-flight budget, messages in the broker), polling
+// their metrics every 250 ms until the returned function is called.
+func sampleHeld(servers []*Server, rr *RowResult) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	sum := func(name string) (v float64) {
+		for _, srv := range servers {
+			if x, ok := MetricValue(srv.Admin, name); ok {
+				v += x
+			}
+		}
+		return v
+	}
+	rr.InFlightLimit = sum("lsmtp_in_flight_bytes_limit")
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			rr.PeakInFlight = max(rr.PeakInFlight, sum("lsmtp_in_flight_bytes"))
+			rr.PeakPending = max(rr.PeakPending, sum("lsmtp_broker_pending_messages"))
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
+}
+
 // RunCommand is the lsmtp-bench run command that repeats a row's load.
 func RunCommand(c LoadConfig) string {
 	args := []string{"lsmtp-bench", "run", "-target", strings.Join(c.Targets, ","), "-sessions", strconv.Itoa(c.Sessions)}
@@ -792,6 +844,9 @@ func RunCommand(c LoadConfig) string {
 	}
 	if c.PerSource > 0 {
 		args = append(args, "-per-source", strconv.Itoa(c.PerSource))
+	}
+	if c.Processes > 1 {
+		args = append(args, "-processes", strconv.Itoa(c.Processes))
 	}
 	return strings.Join(args, " ")
 }

@@ -10,8 +10,11 @@
 // # Path of a message
 //
 // Submit runs on an event loop. It pushes the message into a bounded
-// lock-free ring (ring.go) and wakes an idle publisher worker, never
-// blocking and never allocating. Each of Config.Workers workers owns a
+// lock-free ring (ring.go) and wakes a publisher worker, never
+// blocking and never allocating: the first one whose window has room, so
+// that under light load one channel carries every publish and the next
+// worker joins only when the ones before it are full (Broker.notify).
+// Each of Config.Workers workers owns a
 // channel in confirm mode with at most Config.Window unconfirmed publishes;
 // it publishes with mandatory=true, keeps the publish in a FIFO keyed by
 // delivery tag, and completes the message when its confirm comes back.

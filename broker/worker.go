@@ -21,6 +21,10 @@ type worker struct {
 	b    *Broker
 	id   int
 	kick chan struct{} // 1-buffered: look at the deferred queue and the state again
+	wake chan struct{} // 1-buffered: the ring has something (Broker.notify)
+	// open says the worker has a channel and room in its window: the
+	// first open worker is the one Broker.notify wakes.
+	open atomic.Bool
 
 	// publishingSince is the broker clock when the publish call in progress
 	// started, 0 when none is; read by the supervisor's watchdog.
@@ -40,9 +44,17 @@ type worker struct {
 }
 
 func newWorker(b *Broker, id int) *worker {
-	w := &worker{b: b, id: id, kick: make(chan struct{}, 1), timer: time.NewTimer(time.Hour)}
+	w := &worker{b: b, id: id, kick: make(chan struct{}, 1), wake: make(chan struct{}, 1), timer: time.NewTimer(time.Hour)}
 	w.timer.Stop()
 	return w
+}
+
+// wakeUp tells w the ring has something, without waiting.
+func (w *worker) wakeUp() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
 // copies collects the outcomes of a message's copies until the last one
@@ -129,7 +141,7 @@ func (w *worker) run() {
 			} else {
 				w.failRing()
 			}
-			wake = w.b.wake
+			wake = w.wake
 		}
 		var retryC <-chan time.Time
 		var t *time.Timer
@@ -210,6 +222,7 @@ func (w *worker) session(c *connection) (err error) {
 	w.head = copies{}
 	w.b.liveChannels.Add(1)
 	defer func() {
+		w.open.Store(false)
 		if w.b.liveChannels.Add(-1) == 0 {
 			w.b.notify() // workers without a channel now answer the ring
 		}
@@ -241,7 +254,19 @@ func (w *worker) session(c *connection) (err error) {
 		}
 		w.ws.wake = nil
 		if w.fifo.len() < w.b.cfg.Window {
-			w.ws.wake = w.b.wake
+			w.ws.wake = w.wake
+			// Open before looking at the ring: a message pushed after
+			// fill's last look either finds the flag (Submit wakes us)
+			// or is found here.
+			w.open.Store(true)
+			if w.b.ring.len() > 0 {
+				w.wakeUp()
+			}
+		} else {
+			w.open.Store(false)
+			if w.b.ring.len() > 0 {
+				w.b.notify() // our window is full: let the next worker help
+			}
 		}
 		// The end of the backoff matters only when this worker can
 		// publish what it frees.
@@ -325,9 +350,6 @@ func (w *worker) fill(p publisher) error {
 		if err := w.publish(p, m, due, false, nil); err != nil {
 			return err
 		}
-	}
-	if b.ring.len() > 0 {
-		b.notify() // our window is full: let another worker help
 	}
 	return nil
 }
