@@ -229,12 +229,18 @@ func (p *amqpPublisher) returned(w *worker, ret amqp.Return) {
 			"suppressed", w.b.limits.returned.suppressedSince())
 	}
 	for i := 0; i < w.fifo.len(); i++ {
-		// The copies of a message share its message_id: the routing key
-		// tells which copy came back, which a spooled record's per-copy
-		// state needs.
+		// Each copy has its own message_id (copyID); the routing key
+		// must match too, since a message may be in the window twice
+		// (a republish behind its first attempt) and only the attempt
+		// on this key came back.
 		if e := w.fifo.at(i); !e.returned && e.id == ret.MessageId && e.key == ret.RoutingKey {
 			e.returned = true
 			return
 		}
 	}
 }
+
+// retire: a delivery tag is never used twice on a channel, so a confirm
+// that comes after its publish timed out is ignored (settleTag) and the
+// channel goes on.
+func (p *amqpPublisher) retire(*worker) bool { return false }

@@ -42,7 +42,8 @@ type Broker struct {
 	retry    bool  // Config.PublishRetryWindow > 0
 
 	// maxSize is the largest client message the broker can take
-	// (sink.SizeLimiter), learned at each connect; 0 for none known.
+	// (sink.SizeLimiter), learned at each connect (NATS: assumed from
+	// nats-server's default until then); 0 for no bound (RabbitMQ).
 	maxSize atomic.Int64
 
 	state   atomic.Uint32 // stateReady | stateBlocked | stateClosing

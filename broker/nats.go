@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/lsmtp/lsmtp/internal/queueid"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
@@ -83,7 +84,7 @@ func (c *Config) validateNATS() []error {
 		case strings.Contains(u, ","):
 			// nats.go would take it as a list of servers, and the log
 			// lines would show every password but the first.
-			bad("NATSURLs", "%s: one server per URL (give the option once per server)", RedactURL(strings.Split(u, ",")[0])+",...")
+			bad("NATSURLs", "a URL with a comma: one server per URL (give the option once per server)")
 		}
 	}
 	kinds := 0
@@ -173,7 +174,25 @@ func newNATSTransport(b *Broker) *natsTransport {
 	}
 	t.duplicates = max(natsMinDuplicates, b.cfg.maxWait()+b.cfg.ConfirmTimeout)
 	t.reserve = t.reserveFor()
+	// Until a server says its max_payload (learnMaxPayload, at every
+	// connect), assume nats-server's default: a message accepted, or
+	// spooled, before the first connect must fit the server it goes to.
+	b.maxSize.Store(max(natsDefaultMaxPayload-t.reserve, 1))
 	return t
+}
+
+// natsDefaultMaxPayload is nats-server's max_payload unless configured.
+const natsDefaultMaxPayload = 1 << 20
+
+// maxIDLen bounds a Nats-Msg-Id: the queue ID, and for a per-domain copy
+// a dot and the lower-cased domain, which the engine bounds by
+// limits().MaxDomain (lower-casing can lengthen a domain, so the input's
+// 255 octets are no bound).
+func (t *natsTransport) maxIDLen() int {
+	if !t.templated {
+		return queueid.Len
+	}
+	return queueid.Len + 1 + t.limits().MaxDomain
 }
 
 func (t *natsTransport) kind() string             { return "NATS" }
@@ -353,7 +372,13 @@ func (t *natsTransport) inspect(nc *nats.Conn) error {
 	if err != nil {
 		return nil
 	}
-	return t.checkRetention(s.CachedInfo().Config)
+	cur := s.CachedInfo().Config
+	if cur.Discard == jetstream.DiscardOld && (cur.MaxMsgs > 0 || cur.MaxBytes > 0) {
+		// declare sets discard new; a stream lsmtp only uses keeps its own.
+		t.b.log.Warn("NATS stream discards its oldest messages when full, read or not: mail answered 250 can be removed unread; use discard new",
+			"stream", cur.Name, "max_msgs", cur.MaxMsgs, "max_bytes", cur.MaxBytes)
+	}
+	return t.checkRetention(cur)
 }
 
 // learnMaxPayload sets the size the engine advertises from the server's
@@ -521,9 +546,6 @@ type natsPublisher struct {
 	maxPayload int64
 	dropped    atomic.Int64 // PubAcks the handlers could not hand over (settled as timed out)
 	closing    atomic.Bool  // close has begun: the handlers hand nothing over
-	// timedOut is set when the worker's window timer fired: the next
-	// wait looks for a publish the worker gave up on.
-	timedOut bool
 
 	domainGroups
 	common nats.Header // the smtp-* headers but smtp-recipients, of the message last prepared
@@ -537,11 +559,12 @@ type natsPublisher struct {
 // the worker (Window publishes, each of at most MaxDomains copies); the
 // context's own bound is above that so that a publish never stalls in
 // it. The context has no timeout of its own: nats.go would free the
-// timed-out publish's reply token, draw it again for a later publish and
-// hand that one the late PubAck, a 250 for a message the stream may have
-// refused. The worker times publishes out (expire), and a session whose
-// publish timed out ends (errRecycle), so that its context, with every
-// token it still holds, goes with it.
+// timed-out publish's reply token, and once freed a token can be drawn
+// again for a later publish (unlikely: 6 random base-62 characters),
+// which would then be handed the late PubAck, a 250 for a message the
+// stream may have refused. The worker times publishes out (expire), and
+// a session whose publish timed out ends (retire), so that its context,
+// with every token it still holds, goes with it.
 func (l *natsLink) publisher(w *worker) (publisher, error) {
 	t := w.b.tr.(*natsTransport)
 	room := 2 * (w.b.cfg.Window + maxCopies)
@@ -734,7 +757,7 @@ func (p *natsPublisher) send(m *sink.Message, i int, tag uint64) (id, key string
 // recipients' headers: the header block, Nats-Msg-Id, the other smtp-*
 // headers; the subject is counted too, though the server does not.
 func (p *natsPublisher) fixedSize() int {
-	n := len("NATS/1.0\r\n\r\n") + len(HeaderMsgID) + 4 + len(p.t.b.cfg.NATSSubject) + 256 // the ID: queue ID and domain
+	n := len("NATS/1.0\r\n\r\n") + len(HeaderMsgID) + 4 + len(p.t.b.cfg.NATSSubject) + p.t.maxIDLen()
 	for k, vs := range p.common {
 		for _, v := range vs {
 			n += len(k) + 4 + len(v)
@@ -749,12 +772,6 @@ func (p *natsPublisher) cork()         {}
 func (p *natsPublisher) uncork() error { return nil }
 
 func (p *natsPublisher) wait(w *worker) (woke, error) {
-	if p.timedOut {
-		p.timedOut = false
-		if p.holdsExpired(w) {
-			return 0, errRecycle
-		}
-	}
 	ws := &w.ws
 	select {
 	case a := <-p.acks:
@@ -770,18 +787,19 @@ func (p *natsPublisher) wait(w *worker) (woke, error) {
 	case <-ws.deferred:
 		return wokeDeferred, nil
 	case <-ws.timeout:
-		p.timedOut = true
 		return wokeTimeout, nil
 	case <-ws.stop:
 		return wokeStop, nil
 	}
 }
 
-// holdsExpired says whether a publish the worker timed out still waits
-// in the context for its PubAck: its tag is below the window's first.
-// It runs only after the window's timer fired, so its scan (at most the
-// window) costs nothing on the path of a message.
-func (p *natsPublisher) holdsExpired(w *worker) bool {
+// retire says whether a publish the worker timed out still waits in the
+// context for its PubAck (its tag is below the window's first): then the
+// session must end (with its context and every reply token it holds)
+// once the rest of its window is settled. It runs only after the
+// window's timer fired, so its scan (at most the window) costs nothing
+// on the path of a message.
+func (p *natsPublisher) retire(w *worker) bool {
 	first := w.nextTag
 	if w.fifo.len() > 0 {
 		first = w.fifo.front().tag

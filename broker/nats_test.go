@@ -396,8 +396,11 @@ func TestNATSCutUnderLoad(t *testing.T) {
 	if failed != 0 || lost != 0 || twice != 0 || len(ids) != total {
 		t.Errorf("failed %d, lost %d, stored twice %d, distinct %d of %d", failed, lost, twice, len(ids), total)
 	}
-	if cuts < 10 || st.Connects < 10 {
-		t.Errorf("%d connects for %d cuts", st.Connects, cuts)
+	// A cut can land on a connection still being set up, or twice on
+	// one connection on a busy machine: the faults took when a good part
+	// of them cost a connection.
+	if cuts < 10 || st.Disconnects < 5 || st.Connects < 5 {
+		t.Errorf("%d connects and %d disconnects for %d cuts", st.Connects, st.Disconnects, cuts)
 	}
 }
 
@@ -596,14 +599,21 @@ func TestNATSInterestStreamRefused(t *testing.T) {
 // every password but the first: such a value is refused, and the error
 // names no password.
 func TestNATSURLList(t *testing.T) {
-	cfg, _ := testNATSConfig(t, natstest.URL)
-	cfg.NATSURLs = []string{"nats://u:first@127.0.0.1:4222,nats://u:second@127.0.0.1:4223"}
-	err := cfg.Validate()
-	if err == nil {
-		t.Fatal("a comma-separated URL list was accepted")
-	}
-	if s := err.Error(); strings.Contains(s, "first") || strings.Contains(s, "second") || !strings.Contains(s, "one server per URL") {
-		t.Errorf("error %q", s)
+	for _, u := range []string{
+		"nats://u:first@127.0.0.1:4222,nats://u:second@127.0.0.1:4223",
+		"nats://u:first,second@127.0.0.1:4222", // a comma in the password itself
+		"nats://first,second@127.0.0.1:4222",   // in a token
+	} {
+		cfg, _ := testNATSConfig(t, natstest.URL)
+		cfg.NATSURLs = []string{u}
+		err := cfg.Validate()
+		if err == nil {
+			t.Errorf("%s: accepted", u)
+			continue
+		}
+		if s := err.Error(); strings.Contains(s, "first") || strings.Contains(s, "second") || !strings.Contains(s, "one server per URL") {
+			t.Errorf("error %q", s)
+		}
 	}
 }
 
@@ -682,5 +692,82 @@ func TestNATSReserveHoldsTheLargestEnvelope(t *testing.T) {
 				t.Errorf("%s, %s: %d recipients: %s, %d octets over %d", env, subject, len(m.Recipients), pr.what, pr.size, pr.limit)
 			}
 		}
+	}
+}
+
+// TestNATSRetireTakesNoNewPublishes: after a publish times out, its
+// session publishes nothing more on the context it is about to end:
+// what waited in the ring goes out on the next one and is answered 250,
+// and a publish that was in flight and not yet overdue keeps its own
+// time to be confirmed (no retry window here, so a needless failure
+// would be a 451 for a stored message).
+func TestNATSRetireTakesNoNewPublishes(t *testing.T) {
+	t.Run("ring", func(t *testing.T) {
+		p := natstest.Proxy(t)
+		cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
+		cfg.NATSWorkers, cfg.NATSMaxPending = 1, 1
+		cfg.ConfirmTimeout = 300 * time.Millisecond
+		cfg.PublishRetryWindow = 0
+		b := startBroker(t, cfg)
+		waitReady(t, b, 5*time.Second)
+		rec := newRecorder()
+		p.HoldReplies()
+		b.Submit(traceMessage(rec, "QA", "a@example.org", []string{"b@example.com"}, []byte("a\r\n")))
+		time.Sleep(50 * time.Millisecond)
+		b.Submit(traceMessage(rec, "QM", "a@example.org", []string{"b@example.com"}, []byte("m\r\n"))) // the window is full: it waits in the ring
+		for deadline := time.Now().Add(5 * time.Second); b.Stats().TimedOut == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("QA did not time out")
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		p.Resume()
+		rec.wait(t, 2, 5*time.Second)
+		if err := rec.result(t, "QA"); err != sink.ErrUnavailable {
+			t.Errorf("QA: %v, want %v", err, sink.ErrUnavailable)
+		}
+		if err := rec.result(t, "QM"); err != nil {
+			t.Errorf("QM: %v, want nil (stored: %d messages in the stream)", err, natstest.Count(t, names.Stream))
+		}
+	})
+	t.Run("in flight", func(t *testing.T) {
+		p := natstest.Proxy(t)
+		cfg, _ := testNATSConfig(t, natstest.ProxyURL(p))
+		cfg.NATSWorkers, cfg.NATSMaxPending = 1, 4
+		cfg.ConfirmTimeout = 300 * time.Millisecond
+		cfg.PublishRetryWindow = 0
+		b := startBroker(t, cfg)
+		waitReady(t, b, 5*time.Second)
+		rec := newRecorder()
+		p.HoldReplies()
+		b.Submit(traceMessage(rec, "QA", "a@example.org", []string{"b@example.com"}, []byte("a\r\n")))
+		time.Sleep(150 * time.Millisecond)
+		b.Submit(traceMessage(rec, "QB", "a@example.org", []string{"b@example.com"}, []byte("b\r\n"))) // due 150 ms after QA
+		for deadline := time.Now().Add(5 * time.Second); b.Stats().TimedOut == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("QA did not time out")
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // QB has about 130 ms left
+		p.Resume()
+		rec.wait(t, 2, 5*time.Second)
+		if err := rec.result(t, "QB"); err != nil {
+			t.Errorf("QB: %v, want nil: its PubAck came within its own timeout", err)
+		}
+	})
+}
+
+// TestNATSSizeBeforeFirstConnect: before any server has said its
+// max_payload, the bound is nats-server's default less the reserve, so a
+// message received while NATS is unreachable (and spooled) is never one
+// the server cannot take.
+func TestNATSSizeBeforeFirstConnect(t *testing.T) {
+	p := natstest.Proxy(t)
+	p.Down()
+	cfg, _ := testNATSConfig(t, natstest.ProxyURL(p))
+	b := startBroker(t, cfg)
+	tr := b.tr.(*natsTransport)
+	if got, want := b.MaxMessageSize(), int64(natsDefaultMaxPayload)-tr.reserve; got != want {
+		t.Errorf("MaxMessageSize before the first connect = %d, want %d", got, want)
 	}
 }

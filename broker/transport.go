@@ -70,6 +70,10 @@ type publisher interface {
 	wait(w *worker) (woke, error)
 	// drain settles the confirms already received, without waiting.
 	drain(w *worker)
+	// retire, asked after the worker timed publishes out, says the
+	// session must take no more publishes and end once its window is
+	// settled, so that a new one opens at once.
+	retire(w *worker) bool
 	// close ends the session after the worker settled what was in
 	// flight; err is why the session ended (nil when the workers stop),
 	// and the result is err with the reason the broker gave, if any.

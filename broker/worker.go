@@ -203,12 +203,6 @@ func (w *worker) failRing() {
 // errChannelClosed ends a session whose channel or connection closed.
 var errChannelClosed = errors.New("channel closed")
 
-// errRecycle ends a session that its publisher cannot go on with but
-// whose link is fine (a NATS context holding a publish the worker timed
-// out): the worker opens the next one at once, without the backoff of
-// a failure.
-var errRecycle = errors.New("publisher recycled")
-
 // session publishes through one publisher on c until it or c closes
 // (error) or the broker stops the workers (nil). Whatever is unconfirmed
 // then is deferred (or, when stopping or without a retry window, answered
@@ -223,8 +217,12 @@ func (w *worker) session(c *connection) (err error) {
 	w.b.liveChannels.Add(1)
 	defer func() {
 		w.open.Store(false)
-		if w.b.liveChannels.Add(-1) == 0 {
-			w.b.notify() // workers without a channel now answer the ring
+		// With no channel left, the workers without one answer the ring;
+		// otherwise a wake-up meant for this worker (chosen while it was
+		// still open) goes to the next open one, or the message would
+		// wait for this worker's new channel.
+		if w.b.liveChannels.Add(-1) == 0 || w.b.ring.len() > 0 {
+			w.b.notify()
 		}
 		p.drain(w)
 		w.failInFlight()
@@ -236,10 +234,20 @@ func (w *worker) session(c *connection) (err error) {
 	timer.Stop()
 	defer timer.Stop()
 	armed := false
+	// retiring: the publisher cannot go on after a timeout (retire); the
+	// session takes no new publishes, and ends, to open the next one at
+	// once, when what it has in flight is settled or timed out too.
+	retiring := false
 	w.ws = waitSet{kick: w.kick, timeout: timer.C, stop: w.b.stopWorkers, closed: c.closed}
 	for {
+		if retiring && w.fifo.len() == 0 {
+			return nil
+		}
 		p.cork()
-		err := w.fill(p)
+		var err error
+		if !retiring {
+			err = w.fill(p)
+		}
 		w.publishingSince.Store(w.b.now())
 		if uerr := p.uncork(); err == nil {
 			err = uerr
@@ -253,7 +261,7 @@ func (w *worker) session(c *connection) (err error) {
 			armed = true
 		}
 		w.ws.wake = nil
-		if w.fifo.len() < w.b.cfg.Window {
+		if w.fifo.len() < w.b.cfg.Window && !retiring {
 			w.ws.wake = w.wake
 			// Open before looking at the ring: a message pushed after
 			// fill's last look either finds the flag (Submit wakes us)
@@ -270,12 +278,9 @@ func (w *worker) session(c *connection) (err error) {
 		}
 		// The end of the backoff matters only when this worker can
 		// publish what it frees.
-		canPublish := w.fifo.len() < w.b.cfg.Window && w.b.state.Load()&stateBlocked == 0
+		canPublish := w.fifo.len() < w.b.cfg.Window && !retiring && w.b.state.Load()&stateBlocked == 0
 		w.ws.deferred = w.armTimer(canPublish)
 		ev, err := p.wait(w)
-		if errors.Is(err, errRecycle) {
-			return nil
-		}
 		if err != nil {
 			return err
 		}
@@ -285,6 +290,7 @@ func (w *worker) session(c *connection) (err error) {
 		case wokeTimeout:
 			armed = false
 			w.expire()
+			retiring = retiring || p.retire(w)
 		case wokeStop:
 			return nil
 		}
