@@ -229,10 +229,9 @@ func (p *amqpPublisher) returned(w *worker, ret amqp.Return) {
 			"suppressed", w.b.limits.returned.suppressedSince())
 	}
 	for i := 0; i < w.fifo.len(); i++ {
-		// Each copy has its own message_id (copyID); the routing key
-		// must match too, since a message may be in the window twice
-		// (a republish behind its first attempt) and only the attempt
-		// on this key came back.
+		// Each copy has its own message_id (copyID), which tells which
+		// copy came back (a spooled record keeps per-copy state); the
+		// routing key is compared as well, as a guard.
 		if e := w.fifo.at(i); !e.returned && e.id == ret.MessageId && e.key == ret.RoutingKey {
 			e.returned = true
 			return
