@@ -395,12 +395,26 @@ func (s *session) startTLSCmd() {
 	}
 }
 
-// openKind notes the listener a connection came in on (OnOpen), by the
-// socket's local address: gnet's Conn.LocalAddr is the listener's address
-// as configured (port 0 stays 0).
-func (s *session) openKind(fd int) {
-	s.sec.kind = s.srv.tls.kindOf(fd)
-	s.sec.requireAuth = s.sec.kind == kindSubmission
+// setKind notes the listener a connection came in on (OnOpen; kindOf
+// names it by the socket's local address: gnet's Conn.LocalAddr is the
+// listener's address as configured, port 0 stays 0).
+func (s *session) setKind(k listenerKind) {
+	s.sec.kind = k
+	s.sec.requireAuth = k == kindSubmission
+}
+
+// refusal is what a connection refused before its greeting is told: the
+// reply, except on a TLS listener, where the client's first bytes are a
+// ClientHello and it reads nothing but TLS records (RFC 8314 §3.3). A
+// 421 there would need a handshake first, and a handshake is CPU the
+// client makes us spend, the very thing a limit is there to stop; so the
+// connection is closed without a word, and the client retries later as
+// after any connection that fails (RFC 5321 §4.5.4.1).
+func refusal(k listenerKind, reply []byte) []byte {
+	if k == kindTLS {
+		return nil
+	}
+	return reply
 }
 
 // implicitTLS makes open hand the connection off instead of greeting.
