@@ -130,4 +130,3 @@ func TestImplicitTLSRefusedSilently(t *testing.T) {
 		}
 	})
 }
-
