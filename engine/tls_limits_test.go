@@ -3,6 +3,7 @@ package engine
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -129,4 +130,83 @@ func TestImplicitTLSRefusedSilently(t *testing.T) {
 			t.Errorf("draining refusals %d, want 2", got)
 		}
 	})
+}
+
+// TestHandshakeFloodFromOneClient: one client opens more stalling TLS
+// connections than the server has handshake slots. It holds
+// MaxHandshakesPerIP of them; the rest wait for a slot of their client's
+// (holding none of the server's) and are closed (per_ip), and a canary
+// from another client gets its handshake at once and its 250. Over IPv6
+// the client is its /64 (IPv6Prefix), named here by PROXY headers.
+func TestHandshakeFloodFromOneClient(t *testing.T) {
+	const flood, perIP = 12, 2
+	for _, tc := range []struct {
+		name          string
+		flood, canary func(i int) (source, header string) // header: a PROXY header to send first
+	}{
+		{"ipv4",
+			func(int) (string, string) { return "127.0.0.1", "" },
+			func(int) (string, string) { return "127.0.0.5", "" }},
+		{"ipv6-prefix",
+			func(i int) (string, string) {
+				return "", fmt.Sprintf("PROXY TCP6 2001:db8:1:2::%x 2001:db8::25 4000 465\r\n", i+1)
+			},
+			func(int) (string, string) { return "", "PROXY TCP6 2001:db8:1:3::1 2001:db8::25 4000 465\r\n" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{MaxHandshakes: 4, MaxHandshakesPerIP: perIP, HandshakeTimeout: 5 * time.Second, MaxConnsPerIP: 100}
+			if _, header := tc.canary(0); header != "" {
+				cfg.TrustedProxies = loopbackProxies()
+			}
+			ts := startTLSServer(t, cfg)
+			var conns []net.Conn
+			for i := range flood {
+				source, header := tc.flood(i)
+				c := dialFrom(t, source, ts.implicit)
+				if header != "" {
+					c.send(header)
+				}
+				conns = append(conns, c.conn)
+			}
+			st := &ts.srv.Stats().TLS
+			waitFor(t, func() bool { return len(ts.srv.tls.handshakes) == perIP })
+			// The flood holds its slots for HandshakeTimeout; the canary
+			// comes while it does.
+			source, header := tc.canary(0)
+			c := dialFrom(t, source, ts.implicit)
+			if header != "" {
+				c.send(header)
+			}
+			c.startTLS(ts.clientTLS())
+			c.expect("220 mx.test ESMTP")
+			c.do("EHLO canary.test", "250 ")
+			c.do("MAIL FROM:<a@canary.test>", "250 2.1.0")
+			c.do("RCPT TO:<b@mx.test>", "250 2.1.5")
+			c.do("DATA", "354 ")
+			c.send("canary\r\n.\r\n")
+			c.expect("250 2.0.0")
+			c.do("QUIT", "221 ")
+			waitFor(t, func() bool { return st.HandshakeFailed[HandshakePerIP].Load() == flood-perIP })
+			if got := len(ts.srv.tls.handshakes); got != perIP {
+				t.Errorf("%d server slots held, want the flood's %d", got, perIP)
+			}
+			if got := st.HandshakeFailed[HandshakeBusy].Load(); got != 0 {
+				t.Errorf("%d handshakes found no server slot, want 0", got)
+			}
+			m := waitMessages(t, ts.rec, 1)[0]
+			if m.TLSVersion != "TLS 1.3" {
+				t.Errorf("canary's message TLS %q, want TLS 1.3", m.TLSVersion)
+			}
+			for _, conn := range conns {
+				conn.Close()
+			}
+			waitFor(t, func() bool { return ts.srv.Stats().Open.Load() == 0 })
+			ts.srv.tls.perIP.mu.Lock()
+			left := len(ts.srv.tls.perIP.m)
+			ts.srv.tls.perIP.mu.Unlock()
+			if left != 0 {
+				t.Errorf("%d clients left in the per-IP handshake map, want none", left)
+			}
+		})
+	}
 }

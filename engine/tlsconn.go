@@ -49,10 +49,11 @@ const (
 	HandshakeVersion                         // the client offered no version we speak (below TLSMinVersion)
 	HandshakeEOF                             // the client went away
 	HandshakeBad                             // anything else: not TLS, a bad record, no common cipher
+	HandshakePerIP                           // Config.MaxHandshakesPerIP of the client's were running; none came free in time
 	numHandshakeFailures
 )
 
-var handshakeFailureNames = [numHandshakeFailures]string{"timeout", "busy", "version", "eof", "bad"}
+var handshakeFailureNames = [numHandshakeFailures]string{"timeout", "busy", "version", "eof", "bad", "per_ip"}
 
 func (f HandshakeFailure) String() string { return handshakeFailureNames[f] }
 
@@ -65,8 +66,9 @@ func HandshakeFailures() []HandshakeFailure {
 	return r
 }
 
-// handshakeWait is how long a handshake waits for a slot when
-// MaxHandshakes are running, before the connection is closed.
+// handshakeWait is how long a handshake waits for its slots (its
+// client's, then the server's) when MaxHandshakesPerIP or MaxHandshakes
+// are running, before the connection is closed.
 const handshakeWait = time.Second
 
 // handOff runs in OnClose, on the loop, for a session whose STARTTLS 220
@@ -146,24 +148,41 @@ func (t *tlsConn) run() {
 	}
 }
 
-// handshake runs the TLS handshake under its own timeout and the
-// server-wide bound on handshakes at once.
+// handshake runs the TLS handshake under its own timeout, the client's
+// bound on handshakes at once and the server's. The client's slot is
+// taken first, so that a client waiting for one holds none of the
+// server's: one address cannot take them all.
 func (t *tlsConn) handshake() bool {
 	s := t.sess
 	srv := s.srv
 	cfg := srv.settings()
 	st := &srv.stats.TLS
+	var timer *time.Timer // one wait for both slots, made only if one is not free
+	wait := func() <-chan time.Time {
+		if timer == nil {
+			timer = time.NewTimer(handshakeWait)
+		}
+		return timer.C
+	}
+	key := srv.clientKey(s.remote.Addr())
+	slot, ok := srv.tls.perIP.take(key, wait)
+	if !ok {
+		st.HandshakeFailed[HandshakePerIP].Add(1)
+		return false
+	}
+	defer srv.tls.perIP.give(key, slot)
 	select {
 	case srv.tls.handshakes <- struct{}{}:
 	default:
-		timer := time.NewTimer(handshakeWait)
 		select {
 		case srv.tls.handshakes <- struct{}{}:
-			timer.Stop()
-		case <-timer.C:
+		case <-wait():
 			st.HandshakeFailed[HandshakeBusy].Add(1)
 			return false
 		}
+	}
+	if timer != nil {
+		timer.Stop()
 	}
 	start := time.Now()
 	_ = t.raw.SetDeadline(start.Add(cfg.HandshakeTimeout))
