@@ -70,7 +70,7 @@ func (r *TLSReport) Markdown() string {
 	if len(hs) > 0 {
 		w("lsmtp's handshake rate ÷ go-smtp's: %s (target ≥ 1). ", strings.Join(hs, ", "))
 	}
-	w("On 2 cores the clients' own handshakes and records take about as much CPU as the server's, so the rates are what both ends "+
+	w("On 2 cores the clients' own handshakes and records take about as much CPU as the server's, so the rates are what both ends " +
 		"together allow; the server CPU rows are the server's share alone.\n\n")
 	w("lsmtp: `%s`; bridge: `%s`.\n\n", r.Args[PeerLsmtp], r.Args[PeerBridge])
 	w("Repeat with `lsmtp-bench tls -pairs %d -window %v -sessions %d -dialers %d -idle %d` (`make bench-tls`).\n\n",
