@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := ./...
 FUZZTIME ?= 30s
 
-.PHONY: stress spool-outage run test test-short bench bench-quick bench-factors bench-peers bench-tls fuzz lint build chaos cluster
+.PHONY: stress spool-outage run test test-short bench bench-quick bench-factors bench-peers bench-12k bench-12k-quick bench-tls fuzz lint build chaos cluster
 
 build:
 	$(GO) build -o bin/lsmtp ./cmd/lsmtp
@@ -22,12 +22,15 @@ run: build
 RACEPKGS ?= ./engine ./broker ./internal/e2e ./internal/chaos ./internal/faultproxy ./cmd/lsmtp
 
 # The whole suite, then RACEPKGS with -race; broker tests need RabbitMQ on
-# 127.0.0.1:5672 (installed or started if need be, see tools/rabbitmq-up).
+# 127.0.0.1:5672 and the --sink nats tests NATS with JetStream on
+# 127.0.0.1:4222 (each installed or started if need be, see
+# tools/rabbitmq-up and tools/nats-up).
 # LSMTP_CLUSTER=1 make test adds internal/cluster's 20 s fault runs against
 # a three-node cluster of its own (about 3 minutes more).
 test:
 	@command -v "$$($(GO) env CC)" >/dev/null || { echo "go test -race needs a C compiler for cgo: 'apt-get install gcc' (Debian/Ubuntu)" >&2; exit 1; }
 	@tools/rabbitmq-up
+	@tools/nats-up
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 15m $(PKGS)
 	$(GO) test -race -count=1 -timeout 15m $(RACEPKGS)
@@ -47,9 +50,10 @@ fuzz:
 	done
 
 # The benchmark suite (about 25 minutes): Table I of the paper and beyond,
-# every row checked against RabbitMQ, then the factor table and lsmtp
-# side by side with the go-smtp bridge (BENCHFLAGS='-sections none' skips
-# those); writes BENCHMARKS.md and bench/*.png.
+# every row checked against RabbitMQ, then the factor table, lsmtp
+# side by side with the go-smtp bridge and lsmtp → JetStream (skipped
+# without a nats-server; BENCHFLAGS='-sections none' skips those); writes
+# BENCHMARKS.md and bench/*.png.
 # BENCHFLAGS passes extra flags, e.g. BENCHFLAGS='-profile /tmp/prof -rows pipe'.
 bench: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
@@ -61,6 +65,16 @@ bench-quick: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
 	@tools/rabbitmq-up
 	./bin/lsmtp-bench suite -quick -lsmtp bin/lsmtp -out bench/quick/BENCHMARKS.md -plots bench/quick $(BENCHFLAGS)
+
+# Issue 11's scenario alone (about 1.5 minutes; -quick: a 4 s window):
+# 12,000 sessions at 315 ms RTT from two generator processes, pipelining,
+# 10 msg/conn, lsmtp's defaults but for --max-conns 0 --max-conns-per-ip 0;
+# the report (4xx, msg/s, the in-flight budget's peak use, RabbitMQ count)
+# goes to bench/quick/12k/ (not committed). make bench runs the row too.
+bench-12k bench-12k-quick: build
+	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
+	@tools/rabbitmq-up
+	./bin/lsmtp-bench suite $(if $(filter bench-12k-quick,$@),-quick) -rows '^scale-12k-pipe-k10$$' -sections none -lsmtp bin/lsmtp -out bench/quick/12k/BENCHMARKS.md -plots bench/quick/12k $(BENCHFLAGS)
 
 # What each part of a publish costs RabbitMQ (about 8 minutes): a plain
 # amqp091-go publisher, one row per publish shape, classic and quorum
@@ -78,6 +92,18 @@ bench-peers: build
 	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
 	@tools/rabbitmq-up
 	./bin/lsmtp-bench peers -lsmtp bin/lsmtp -out bench/factors.md $(BENCHFLAGS)
+
+# lsmtp --sink nats beside a raw nats.go async-publish ceiling and beside
+# lsmtp --sink amqp, alternating, under the same SMTP load (about 3
+# minutes; BENCHFLAGS=-quick for one pair in about a minute); needs
+# nats-server with JetStream on 127.0.0.1:4222 and RabbitMQ; writes
+# bench/nats.md (make bench includes it).
+.PHONY: bench-nats
+bench-nats: build
+	$(GO) build -o bin/lsmtp-bench ./cmd/lsmtp-bench
+	@tools/rabbitmq-up
+	@tools/nats-up
+	./bin/lsmtp-bench nats -lsmtp bin/lsmtp -out bench/nats.md $(BENCHFLAGS)
 
 # TLS (about 5 minutes): handshakes per second with ECDSA P-256 and RSA
 # 2048 certificates, msg/s at 1 and 100 messages per connection and

@@ -75,9 +75,15 @@ func (q *QueueCheck) Count() (int, error) {
 // is at least want, or ctx ends: messages the server had in flight when a
 // session gave up may still be confirmed after the row.
 func (q *QueueCheck) Settle(ctx context.Context, want int, stable time.Duration) (int, error) {
+	return settle(ctx, q.Count, want, stable)
+}
+
+// settle calls count until its answer has not moved for stable and is at
+// least want, or ctx ends, and returns the last answer.
+func settle(ctx context.Context, count func() (int, error), want int, stable time.Duration) (int, error) {
 	last, since := -1, time.Now()
 	for {
-		n, err := q.Count()
+		n, err := count()
 		if err != nil {
 			return 0, err
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,13 @@ type PeersConfig struct {
 	PeerListen    string // the bridge's
 	LogDir        string // server logs; "" makes a temporary directory
 	Progress      io.Writer
+
+	// OnlyLoads, when not empty, keeps only the loads with these IDs
+	// (pipe, source-d, source).
+	OnlyLoads []string
+	// LsmtpArgs are extra flags for lsmtp, after the ones the run sets
+	// (to measure a setting against the defaults).
+	LsmtpArgs []string
 }
 
 func (c *PeersConfig) setDefaults() {
@@ -96,11 +104,21 @@ type peerLoad struct {
 }
 
 func (c *PeersConfig) loads() []peerLoad {
-	return []peerLoad{
+	all := []peerLoad{
 		{ID: "pipe", Label: fmt.Sprintf("%d sessions, pipelined, %d msg/conn, %v (lsmtp-bench run)", c.Sessions, c.PerConn, c.Window)},
 		{ID: "source-d", Label: fmt.Sprintf("`smtp-source -s %d -m %d -l 2048 -d`", c.SourceSessions, c.SourceMessages), source: true, keepConn: true},
 		{ID: "source", Label: fmt.Sprintf("`smtp-source -s %d -m %d -l 2048` (a connection per message)", c.SourceSessions, c.SourceMessages), source: true},
 	}
+	if len(c.OnlyLoads) == 0 {
+		return all
+	}
+	var keep []peerLoad
+	for _, l := range all {
+		if slices.Contains(c.OnlyLoads, l.ID) {
+			keep = append(keep, l)
+		}
+	}
+	return keep
 }
 
 // PeerRun is one run of one server under one load.
@@ -241,7 +259,7 @@ func (rep *PeersReport) runQueueType(ctx context.Context, cfg *PeersConfig, qt, 
 	l, err := StartLsmtp(ctx, LsmtpOptions{
 		Binary: cfg.Lsmtp, Listen: cfg.Listen, Admin: cfg.Admin, Sink: "amqp",
 		AMQPURL: cfg.AMQPURL, Exchange: lx, Queue: lq, RoutingKey: "inbound", LogDir: cfg.LogDir,
-		ExtraArgs: []string{"--queue-type", qt},
+		ExtraArgs: append([]string{"--queue-type", qt}, cfg.LsmtpArgs...),
 	})
 	if err != nil {
 		return fmt.Errorf("peers: %w", err)

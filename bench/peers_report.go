@@ -91,8 +91,12 @@ func (r *PeersReport) Markdown() string {
 		w("\n")
 		w("lsmtp: `%s`; bridge: `%s`.\n\n", r.LsmtpArgs[qt], r.BridgeArgs[qt])
 	}
-	w("Repeat with `lsmtp-bench peers -pairs %d -sessions %d -per-conn %d -window %v -queue-types %s`.\n\n",
-		c.Pairs, c.Sessions, c.PerConn, c.Window, strings.Join(c.QueueTypes, ","))
+	only := ""
+	if len(c.OnlyLoads) > 0 {
+		only = " -loads " + strings.Join(c.OnlyLoads, ",")
+	}
+	w("Repeat with `lsmtp-bench peers -pairs %d -sessions %d -per-conn %d -window %v -queue-types %s%s`.\n\n",
+		c.Pairs, c.Sessions, c.PerConn, c.Window, strings.Join(c.QueueTypes, ","), only)
 	if len(r.Notes) > 0 {
 		w("Notes from the run:\n\n")
 		for _, n := range r.Notes {

@@ -33,7 +33,7 @@ type LsmtpOptions struct {
 	Binary        string
 	Listen        string
 	Admin         string
-	Sink          string // "null" or "amqp"
+	Sink          string // "null", "amqp" or "nats" (its flags in ExtraArgs)
 	AMQPURL       string
 	Exchange      string
 	Queue         string
@@ -83,7 +83,7 @@ func StartLsmtp(ctx context.Context, o LsmtpOptions) (*Server, error) {
 		case <-time.After(2 * time.Second):
 		}
 	}
-	if o.Sink == "amqp" {
+	if o.Sink == "amqp" || o.Sink == "nats" {
 		if err := s.waitReady(ctx, 30*time.Second); err != nil {
 			s.Stop()
 			return nil, err

@@ -119,6 +119,15 @@ func check(rr *RowResult) string {
 	return "✗ " + rr.CheckNote
 }
 
+// held is a row's peak of what lsmtp held: octets (and their share of
+// the budget), messages.
+func held(rr *RowResult) string {
+	if rr.InFlightLimit <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f MB (%.1f %%), %s msgs", rr.PeakInFlight/1e6, 100*rr.PeakInFlight/rr.InFlightLimit, num(rr.PeakPending))
+}
+
 func rtts(d time.Duration, rtt time.Duration) string {
 	if rtt <= 0 {
 		return ""
@@ -218,17 +227,20 @@ func (s *Suite) writeScale(w func(string, ...any)) {
 	w("*open* is the connections lsmtp held (its `lsmtp_connections_open`) as the window closed. It is below the sessions " +
 		"because a session spends one and a half round trips of every connection before the server sees it (SYN, SYN-ACK, ACK) " +
 		"and, when the machine is saturated, more in the listen backlog.\n\n")
-	w("| row | sessions | open | dialogue | lsmtp processes | generator processes | msg/s | bound | ratio | p50 s | p99 s | max s | p50 in RTT | RabbitMQ count = 2xx |\n")
-	w("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	w("*4xx* counts the whole run (ramp, window and drain). *held, peak* is the most lsmtp held at once during the window, sampled every 250 ms: " +
+		"message octets (`lsmtp_in_flight_bytes`) as a share of the in-flight budget (`--max-in-flight-bytes`), and messages in the broker " +
+		"(`lsmtp_broker_pending_messages`: in the hand-off ring, unconfirmed or deferred).\n\n")
+	w("| row | sessions | open | dialogue | lsmtp processes | generator processes | msg/s | bound | ratio | p50 s | p99 s | max s | p50 in RTT | 4xx | held, peak | RabbitMQ count = 2xx |\n")
+	w("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
 	for _, rr := range rows {
 		if rr.Res == nil {
-			w("| %s | %s | | %s | %d | | failed: %s |||||||\n", rr.ID, num(float64(rr.Load.Sessions)), mode(rr.Load), rr.Instances, rr.Err)
+			w("| %s | %s | | %s | %d | | failed: %s |||||||||\n", rr.ID, num(float64(rr.Load.Sessions)), mode(rr.Load), rr.Instances, rr.Err)
 			continue
 		}
 		r := rr.Res
-		w("| %s | %s | %s | %s | %d | %d | **%s** | %s | %.3f | %s | %s | %s | %s | %s |\n",
+		w("| %s | %s | %s | %s | %d | %d | **%s** | %s | %.3f | %s | %s | %s | %s | %s | %s | %s |\n",
 			rr.ID, num(float64(rr.Load.Sessions)), num(float64(rr.OpenConns)), mode(rr.Load), rr.Instances, r.Processes, num(r.Rate), num(r.Bound), r.Rate/r.Bound,
-			sec(r.Latency.P50), sec(r.Latency.P99), sec(r.Latency.Max), rtts(r.Latency.P50, rr.Load.RTT), check(rr))
+			sec(r.Latency.P50), sec(r.Latency.P99), sec(r.Latency.Max), rtts(r.Latency.P50, rr.Load.RTT), num(float64(r.Tempfail)), held(rr), check(rr))
 	}
 	w("\n")
 	if mi := s.info; mi.FileLimit > 0 && mi.FileLimit < 30000 {

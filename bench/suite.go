@@ -84,6 +84,11 @@ type RowResult struct {
 	ServerCPU, RabbitCPU, GenCPU, OtherCPU, BusyCPU float64
 	Load1                                           float64 // load average when the row started
 	OpenConns                                       int     // connections open at the lsmtp server(s) when the window closed
+	// The most message octets and messages the lsmtp server(s) held at
+	// once during the window (lsmtp_in_flight_bytes and
+	// lsmtp_broker_pending_messages, summed, sampled every 250 ms), and
+	// the in-flight byte budget (lsmtp_in_flight_bytes_limit, summed).
+	PeakInFlight, InFlightLimit, PeakPending float64
 
 	Profiles   *Profiles
 	GenProfile string // the generator's own CPU profile, if taken
@@ -120,7 +125,8 @@ type SuiteConfig struct {
 	// the suite's).
 	Factors *FactorConfig
 	Peers   *PeersConfig
-	TLS     *TLSConfig // the TLS section, lsmtp beside go-smtp's TLS
+	NATS    *NATSConfig // lsmtp → JetStream beside its ceiling and lsmtp → RabbitMQ
+	TLS     *TLSConfig  // the TLS section, lsmtp beside go-smtp's TLS
 }
 
 func (sc *SuiteConfig) setDefaults() {
@@ -199,8 +205,13 @@ func (sc *SuiteConfig) RowsToRun() []Row {
 	}
 	ceiling := Row{ID: "ceiling", Group: "loopback", Label: "raw amqp091-go publish ceiling", Kind: KindCeiling, Load: LoadConfig{Duration: w}}
 
+	scale12k := scale("scale-12k-pipe-k10", "12,000 sessions, pipelining, 10 msg/conn", 12000, 10, true, false)
+	scale12k.Load.Processes = 2
+
 	var rows []Row
-	if sc.Quick {
+	// -rows picks from every row, -quick or not: -quick then only
+	// shortens the window.
+	if sc.Quick && sc.Rows == "" {
 		rows = append(rows,
 			ceiling,
 			loop("loop-null", "lsmtp, null sink, 1 msg/conn", KindNull, 1, false),
@@ -232,6 +243,10 @@ func (sc *SuiteConfig) RowsToRun() []Row {
 			// the server answers 451 (hand-off full) to the excess.
 			scale("scale-5k-bdat-k10", "5,000 sessions, BDAT, 10 msg/conn", 5000, 10, true, true),
 			scale("scale-10k-bdat-k10", "10,000 sessions, BDAT, 10 msg/conn", 10000, 10, true, true),
+			// Issue 11's scenario as a new user ran it: two generator
+			// processes, pipelining without BDAT, 10 msg/conn. make
+			// bench-12k runs it alone (bench-12k-quick with a 4 s window).
+			scale12k,
 		)
 		rows = append(rows,
 			sink("sink-loop", "smtp-sink, 1 msg/conn", 200, 1, 0, true),
@@ -348,8 +363,8 @@ func RunSuite(ctx context.Context, cfg SuiteConfig) error {
 	return failure
 }
 
-// runSections runs the factor table and the comparison with the bridge,
-// when configured, for the report.
+// runSections runs the factor table, the comparison with the bridge and
+// the JetStream section, when configured, for the report.
 func (s *Suite) runSections(ctx context.Context) error {
 	if f := s.cfg.Factors; f != nil {
 		f.Progress = s.cfg.Progress
@@ -381,6 +396,27 @@ func (s *Suite) runSections(ctx context.Context) error {
 		}
 		if err != nil {
 			return fmt.Errorf("side by side: %w", err)
+		}
+	}
+	if n := s.cfg.NATS; n != nil && FindProcess("nats-server") == 0 {
+		s.notes = append(s.notes, "No nats-server runs on this machine: the JetStream section was skipped.")
+	} else if n != nil {
+		n.Progress = s.cfg.Progress
+		if n.Lsmtp == "" {
+			n.Lsmtp = s.cfg.Lsmtp
+		}
+		if n.AMQPURL == "" {
+			n.AMQPURL = s.cfg.AMQPURL
+		}
+		if n.LogDir == "" {
+			n.LogDir = s.cfg.LogDir
+		}
+		rep, err := RunNATS(ctx, *n)
+		if rep != nil {
+			s.sections = append(s.sections, rep)
+		}
+		if err != nil {
+			return fmt.Errorf("JetStream: %w", err)
 		}
 	}
 	if c := s.cfg.TLS; c != nil {
@@ -597,8 +633,12 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 		return d
 	}
 	var genProfile *os.File
+	var stopHeld func()
 	cfg.WindowStart = func() {
 		t0, srv0, r0, b0 = time.Now(), serverCPU(), ProcCPU(rabbit), SystemCPU()
+		if row.Kind == KindAMQP {
+			stopHeld = sampleHeld(servers, rr)
+		}
 		if s.cfg.ProfileDir != "" && row.Kind != KindSmtpSink {
 			waitProfiles = CaptureProfiles(servers[0].Admin, s.cfg.ProfileDir, row.ID, cfg.Duration)
 		}
@@ -613,6 +653,9 @@ func (s *Suite) runRow(ctx context.Context, i, n int, row Row) *RowResult {
 		}
 	}
 	cfg.WindowEnd = func() {
+		if stopHeld != nil {
+			stopHeld()
+		}
 		if genProfile != nil {
 			pprof.StopCPUProfile()
 			genProfile.Close()
@@ -761,6 +804,37 @@ func rowSummary(rr *RowResult) string {
 
 func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) + "s" }
 
+// sampleHeld records in rr the most the servers held at once (message
+// octets against the in-flight budget, messages in the broker), polling
+// their metrics every 250 ms until the returned function is called.
+func sampleHeld(servers []*Server, rr *RowResult) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	sum := func(name string) (v float64) {
+		for _, srv := range servers {
+			if x, ok := MetricValue(srv.Admin, name); ok {
+				v += x
+			}
+		}
+		return v
+	}
+	rr.InFlightLimit = sum("lsmtp_in_flight_bytes_limit")
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			rr.PeakInFlight = max(rr.PeakInFlight, sum("lsmtp_in_flight_bytes"))
+			rr.PeakPending = max(rr.PeakPending, sum("lsmtp_broker_pending_messages"))
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
+}
+
 // RunCommand is the lsmtp-bench run command that repeats a row's load.
 func RunCommand(c LoadConfig) string {
 	args := []string{"lsmtp-bench", "run", "-target", strings.Join(c.Targets, ","), "-sessions", strconv.Itoa(c.Sessions)}
@@ -787,6 +861,9 @@ func RunCommand(c LoadConfig) string {
 	}
 	if c.PerSource > 0 {
 		args = append(args, "-per-source", strconv.Itoa(c.PerSource))
+	}
+	if c.Processes > 1 {
+		args = append(args, "-processes", strconv.Itoa(c.Processes))
 	}
 	return strings.Join(args, " ")
 }

@@ -21,21 +21,29 @@ var (
 	// ErrUnroutable: the exchange had no queue for the routing key
 	// (basic.return); RFC 3463 X.3.5 "system incorrectly configured".
 	ErrUnroutable = &codec.Reply{Code: 451, Enhanced: "4.3.5", Text: "Message not routable to a queue, try again later"}
+	// ErrStorageFull: the broker refused the message for want of room
+	// (a JetStream stream at its MaxBytes or MaxMsgs with discard new)
+	// until its deadline; RFC 3463 X.3.1, mail system full.
+	ErrStorageFull = &codec.Reply{Code: 451, Enhanced: "4.3.1", Text: "Insufficient system storage, try again later"}
 )
 
-// Broker is the RabbitMQ sink. Create it with New; it is safe for
-// concurrent use.
+// Broker is the broker sink: RabbitMQ or NATS JetStream (Config.Sink).
+// Create it with New; it is safe for concurrent use.
 type Broker struct {
 	cfg      Config
 	log      *slog.Logger
+	tr       transport // the broker-specific half (transport.go)
 	ring     *ring
 	deferred *deferredQueue
-	wake     chan struct{} // 1-buffered: "the ring has something", shared by the workers
-	epoch    time.Time     // base of now()
+	epoch    time.Time // base of now()
 
 	capacity int64 // most messages held at once (pending)
 	maxWait  int64 // Config.maxWait in ns: a message's deadline is received + maxWait
 	retry    bool  // Config.PublishRetryWindow > 0
+
+	// maxSize is the largest client message the broker can take
+	// (sink.SizeLimiter), learned at each connect; 0 for none known.
+	maxSize atomic.Int64
 
 	state   atomic.Uint32 // stateReady | stateBlocked | stateClosing
 	pending atomic.Int64  // messages between Submit and Complete
@@ -88,6 +96,10 @@ func New(cfg Config) (*Broker, error) {
 		log = slog.Default()
 	}
 	log = log.With("component", "broker")
+	if cfg.Sink == SinkNATS {
+		// The shared half sizes the windows from Workers and Window.
+		cfg.Workers, cfg.Window = cfg.NATSWorkers, cfg.NATSMaxPending
+	}
 	b := &Broker{
 		cfg: cfg,
 		log: log,
@@ -99,7 +111,6 @@ func New(cfg Config) (*Broker, error) {
 		capacity:    int64(cfg.capacity()),
 		maxWait:     int64(cfg.maxWait()),
 		retry:       cfg.PublishRetryWindow > 0,
-		wake:        make(chan struct{}, 1),
 		epoch:       time.Now(),
 		connChanged: make(chan struct{}),
 		templated:   containsDomain(cfg.RoutingKey),
@@ -110,6 +121,11 @@ func New(cfg Config) (*Broker, error) {
 		supDone:     make(chan struct{}),
 
 		confirmLatency: hist.New(hist.Exponential(0.0005, 2, 16)...), // 0.5 ms .. 16 s
+	}
+	if cfg.Sink == SinkNATS {
+		b.tr = newNATSTransport(b)
+	} else {
+		b.tr = &amqpTransport{b: b}
 	}
 	if cfg.SpoolDir != "" {
 		if err := b.openSpool(); err != nil {
@@ -126,15 +142,34 @@ func New(cfg Config) (*Broker, error) {
 	return b, nil
 }
 
-// ConfirmLatency is the time from a publish call to RabbitMQ's confirm
-// (ack or nack), in seconds, one observation per publish.
+// ConfirmLatency is the time from a publish call to the broker's confirm
+// (ack or nack, PubAck or error), in seconds, one observation per publish.
 func (b *Broker) ConfirmLatency() *hist.Histogram { return b.confirmLatency }
 
 // now is a monotonic clock in nanoseconds since New.
 func (b *Broker) now() int64 { return int64(time.Since(b.epoch)) }
 
-// Ready reports whether a connection to RabbitMQ is up, for health checks.
+// Ready reports whether a connection to the broker is up, for health checks.
 func (b *Broker) Ready() bool { return b.state.Load()&stateReady != 0 }
+
+// Kind names the broker: "RabbitMQ" or "NATS".
+func (b *Broker) Kind() string { return b.tr.kind() }
+
+// Limits reports what one message may carry so that it always encodes
+// (sink.Limiter); see internal/sink/limits.go.
+func (b *Broker) Limits() sink.Limits { return b.tr.limits() }
+
+var _ sink.Limiter = (*Broker)(nil)
+
+// MaxMessageSize is the largest client message the broker can take
+// (sink.SizeLimiter): for NATS, the server's max_payload less what lsmtp
+// adds at its largest, from the last connect; 0 before it, and always 0
+// for RabbitMQ, which tells a client no limit of its own (its
+// max_message_size, 128 MiB by default, is above what the in-flight
+// budget lets one message be).
+func (b *Broker) MaxMessageSize() int64 { return b.maxSize.Load() }
+
+var _ sink.SizeLimiter = (*Broker)(nil)
 
 // Submit hands msg to a publisher worker. It never blocks and does not
 // allocate. After Close it answers sink.ErrShuttingDown, and with more
@@ -196,31 +231,64 @@ func (b *Broker) kick() {
 // expireDeferred answers 451 to the deferred messages whose deadline passed.
 func (b *Broker) expireDeferred(now int64) {
 	for e, ok := b.deferred.takeExpired(now); ok; e, ok = b.deferred.takeExpired(now) {
-		b.expire(e.msg, now, e.spoolErr)
+		b.expire(e.msg, now, e.spoolErr, e.full)
 	}
 }
 
-// expire answers 451 to m, whose deadline passed before RabbitMQ took it:
-// ErrSpoolFull when the spool could not take it (spoolErr).
-func (b *Broker) expire(m *sink.Message, now int64, spoolErr bool) {
+// expire answers 451 to m, whose deadline passed before the broker took
+// it: ErrSpoolFull when the spool could not take it (spoolErr),
+// ErrStorageFull when the broker's last answer was that it is full.
+func (b *Broker) expire(m *sink.Message, now int64, spoolErr, full bool) {
 	b.stats.expired.Add(1)
 	b.stats.failed.Add(1)
 	if b.limits.expired.allow(now) {
-		b.log.Warn("RabbitMQ did not take a message before its deadline, answering 451",
-			"deadline", b.cfg.maxWait(), "suppressed", b.limits.expired.suppressedSince())
+		b.log.Warn(b.tr.kind()+" did not take a message before its deadline, answering 451",
+			"deadline", b.cfg.maxWait(), "full", full, "suppressed", b.limits.expired.suppressedSince())
 	}
-	if spoolErr {
+	switch {
+	case spoolErr:
 		b.finish(m, ErrSpoolFull)
-		return
+	case full:
+		b.finish(m, ErrStorageFull)
+	default:
+		b.finish(m, sink.ErrUnavailable)
 	}
-	b.finish(m, sink.ErrUnavailable)
 }
 
 // notify wakes one idle worker, if any is waiting; it never blocks.
+//
+// The wake-up goes to the first worker (lowest id) with a channel and
+// room in its window, so that a worker is woken only when the ones
+// before it are full: under light load one channel carries every
+// publish, and RabbitMQ confirms them in that channel's batches rather
+// than in smaller ones per channel (with a connection per SMTP message,
+// two channels each nearly idle cost RabbitMQ 1.7x the system calls per
+// message of the bridge's one, one channel 0.95x: bench/factors.md,
+// "Connection per message"); under
+// heavy load the next worker takes what the first one's window cannot
+// hold. With no worker open and none with a channel, every worker is
+// woken: without a channel a worker defers or answers the ring
+// (worker.run).
+//
+// Submit pushes before it reads the workers' open flags, and a worker
+// sets its flag before it looks at the ring again (worker.session), so
+// a message is never left in the ring with every worker asleep.
 func (b *Broker) notify() {
-	select {
-	case b.wake <- struct{}{}:
-	default:
+	for _, w := range b.workers {
+		if w.open.Load() {
+			w.wakeUp()
+			return
+		}
+	}
+	if b.liveChannels.Load() == 0 {
+		b.wakeAll()
+	}
+}
+
+// wakeAll wakes every worker.
+func (b *Broker) wakeAll() {
+	for _, w := range b.workers {
+		w.wakeUp()
 	}
 }
 
@@ -251,9 +319,7 @@ func (b *Broker) Close(ctx context.Context) error {
 
 func (b *Broker) close(ctx context.Context) error {
 	b.state.Or(stateClosing)
-	for range b.workers {
-		b.notify()
-	}
+	b.wakeAll()
 	var err error
 	tick := time.NewTicker(2 * time.Millisecond)
 	for b.pending.Load() > 0 && err == nil {

@@ -34,8 +34,16 @@ func wantDelivery(t *testing.T, d amqp.Delivery, m *sink.Message, body []byte, r
 	if d.ContentType != "message/rfc822" {
 		t.Errorf("%s: content_type = %q", m.QueueID, d.ContentType)
 	}
-	if d.MessageId != m.QueueID {
-		t.Errorf("message_id = %q, want %q", d.MessageId, m.QueueID)
+	// A {domain} copy (its routing key ends in its recipients' domain)
+	// is <queue ID>.<domain>; a message published once, the queue ID.
+	wantID := m.QueueID
+	if len(rcpts) > 0 {
+		if _, dom, ok := strings.Cut(strings.ToLower(rcpts[0]), "@"); ok && strings.HasSuffix(d.RoutingKey, "."+dom) {
+			wantID += "." + dom
+		}
+	}
+	if d.MessageId != wantID {
+		t.Errorf("message_id = %q, want %q", d.MessageId, wantID)
 	}
 	if d.AppId != "lsmtp" {
 		t.Errorf("%s: app_id = %q", m.QueueID, d.AppId)
@@ -544,7 +552,10 @@ func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
 		"amqp://guest:secret@host:5672/vh": "amqp://guest:xxxxx@host:5672/vh",
 		"amqp://host/":                     "amqp://host/",
-		"amqp://u:p%zz@host/":              "<unparsable AMQP URL>",
+		"amqp://u:p%zz@host/":              "<unparsable URL>",
+		"nats://user:secret@host:4222":     "nats://user:xxxxx@host:4222",
+		"nats://s3cr3t-token@host:4222":    "nats://xxxxx@host:4222",
+		"tls://host:4222":                  "tls://host:4222",
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
@@ -687,5 +698,60 @@ func TestConfirmLatencyIsObserved(t *testing.T) {
 	rec.wait(t, 5, 10*time.Second)
 	if s := b.ConfirmLatency().Snapshot(); s.Count != 5 || s.Sum <= 0 {
 		t.Fatalf("confirm latency: %d observations, sum %v; want 5, > 0", s.Count, s.Sum)
+	}
+}
+
+// TestLightLoadOneChannel: while the first worker's window has room it
+// carries every publish (one channel, so RabbitMQ confirms in that
+// channel's batches); the second worker publishes only what the first
+// one's full window cannot take.
+func TestLightLoadOneChannel(t *testing.T) {
+	p := newProxy(t)
+	cfg := testConfig(t, proxyURL(p))
+	cfg.Workers, cfg.Window = 2, 2
+	b := startBroker(t, cfg)
+	waitReady(t, b, 5*time.Second)
+	// nextTag is the worker's own; the channel count is published after
+	// it is set, and a completion after the publish that raised it.
+	for deadline := time.Now().Add(5 * time.Second); b.liveChannels.Load() != 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the workers did not open their channels")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	rec := newRecorder()
+	const light = 20
+	for i := 0; i < light; i++ {
+		b.Submit(newMessage(rec, fmt.Sprintf("L%02d", i), "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+		rec.wait(t, i+1, 5*time.Second)
+	}
+	if got0, got1 := b.workers[0].nextTag-1, b.workers[1].nextTag-1; got0 != light || got1 != 0 {
+		t.Fatalf("one message at a time: workers published %d and %d, want %d and 0", got0, got1, light)
+	}
+
+	// Four at once with RabbitMQ not reading: two fill the first window,
+	// the other two can only leave the ring on the second worker.
+	p.Stall()
+	for i := 0; i < 4; i++ {
+		b.Submit(newMessage(rec, fmt.Sprintf("H%d", i), "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
+	}
+	for deadline := time.Now().Add(5 * time.Second); b.Stats().RingLen != 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the second worker did not take what the first one's window could not")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	p.Resume()
+	rec.wait(t, light+4, 10*time.Second)
+	for i := 0; i < 4; i++ {
+		if err := rec.result(t, fmt.Sprintf("H%d", i)); err != nil {
+			t.Errorf("H%d: %v, want nil", i, err)
+		}
+	}
+	if got1 := b.workers[1].nextTag - 1; got1 != 2 {
+		t.Errorf("under load the second worker published %d, want 2", got1)
+	}
+	if st := b.Stats(); st.Confirmed != light+4 || st.Failed != 0 {
+		t.Errorf("stats: %+v", st)
 	}
 }

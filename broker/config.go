@@ -43,9 +43,24 @@ const (
 // of a message per distinct recipient domain.
 const DomainPlaceholder = "{domain}"
 
-// Config configures the RabbitMQ sink. Start from DefaultConfig: the zero
+// Sinks accepted in Config.Sink.
+const (
+	SinkAMQP = "amqp" // RabbitMQ over AMQP 0-9-1 (amqp.go)
+	SinkNATS = "nats" // NATS JetStream (nats.go)
+)
+
+// DefaultNATSURL is the NATS server tried when none is configured.
+const DefaultNATSURL = "nats://127.0.0.1:4222"
+
+// Config configures the broker sink. Start from DefaultConfig: the zero
 // value is not usable (Declare would be off and nothing named).
 type Config struct {
+	// Sink is the broker: SinkAMQP (RabbitMQ, the default) or SinkNATS
+	// (NATS JetStream). Everything from Workers on applies to either,
+	// except where a field says otherwise; the NATS* fields apply to
+	// SinkNATS only, the others above them to SinkAMQP only.
+	Sink string
+
 	// URLs are the nodes of a cluster, tried in turn on every (re)connect.
 	URLs []string
 	// Username and Password, when Username is not empty, replace the
@@ -149,8 +164,46 @@ type Config struct {
 
 	// Node names this lsmtp node in the smtp-node header (the hostname by default).
 	Node string
+	// MaxMessageSize is the SMTP side's largest message as configured at
+	// start, only for the log line at connect that says when the
+	// broker's own bound is smaller (Broker.MaxMessageSize); 0: unknown.
+	MaxMessageSize int64
 	// Logger receives the broker's logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// NATSURLs are the NATS servers of a cluster, tried in turn on every
+	// (re)connect, as URLs are for RabbitMQ.
+	NATSURLs []string
+	// Credentials, at most one kind: NATSUser and NATSPassword, or
+	// NATSToken, or NATSCreds (a .creds file: a user JWT and its NKey
+	// seed). They are never logged.
+	NATSUser     string
+	NATSPassword string
+	NATSToken    string
+	NATSCreds    string
+	// NATSStream is the JetStream stream that stores the messages.
+	NATSStream string
+	// NATSSubject is the subject messages are published to; one ending in
+	// ".{domain}" publishes one copy per recipient domain, as a {domain}
+	// routing key does.
+	NATSSubject string
+	// NATSDeclare makes the broker create the stream, or update it to this
+	// configuration, on every connect: file storage, NATSReplicas,
+	// NATSMaxBytes with discard new, the subject (with {domain}: its
+	// prefix and ">"), and a duplicate window of at least two minutes.
+	NATSDeclare bool
+	// NATSReplicas is the stream's replica count (1 on a single server).
+	NATSReplicas int
+	// NATSMaxBytes bounds the stream's octets (0: no limit); past it
+	// JetStream refuses new messages, answered 451 4.3.1 once their
+	// deadline passes.
+	NATSMaxBytes int64
+	// NATSWorkers and NATSMaxPending are Workers and Window for
+	// SinkNATS: publisher goroutines, each with its own JetStream context
+	// on the shared connection, and the asynchronous publishes each has
+	// waiting for their PubAck.
+	NATSWorkers    int
+	NATSMaxPending int
 }
 
 // DefaultConfig returns the defaults: one local RabbitMQ, a durable
@@ -161,6 +214,7 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
+		Sink:               SinkAMQP,
 		URLs:               []string{DefaultURL},
 		Exchange:           "lsmtp",
 		Queue:              "lsmtp.inbound",
@@ -181,6 +235,13 @@ func DefaultConfig() Config {
 		SpoolMaxAge:        7 * 24 * time.Hour,
 		Envelope:           EnvelopeTrace,
 		Node:               host,
+		NATSURLs:           []string{DefaultNATSURL},
+		NATSStream:         "LSMTP",
+		NATSSubject:        "lsmtp.inbound",
+		NATSDeclare:        true,
+		NATSReplicas:       1,
+		NATSWorkers:        2,
+		NATSMaxPending:     256,
 	}
 }
 
@@ -234,6 +295,14 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("broker: %s: %s", field, fmt.Sprintf(format, args...)))
 	}
+	switch c.Sink {
+	case SinkAMQP, SinkNATS:
+	default:
+		bad("Sink", "%q: want %s or %s", c.Sink, SinkAMQP, SinkNATS)
+	}
+	if c.Sink == SinkNATS {
+		errs = append(errs, c.validateNATS()...)
+	}
 	if len(c.URLs) == 0 {
 		bad("URLs", "no AMQP URL")
 	}
@@ -265,7 +334,7 @@ func (c *Config) Validate() error {
 	if fixed, n := routingKeyParts(c.RoutingKey); fixed+n > shortstrMax {
 		bad("RoutingKey", "%d octets without its domains: AMQP short strings hold at most %d, and a domain needs room", fixed, shortstrMax)
 	}
-	if containsDomain(c.RoutingKey) && (c.MaxDomains < 1 || c.MaxDomains > maxCopies) {
+	if (containsDomain(c.RoutingKey) || c.Sink == SinkNATS && containsDomain(c.NATSSubject)) && (c.MaxDomains < 1 || c.MaxDomains > maxCopies) {
 		bad("MaxDomains", "%d: want 1..%d", c.MaxDomains, maxCopies)
 	}
 	switch c.Envelope {
@@ -382,10 +451,14 @@ func (c *Config) queueArgs() map[string]any {
 
 // RedactURL returns u with its password replaced by "xxxxx", fit for logs.
 // An unparsable URL is replaced as a whole, since it may hold a password.
+// A NATS URL's user without a password is a token, and is replaced too.
 func RedactURL(u string) string {
 	p, err := url.Parse(u)
 	if err != nil {
-		return "<unparsable AMQP URL>"
+		return "<unparsable URL>"
+	}
+	if _, hasPassword := p.User.Password(); p.User != nil && !hasPassword && natsSchemes[p.Scheme] {
+		p.User = url.User("xxxxx")
 	}
 	return p.Redacted()
 }

@@ -63,6 +63,9 @@ type deferredMsg struct {
 	// spoolErr: the spool could not take it; its deadline answers
 	// ErrSpoolFull.
 	spoolErr bool
+	// full: the broker's last answer was that it is full; its deadline
+	// answers ErrStorageFull.
+	full bool
 }
 
 func newDeferredQueue(min time.Duration) *deferredQueue {

@@ -1,14 +1,20 @@
-// Package broker is the RabbitMQ sink: it forwards every message to an
-// AMQP 0-9-1 exchange and completes it only when RabbitMQ confirmed it, so
-// that the SMTP client gets its 250 only for a message RabbitMQ has taken
-// responsibility for (persistent, in a durable queue, fsynced for quorum
-// queues).
+// Package broker is the broker sink: it forwards every message to an
+// AMQP 0-9-1 exchange (RabbitMQ) or a NATS JetStream stream
+// (Config.Sink) and completes it only when the broker confirmed it, so
+// that the SMTP client gets its 250 only for a message the broker has
+// taken responsibility for (persistent, in a durable queue, fsynced for
+// quorum queues; stored in a file stream for JetStream). What follows
+// describes RabbitMQ; the NATS section at the end says what differs. The
+// shared path and the transports are in transport.go.
 //
 // # Path of a message
 //
 // Submit runs on an event loop. It pushes the message into a bounded
-// lock-free ring (ring.go) and wakes an idle publisher worker, never
-// blocking and never allocating. Each of Config.Workers workers owns a
+// lock-free ring (ring.go) and wakes a publisher worker, never
+// blocking and never allocating: the first one whose window has room, so
+// that under light load one channel carries every publish and the next
+// worker joins only when the ones before it are full (Broker.notify).
+// Each of Config.Workers workers owns a
 // channel in confirm mode with at most Config.Window unconfirmed publishes;
 // it publishes with mandatory=true, keeps the publish in a FIFO keyed by
 // delivery tag, and completes the message when its confirm comes back.
@@ -113,7 +119,8 @@
 //
 //	delivery_mode   2 (persistent)
 //	content_type    "message/rfc822"
-//	message_id      the queue ID (shared by the copies of one message)
+//	message_id      the queue ID; "<queue ID>.<domain>" for a {domain}
+//	                copy, as Nats-Msg-Id (copyID)
 //	timestamp       when the message was received (seconds, per AMQP)
 //	app_id          "lsmtp"
 //
@@ -153,4 +160,25 @@
 // smtp-recipients naming only that domain's recipients. The message is confirmed only when every
 // copy is; if any copy fails the whole message is answered 451 (and the
 // copies that were stored are delivered again on the client's retry).
+//
+// # NATS JetStream
+//
+// With Config.Sink SinkNATS the shared path is the same (ring, windows,
+// deferral, spool, expiry, Close); the transport (nats.go) publishes
+// asynchronously through one JetStream context per worker, at most
+// NATSMaxPending publishes waiting for their PubAck, on one connection
+// the supervisor keeps up (nats.go's reconnecting is off). A message is
+// completed with nil only when JetStream acknowledged every copy. No
+// PubAck within ConfirmTimeout, the connection lost first, no
+// responders, a refusal: deferred as a NACK or a lost confirm is; a full
+// stream (err_code 10077 "maximum ... exceeded", 10047) is answered
+// ErrStorageFull (451 4.3.1) when the deadline passes.
+//
+// Message: the subject is NATSSubject, or with a trailing ".{domain}"
+// one copy per recipient domain (lower-cased; "_" for none); the data is
+// the AMQP body exactly. Headers: Nats-Msg-Id always, the queue ID, or
+// "<queue ID>.<domain>" for a per-domain copy, so that JetStream stores a
+// republished copy once within the stream's duplicate window and never
+// takes two copies for one; with EnvelopeHeaders or EnvelopeBoth the
+// smtp-* headers above as text (smtp-recipients once per recipient).
 package broker

@@ -6,6 +6,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/internal/queueid"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
@@ -52,15 +53,18 @@ const (
 // field type and the long-string length (AMQP 0-9-1 §4.2.5.5).
 const RecipientOverhead = 1 + 4
 
-// Limits reports what one message may carry so that it always encodes
-// (sink.Limiter); see internal/sink/limits.go. The engine enforces them
-// at RCPT; publish checks them again and answers 451 for a message that
-// is still too large, without touching the channel or the connection.
-func (b *Broker) Limits() sink.Limits {
+// amqpLimits reports what one AMQP message may carry so that it always
+// encodes (sink.Limiter); see internal/sink/limits.go. The engine
+// enforces them at RCPT; publish checks them again and answers 451 for a
+// message that is still too large, without touching the channel or the
+// connection.
+func (b *Broker) amqpLimits() sink.Limits {
 	var l sink.Limits
 	fixed, n := routingKeyParts(b.cfg.RoutingKey)
 	if n > 0 {
-		l.MaxDomain = (shortstrMax - fixed) / n // ≥ 1: Validate
+		// The routing key and the copy's message_id (<queue ID>.<domain>,
+		// copyID) are short strings.
+		l.MaxDomain = min((shortstrMax-fixed)/n, shortstrMax-queueid.Len-1) // ≥ 1: Validate
 		l.MaxDomains = b.cfg.MaxDomains
 		l.CopyPerDomain = true
 	}
@@ -104,8 +108,6 @@ func (b *Broker) Limits() sink.Limits {
 	return l
 }
 
-var _ sink.Limiter = (*Broker)(nil)
-
 // routingKeyParts returns the octets of a routing key template outside
 // its {domain} placeholders, and how many placeholders it has.
 func routingKeyParts(tmpl string) (fixed, domains int) {
@@ -122,6 +124,8 @@ const recipientsFieldSize = 1 + len(HeaderRecipients) + 1 + 4
 type problem struct {
 	what        string
 	size, limit int
+	// elsewhere: another connection may carry it (a larger frame_max).
+	elsewhere bool
 }
 
 // check reports why the copies (copies of them) of the message last
@@ -131,11 +135,11 @@ type problem struct {
 // not at all, and it does not allocate.
 func (p *publishBuilder) check(copies, frameMax int) problem {
 	if copies > p.maxCopies {
-		return problem{"distinct recipient domains", copies, p.maxCopies}
+		return problem{what: "distinct recipient domains", size: copies, limit: p.maxCopies}
 	}
 	base, bad := p.baseSize()
 	if bad != "" {
-		return problem{bad, 0, shortstrMax}
+		return problem{what: bad, size: 0, limit: shortstrMax}
 	}
 	limit := frameMax - frameOverhead
 	if frameMax <= 0 {
@@ -143,20 +147,23 @@ func (p *publishBuilder) check(copies, frameMax int) problem {
 	}
 	if !p.b.templated {
 		if n := len(p.b.cfg.RoutingKey); n > shortstrMax {
-			return problem{"routing key", n, shortstrMax}
+			return problem{what: "routing key", size: n, limit: shortstrMax}
 		}
 		if n := base + p.recipientsSize(p.all); n > limit {
-			return problem{"content header", n, limit}
+			return problem{what: "content header", size: n, limit: limit}
 		}
 		return problem{}
 	}
 	for i := 0; i < copies; i++ {
 		g := &p.groups[i]
 		if n := p.keyFixed + p.keyDomains*len(g.domain); n > shortstrMax {
-			return problem{"routing key", n, shortstrMax}
+			return problem{what: "routing key", size: n, limit: shortstrMax}
+		}
+		if n := len(p.pub.MessageId) + 1 + max(len(g.domain), len(emptyDomainID)); n > shortstrMax {
+			return problem{what: "message ID", size: n, limit: shortstrMax}
 		}
 		if n := base + p.recipientsSize(g.rcpts); n > limit {
-			return problem{"content header", n, limit}
+			return problem{what: "content header", size: n, limit: limit}
 		}
 	}
 	return problem{}

@@ -7,6 +7,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/internal/queueid"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
@@ -73,7 +74,7 @@ func submitBetween(t *testing.T, b *Broker, cfg Config, cases []hostileCase, mk 
 		t.Errorf("%d copies in the queue, want %d", len(got), copies)
 	}
 	for _, d := range got {
-		if !ids[d.MessageId] {
+		if qid, _, _ := strings.Cut(d.MessageId, "."); !ids[qid] {
 			t.Errorf("a copy of refused message %.20s reached the queue (routing key %d octets)", d.MessageId, len(d.RoutingKey))
 		}
 	}
@@ -97,8 +98,9 @@ func TestHostileDomainFailsOnlyItsMessage(t *testing.T) {
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 	maxDomain := b.Limits().MaxDomain
-	if maxDomain != 255-len("inbound.") {
-		t.Fatalf("MaxDomain = %d, want %d", maxDomain, 255-len("inbound."))
+	// The copy's message_id, <queue ID>.<domain>, binds before the key.
+	if want := 255 - queueid.Len - 1; maxDomain != want {
+		t.Fatalf("MaxDomain = %d, want %d", maxDomain, want)
 	}
 	label := strings.Repeat("a", 62)
 	fourLabels := label + "." + label + "." + label + "." + label // 251 octets: key 259
@@ -110,8 +112,11 @@ func TestHostileDomainFailsOnlyItsMessage(t *testing.T) {
 		{"QUPPER", []string{"x@" + upper}, false},
 		{"QGOOD3", []string{"c@example.com"}, true},
 		{"QLONGEST", []string{"x@" + domainOfLen(maxDomain)}, true},
+		// A queue ID as long as the engine's, the longest domain: a
+		// message_id of exactly 255 octets.
+		{strings.Repeat("Q", queueid.Len), []string{"x@" + domainOfLen(maxDomain)}, true},
 		{"QGOOD4", []string{"d@example.com"}, true},
-		{"QLONGER", []string{"x@" + domainOfLen(maxDomain+1)}, false},
+		{"QLONGER" + strings.Repeat("R", queueid.Len-7), []string{"x@" + domainOfLen(maxDomain+1)}, false}, // message_id 256 octets
 		{"QGOOD5", []string{"e@example.com"}, true},
 		// The bad domain in the second copy: the first must not be stored.
 		{"QSECOND", []string{"f@example.com", "x@" + fourLabels}, false},
@@ -123,7 +128,7 @@ func TestHostileDomainFailsOnlyItsMessage(t *testing.T) {
 	mk := func(rec *recorder, c hostileCase) *sink.Message {
 		return newMessage(rec, c.id, "s@example.org", c.rcpts, []byte("body\r\n"))
 	}
-	submitBetween(t, b, cfg, cases, mk, 7+1+3)
+	submitBetween(t, b, cfg, cases, mk, 7+2+3)
 }
 
 // edgeMessage is the largest message but for its envelope: every other
@@ -204,7 +209,7 @@ func TestLimits(t *testing.T) {
 	// SMTPUTF8 12, received-at 46, node 24, recipients 21 = 1001; TLS
 	// version 277, cipher 276, auth user 275 = 828.
 	want := sink.Limits{MaxEnvelope: frameSize - frameOverhead - 300 - 1001 - 828, RecipientOverhead: 5}
-	if got := b.Limits(); got != want {
+	if got := b.amqpLimits(); got != want {
 		t.Errorf("static key: %+v, want %+v", got, want)
 	}
 
@@ -213,7 +218,7 @@ func TestLimits(t *testing.T) {
 	want.MaxDomain = (255 - len("in..x.")) / 2
 	want.MaxDomains = 50
 	want.CopyPerDomain = true
-	if got := b.Limits(); got != want {
+	if got := b.amqpLimits(); got != want {
 		t.Errorf("%s: %+v, want %+v", cfg.RoutingKey, got, want)
 	}
 }

@@ -51,16 +51,12 @@ func containsDomain(key string) bool { return strings.Contains(key, DomainPlaceh
 // Each worker has one and reuses its header table and slices: amqp091-go
 // encodes the table during the publish call and keeps no reference to it.
 type publishBuilder struct {
-	b       *Broker
-	headers amqp.Table    // nil without the smtp-* headers (EnvelopeTrace)
-	trace   bool          // the body carries the envelope's trace fields
-	all     []any         // every recipient, for a static routing key
-	groups  []domainGroup // per-domain recipients, for a {domain} routing key
-	ngroups int
-	pub     amqp.Publishing
-	// copyBody is the body of the copy last built with its own trace
-	// fields (copyOf), until releaseCopy.
-	copyBody *bytebufferpool.ByteBuffer
+	b            *Broker
+	headers      amqp.Table // nil without the smtp-* headers (EnvelopeTrace)
+	trace        bool       // the body carries the envelope's trace fields
+	all          []any      // every recipient, for a static routing key
+	domainGroups            // per-domain recipients, for a {domain} routing key
+	pub          amqp.Publishing
 
 	// From the routing key template, for check: its octets outside the
 	// {domain} placeholders and how many there are.
@@ -69,10 +65,68 @@ type publishBuilder struct {
 	maxCopies int
 }
 
+// domainGroups splits a message's recipients by domain, for a {domain}
+// routing key or subject, and builds each copy's body. Both transports'
+// builders embed it.
+type domainGroups struct {
+	groups  []domainGroup
+	ngroups int
+	// copyBody is the body of the copy last built with its own trace
+	// fields (body), until releaseCopy.
+	copyBody *bytebufferpool.ByteBuffer
+}
+
 type domainGroup struct {
 	domain string   // lower-cased
-	rcpts  []any    // as strings, for the smtp-recipients header
+	rcpts  []any    // as strings, for the AMQP smtp-recipients header
+	names  []string // as strings, for the NATS smtp-recipients header
 	raw    [][]byte // as received, for the copy's X-Original-To fields
+}
+
+// split groups m's recipients by domain, filling rcpts (asAny) or names
+// (asString) too, and returns the number of groups.
+func (d *domainGroups) split(m *sink.Message, asAny, asString bool) int {
+	d.ngroups = 0
+	for _, r := range m.Recipients {
+		g := d.group(domainOf(r))
+		g.raw = append(g.raw, r)
+		if asAny {
+			g.rcpts = append(g.rcpts, string(r))
+		}
+		if asString {
+			g.names = append(g.names, string(r))
+		}
+	}
+	if d.ngroups == 0 {
+		// No recipient at all (not possible after a valid SMTP
+		// transaction): one copy for the empty domain, so the message is
+		// stored rather than silently confirmed.
+		d.group(nil)
+	}
+	return d.ngroups
+}
+
+// body is the body of copy i: with trace fields and more than one
+// recipient domain, each copy's body names only its own recipients, so
+// that no domain's consumer learns another's: the copy is the message's
+// own trace fields rewritten for the copy and the rest of Data, in a
+// pooled buffer that the caller gives back with releaseCopy once the
+// publish call returned (both clients write the body during the call
+// and keep no reference to it). A message of one domain, the common
+// case, is published from Data as it is.
+func (d *domainGroups) body(m *sink.Message, i int, trace bool) []byte {
+	var body []byte
+	if m.Data != nil {
+		body = m.Data.B
+	}
+	if trace && d.ngroups > 1 && m.Data != nil && m.TraceLen > 0 {
+		d.releaseCopy()
+		d.copyBody = bytebufferpool.Get()
+		b := sink.AppendTrace(d.copyBody.B[:0], m, d.groups[i].raw)
+		d.copyBody.B = append(b, m.Data.B[m.TraceLen:]...)
+		body = d.copyBody.B
+	}
+	return body
 }
 
 func (p *publishBuilder) init(b *Broker) {
@@ -123,21 +177,7 @@ func (p *publishBuilder) prepare(m *sink.Message) int {
 		}
 		return 1
 	}
-	p.ngroups = 0
-	for _, r := range m.Recipients {
-		g := p.group(domainOf(r))
-		g.raw = append(g.raw, r)
-		if p.headers != nil {
-			g.rcpts = append(g.rcpts, string(r))
-		}
-	}
-	if p.ngroups == 0 {
-		// No recipient at all (not possible after a valid SMTP
-		// transaction): one copy for the empty domain, so the message is
-		// stored rather than silently confirmed.
-		p.group(nil)
-	}
-	return p.ngroups
+	return p.split(m, p.headers != nil, false)
 }
 
 // fillHeaders fills the smtp-* header table but smtp-recipients, which
@@ -164,7 +204,7 @@ func (p *publishBuilder) fillHeaders(m *sink.Message, received time.Time) {
 }
 
 // group returns the group of domain d, adding it when new.
-func (p *publishBuilder) group(d []byte) *domainGroup {
+func (p *domainGroups) group(d []byte) *domainGroup {
 	for i := 0; i < p.ngroups; i++ {
 		if equalFoldASCII(p.groups[i].domain, d) {
 			return &p.groups[i]
@@ -177,19 +217,14 @@ func (p *publishBuilder) group(d []byte) *domainGroup {
 	p.ngroups++
 	g.domain = lowerDomain(d)
 	g.rcpts = g.rcpts[:0]
+	g.names = g.names[:0]
 	g.raw = g.raw[:0]
 	return g
 }
 
 // copyOf returns the routing key and publishing of copy i of the message
-// last prepared. With trace fields and more than one recipient domain,
-// each copy's body names only its own recipients (as smtp-recipients
-// does), so that no domain's consumer learns another's: the copy is the
-// message's own trace fields rewritten for the copy and the rest of Data,
-// in a pooled buffer that the caller gives back with releaseCopy once
-// the publish call returned (amqp091-go writes the body during the call
-// and keeps no reference to it). A message of one domain, the common
-// case, is published from Data as it is.
+// last prepared, its body from domainGroups.body (amqp091-go writes the
+// body during the publish call and keeps no reference to it).
 func (p *publishBuilder) copyOf(m *sink.Message, i int) (string, amqp.Publishing) {
 	if !p.b.templated {
 		if p.headers != nil {
@@ -202,18 +237,36 @@ func (p *publishBuilder) copyOf(m *sink.Message, i int) (string, amqp.Publishing
 		p.headers[HeaderRecipients] = g.rcpts
 	}
 	pub := p.pub
-	if p.trace && p.ngroups > 1 && m.Data != nil && m.TraceLen > 0 {
-		p.releaseCopy()
-		p.copyBody = bytebufferpool.Get()
-		b := sink.AppendTrace(p.copyBody.B[:0], m, g.raw)
-		p.copyBody.B = append(b, m.Data.B[m.TraceLen:]...)
-		pub.Body = p.copyBody.B
-	}
+	pub.MessageId = p.copyID(m.QueueID, i, true)
+	pub.Body = p.body(m, i, p.trace)
 	return strings.ReplaceAll(p.b.cfg.RoutingKey, DomainPlaceholder, g.domain), pub
 }
 
-// releaseCopy gives back the body copyOf built for a copy, if any.
-func (p *publishBuilder) releaseCopy() {
+// emptyDomainID stands for the domain of a recipient without one (a bare
+// "postmaster", RFC 5321 §4.5.1) in a copy's ID and a {domain} subject:
+// a subject token may not be empty, and an ID ending in "." would read
+// as a mistake.
+const emptyDomainID = "_"
+
+// copyID is the message ID of copy i of the message last split (AMQP
+// message_id, NATS Nats-Msg-Id): the queue ID for a message published
+// once (a static routing key or subject), "<queue ID>.<domain>" for a
+// per-domain copy, so that a consumer that drops duplicates by ID keeps
+// every copy, and a copy published again (a retry, the spool's replay)
+// carries the ID of its first publish, which depends on nothing else.
+func (d *domainGroups) copyID(queueID string, i int, templated bool) string {
+	if !templated {
+		return queueID
+	}
+	dom := d.groups[i].domain
+	if dom == "" {
+		dom = emptyDomainID
+	}
+	return queueID + "." + dom
+}
+
+// releaseCopy gives back the body built for a copy, if any.
+func (p *domainGroups) releaseCopy() {
 	if p.copyBody != nil {
 		bytebufferpool.Put(p.copyBody)
 		p.copyBody = nil

@@ -163,7 +163,11 @@ func TestCutShorterThanWindowNoTempfail(t *testing.T) {
 	if uint64(dups) > st.Republished {
 		t.Errorf("%d duplicates in the queue, but only %d republishes counted as possible duplicates", dups, st.Republished)
 	}
-	if st.Connects < 7 || st.Deferred == 0 {
+	// A cut can land while the worker is still declaring on its new
+	// connection (a busy machine reconnects slower than the 300 ms between
+	// cuts): that is a failed connect, not a disconnect, so neither count
+	// reaches the number of faults every time.
+	if st.Disconnects+st.ConnectFailures < 6 || st.Connects < 5 || st.Deferred == 0 {
 		t.Errorf("the faults did not take: %+v", st)
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/lsmtp/lsmtp/codec"
 	"github.com/lsmtp/lsmtp/internal/sink"
 	"github.com/lsmtp/lsmtp/internal/spool"
@@ -136,7 +134,7 @@ func (w *worker) releaseReplay() {
 // fillSpooled publishes the next spooled record if w may: it holds the
 // replay lease and its share of the window has room. It reports whether
 // it took one.
-func (w *worker) fillSpooled(ch *amqp.Channel, now int64) (bool, error) {
+func (w *worker) fillSpooled(p publisher, now int64) (bool, error) {
 	b := w.b
 	if b.spool == nil || w.spInFlight >= b.spoolShare || b.deferred.spooledLen() == 0 || !w.replayLease() {
 		return false, nil
@@ -159,7 +157,7 @@ func (w *worker) fillSpooled(ch *amqp.Channel, now int64) (bool, error) {
 		return true, nil
 	}
 	w.spInFlight++
-	return true, w.publish(ch, m, 1<<63-1, false, &e)
+	return true, w.publish(p, m, 1<<63-1, false, &e)
 }
 
 // spoolRejected handles a spooled record AMQP cannot carry (publish.go's
@@ -168,7 +166,7 @@ func (w *worker) fillSpooled(ch *amqp.Channel, now int64) (bool, error) {
 func (w *worker) spoolRejected(m *sink.Message, e *spooledEntry, what string) {
 	w.spInFlight--
 	w.b.stats.spoolRejected.Add(1)
-	w.b.log.Error("spooled message exceeds what AMQP can carry, moved to the spool's quarantine",
+	w.b.log.Error("spooled message exceeds what "+w.b.tr.kind()+" can carry, moved to the spool's quarantine",
 		"queue_id", m.QueueID, "too_large", what)
 	m.ReleaseData()
 	w.b.spool.Reject(e.loc)
@@ -216,8 +214,8 @@ func (w *worker) spoolPutBack(m *sink.Message, e *spooledEntry, now int64) {
 	b := w.b
 	w.spInFlight--
 	if b.limits.publish.allow(now) {
-		b.log.Warn("a spooled message exceeds this connection's frame_max: kept in the spool",
-			"queue_id", m.QueueID, "frame_max", w.frameMax, "suppressed", b.limits.publish.suppressedSince())
+		b.log.Warn("a spooled message exceeds what this connection can carry (its frame_max): kept in the spool",
+			"queue_id", m.QueueID, "suppressed", b.limits.publish.suppressedSince())
 	}
 	m.ReleaseData()
 	b.deferred.returnSpooled(*e)

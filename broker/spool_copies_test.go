@@ -57,6 +57,35 @@ func TestSpooledPartlyUnroutableStoredOnceThenQuarantined(t *testing.T) {
 	if q.Messages != 1 {
 		t.Errorf("queue holds %d copies of the a.example copy, want 1", q.Messages)
 	}
+	if d := consume(t, cfg.Queue, 1, 300*time.Millisecond, 5*time.Second); len(d) != 1 || d[0].MessageId != "partial-1.a.example" {
+		t.Errorf("stored copy %v, want message_id partial-1.a.example", d)
+	}
+}
+
+// The copies of a message replayed from the spool carry the IDs they
+// would have had live, <queue ID>.<domain> ("_" for a bare postmaster),
+// one per copy, and each copy only its domain's recipients.
+func TestSpooledCopiesKeepTheirIDs(t *testing.T) {
+	p := newProxy(t)
+	cfg := spoolConfig(t, proxyURL(p))
+	cfg.RoutingKey = "inbound.{domain}"
+	cfg.Envelope = EnvelopeHeaders
+	b := startBroker(t, cfg)
+	spoolWhileDown(t, b, p, func(done syncDone) {
+		b.Submit(newMessage(done, "copies-1", "x@example.org", []string{"u@A.example", "postmaster", "v@b.example", "w@a.example"}, testBody(100)))
+	})
+	got := map[string]string{}
+	for _, d := range consume(t, cfg.Queue, 3, 500*time.Millisecond, 20*time.Second) {
+		got[d.MessageId] = d.RoutingKey + " " + fmt.Sprint(d.Headers[HeaderRecipients])
+	}
+	want := map[string]string{
+		"copies-1.a.example": "inbound.a.example [u@A.example w@a.example]",
+		"copies-1._":         "inbound. [postmaster]",
+		"copies-1.b.example": "inbound.b.example [v@b.example]",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("replayed copies %v, want %v", got, want)
+	}
 }
 
 // A message replayed from the spool carries the TLS and AUTH headers it

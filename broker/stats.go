@@ -25,6 +25,10 @@ type Stats struct {
 	Deferred    uint64 // times a message was put aside to wait: not publishable now, or its attempt failed
 	Retried     uint64 // publishes of a message after a failed attempt
 	Republished uint64 // of Retried, those after an attempt that may have been stored: possible duplicates
+	// Duplicates: publishes JetStream acknowledged as already stored
+	// (Nats-Msg-Id within the stream's duplicate window): republishes
+	// stored once. Always 0 for RabbitMQ, which cannot tell.
+	Duplicates uint64
 
 	// The spool (Config.SpoolDir).
 	Spooled       uint64 // messages written to the spool and answered 250 from there
@@ -66,7 +70,7 @@ type counters struct {
 	nacked, returned, timedOut, lost, publishErrors, expired      atomic.Uint64
 	noChannel                                                     atomic.Uint64
 	spooled, replayed, spoolFailed, spoolRejected                 atomic.Uint64
-	deferred, retried, republished                                atomic.Uint64
+	deferred, retried, republished, duplicates                    atomic.Uint64
 	rejectedBusy, rejectedDown, rejectedBlocked, rejectedShutdown atomic.Uint64
 	connects, connectFailures, disconnects, channelFailures       atomic.Uint64
 }
@@ -89,6 +93,7 @@ func (b *Broker) Stats() Stats {
 		Deferred:         c.deferred.Load(),
 		Retried:          c.retried.Load(),
 		Republished:      c.republished.Load(),
+		Duplicates:       c.duplicates.Load(),
 		RejectedBusy:     c.rejectedBusy.Load(),
 		RejectedDown:     c.rejectedDown.Load(),
 		RejectedBlocked:  c.rejectedBlocked.Load(),

@@ -5,57 +5,62 @@ import (
 	"sync/atomic"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/lsmtp/lsmtp/internal/sink"
 )
 
-// worker is one publisher: it owns an AMQP channel in confirm mode, takes
-// messages from the ring while fewer than Window publishes are
-// unconfirmed, and completes each message when the confirms of all its
-// copies are back.
+// worker is one publisher: it owns a publishing session (an AMQP channel
+// in confirm mode, a JetStream context: transport.go), takes messages
+// from the ring while fewer than Window publishes are unconfirmed, and
+// completes each message when the confirms of all its copies are back.
 //
-// RabbitMQ confirms the publishes of a channel in delivery-tag order
-// (possibly several at once with multiple=true, which amqp091-go hands on
-// as one Confirmation per tag, in order). So the in-flight publishes are a
-// FIFO in tag order and a confirm always settles the head: no map, no
-// goroutine per message.
+// The in-flight publishes are a FIFO in the order they were published,
+// tagged 1, 2, 3… per session; a confirm settles the head (RabbitMQ
+// confirms in that order) or marks its entry, which is settled when it
+// reaches the head (settleTag): no goroutine per message.
 type worker struct {
 	b    *Broker
 	id   int
 	kick chan struct{} // 1-buffered: look at the deferred queue and the state again
+	wake chan struct{} // 1-buffered: the ring has something (Broker.notify)
+	// open says the worker has a channel and room in its window: the
+	// first open worker is the one Broker.notify wakes.
+	open atomic.Bool
 
 	// publishingSince is the broker clock when the publish call in progress
 	// started, 0 when none is; read by the supervisor's watchdog.
 	publishingSince atomic.Int64
 
 	fifo    fifo
-	nextTag uint64 // delivery tag of the next publish on the current channel
+	nextTag uint64 // tag of the next publish in the current session
 	head    copies // outcomes of the settled copies of the message at the head
 	// timer wakes the worker for the deferred queue: a deadline, or the
 	// end of the backoff.
 	timer      *time.Timer
 	timerArmed bool
-	// frameMax is the frame_max negotiated on the current connection (0:
-	// unlimited), against which check measures each content header.
-	frameMax int
-
-	pub publishBuilder
+	// ws is what the current session waits for besides its confirms.
+	ws waitSet
 
 	spInFlight int // spooled records in the window (spool.go)
 }
 
 func newWorker(b *Broker, id int) *worker {
-	w := &worker{b: b, id: id, kick: make(chan struct{}, 1), timer: time.NewTimer(time.Hour)}
+	w := &worker{b: b, id: id, kick: make(chan struct{}, 1), wake: make(chan struct{}, 1), timer: time.NewTimer(time.Hour)}
 	w.timer.Stop()
-	w.pub.init(b)
 	return w
+}
+
+// wakeUp tells w the ring has something, without waiting.
+func (w *worker) wakeUp() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
 // copies collects the outcomes of a message's copies until the last one
 // is settled.
 type copies struct {
-	acked, retry, unknown, unroutable bool
+	acked, retry, unknown, unroutable, full bool
 }
 
 // outcome is how RabbitMQ answered (or did not answer) one publish.
@@ -66,6 +71,7 @@ const (
 	outNacked             // refused: not stored, worth another attempt
 	outUnknown            // lost with its channel or connection, or timed out: maybe stored
 	outUnroutable         // returned: another attempt would be returned too
+	outFull               // refused for want of room (a full stream): not stored, worth another attempt
 )
 
 // armTimer sets the worker's timer for the deferred queue's next event
@@ -135,7 +141,7 @@ func (w *worker) run() {
 			} else {
 				w.failRing()
 			}
-			wake = w.b.wake
+			wake = w.wake
 		}
 		var retryC <-chan time.Time
 		var t *time.Timer
@@ -197,67 +203,45 @@ func (w *worker) failRing() {
 // errChannelClosed ends a session whose channel or connection closed.
 var errChannelClosed = errors.New("channel closed")
 
-// session publishes on one channel of c until the channel or c closes
+// errRecycle ends a session that its publisher cannot go on with but
+// whose link is fine (a NATS context holding a publish the worker timed
+// out): the worker opens the next one at once, without the backoff of
+// a failure.
+var errRecycle = errors.New("publisher recycled")
+
+// session publishes through one publisher on c until it or c closes
 // (error) or the broker stops the workers (nil). Whatever is unconfirmed
 // then is deferred (or, when stopping or without a retry window, answered
 // ErrUnavailable).
 func (w *worker) session(c *connection) (err error) {
-	ch, err := c.amqp.Channel()
+	p, err := c.link.publisher(w)
 	if err != nil {
 		return err
 	}
-	if err := ch.Confirm(false); err != nil {
-		go ch.Close()
-		return err
-	}
-	// Room for every confirm and return that can be outstanding, so that
-	// amqp091-go's reader goroutine never waits on this worker (it drops a
-	// notification after 5 s of waiting, and it must keep reading
-	// heartbeats).
-	room := w.b.cfg.Window + maxCopies
-	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, room))
-	returns := ch.NotifyReturn(make(chan amqp.Return, room))
-	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	w.nextTag = 1
 	w.head = copies{}
-	w.frameMax = c.amqp.Config.FrameSize
 	w.b.liveChannels.Add(1)
 	defer func() {
+		w.open.Store(false)
 		if w.b.liveChannels.Add(-1) == 0 {
 			w.b.notify() // workers without a channel now answer the ring
 		}
-		// Confirms that arrived before the channel went still count:
-		// every one settled here is a message its client need not resend.
-		w.drainConfirms(confirms, returns)
+		p.drain(w)
 		w.failInFlight()
 		w.releaseReplay()
-		if errors.Is(err, errChannelClosed) {
-			// The confirm or return channel closed first: the reason, if
-			// any, is in the close notification.
-			select {
-			case e, ok := <-closes:
-				if ok && e != nil {
-					err = e
-				}
-			default:
-			}
-		}
-		if err != nil && !ch.IsClosed() {
-			go ch.Close() // abandoned after a publish error; may wait for the broker
-		}
+		err = p.close(err)
 	}()
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
 	armed := false
+	w.ws = waitSet{kick: w.kick, timeout: timer.C, stop: w.b.stopWorkers, closed: c.closed}
 	for {
-		// The publishes of one fill go out in as few writes as the
-		// corked socket allows (cork.go).
-		c.sock.cork()
-		err := w.fill(ch)
+		p.cork()
+		err := w.fill(p)
 		w.publishingSince.Store(w.b.now())
-		if uerr := c.sock.uncork(); err == nil {
+		if uerr := p.uncork(); err == nil {
 			err = uerr
 		}
 		w.publishingSince.Store(0)
@@ -268,68 +252,40 @@ func (w *worker) session(c *connection) (err error) {
 			timer.Reset(time.Duration(w.fifo.front().expiry - w.b.now()))
 			armed = true
 		}
-		var wake chan struct{}
+		w.ws.wake = nil
 		if w.fifo.len() < w.b.cfg.Window {
-			wake = w.b.wake
+			w.ws.wake = w.wake
+			// Open before looking at the ring: a message pushed after
+			// fill's last look either finds the flag (Submit wakes us)
+			// or is found here.
+			w.open.Store(true)
+			if w.b.ring.len() > 0 {
+				w.wakeUp()
+			}
+		} else {
+			w.open.Store(false)
+			if w.b.ring.len() > 0 {
+				w.b.notify() // our window is full: let the next worker help
+			}
 		}
 		// The end of the backoff matters only when this worker can
 		// publish what it frees.
 		canPublish := w.fifo.len() < w.b.cfg.Window && w.b.state.Load()&stateBlocked == 0
-		deferredC := w.armTimer(canPublish)
-		select {
-		case conf, ok := <-confirms:
-			if !ok {
-				return errChannelClosed
-			}
-			// RabbitMQ sends a message's basic.return before its ack, and
-			// amqp091-go hands both on from one goroutine in that order:
-			// the return is already queued when its ack arrives.
-			w.drainReturns(returns)
-			w.confirm(conf)
-			// Settle every confirm already here before publishing again,
-			// so that the next fill publishes the freed window as one
-			// batch, in one write (cork.go), rather than one publish per
-			// confirm.
-			if err := w.settleWaiting(confirms, returns); err != nil {
-				return err
-			}
-		case ret, ok := <-returns:
-			if !ok {
-				return errChannelClosed
-			}
-			w.returned(ret)
-		case e, ok := <-closes:
-			if ok && e != nil {
-				return e
-			}
-			return errChannelClosed
-		case <-c.closed:
-			return errChannelClosed
-		case <-wake:
-		case <-w.kick:
-		case <-deferredC:
-			w.b.expireDeferred(w.b.now())
-		case <-timer.C:
-			armed = false
-			w.expire()
-		case <-w.b.stopWorkers:
+		w.ws.deferred = w.armTimer(canPublish)
+		ev, err := p.wait(w)
+		if errors.Is(err, errRecycle) {
 			return nil
 		}
-	}
-}
-
-// settleWaiting settles the confirms that have arrived, without waiting
-// for more.
-func (w *worker) settleWaiting(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return) error {
-	for {
-		select {
-		case conf, ok := <-confirms:
-			if !ok {
-				return errChannelClosed
-			}
-			w.drainReturns(returns)
-			w.confirm(conf)
-		default:
+		if err != nil {
+			return err
+		}
+		switch ev {
+		case wokeDeferred:
+			w.b.expireDeferred(w.b.now())
+		case wokeTimeout:
+			armed = false
+			w.expire()
+		case wokeStop:
 			return nil
 		}
 	}
@@ -337,21 +293,21 @@ func (w *worker) settleWaiting(confirms <-chan amqp.Confirmation, returns <-chan
 
 // fill publishes while the window has room: deferred messages whose
 // backoff is over first (oldest deadline first), then the ring.
-func (w *worker) fill(ch *amqp.Channel) error {
+func (w *worker) fill(p publisher) error {
 	b := w.b
 	for w.fifo.len() < b.cfg.Window {
 		if b.retry {
 			now := b.now()
 			if b.state.Load()&stateBlocked != 0 || b.deferred.len() > 0 && now < b.deferred.retryAt.Load() {
-				// RabbitMQ stopped reading from this connection, or older
-				// mail waits for its backoff: newer mail waits with it,
-				// in deadline order.
+				// The broker stopped reading from this connection, or
+				// older mail waits for its backoff: newer mail waits
+				// with it, in deadline order.
 				w.deferRing()
 				return nil
 			}
 			if e, ok := b.deferred.take(now); ok {
 				if e.due <= now {
-					b.expire(e.msg, now, e.spoolErr)
+					b.expire(e.msg, now, e.spoolErr, e.full)
 					continue
 				}
 				if e.tried {
@@ -360,12 +316,12 @@ func (w *worker) fill(ch *amqp.Channel) error {
 				if e.dup {
 					b.stats.republished.Add(1)
 				}
-				if err := w.publish(ch, e.msg, e.due, e.dup, nil); err != nil {
+				if err := w.publish(p, e.msg, e.due, e.dup, nil); err != nil {
 					return err
 				}
 				continue
 			}
-			if took, err := w.fillSpooled(ch, now); err != nil {
+			if took, err := w.fillSpooled(p, now); err != nil {
 				return err
 			} else if took {
 				continue
@@ -388,15 +344,12 @@ func (w *worker) fill(ch *amqp.Channel) error {
 		due := at + b.maxWait
 		if now >= due {
 			// Waited in the ring longer than it may wait at all.
-			b.expire(m, now, false)
+			b.expire(m, now, false, false)
 			continue
 		}
-		if err := w.publish(ch, m, due, false, nil); err != nil {
+		if err := w.publish(p, m, due, false, nil); err != nil {
 			return err
 		}
-	}
-	if b.ring.len() > 0 {
-		b.notify() // our window is full: let another worker help
 	}
 	return nil
 }
@@ -406,14 +359,12 @@ func (w *worker) fill(ch *amqp.Channel) error {
 // that must be published again needs its body. dup says an earlier
 // publish of m may have been stored. sp is m's spool record when m was
 // read from the spool, nil for a message whose client waits.
-func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool, sp *spooledEntry) error {
+func (w *worker) publish(p publisher, m *sink.Message, due int64, dup bool, sp *spooledEntry) error {
 	b := w.b
 	now := b.now()
-	ncopies := w.pub.prepare(m)
-	if pr := w.pub.check(ncopies, w.frameMax); pr.what != "" && sp != nil {
-		if w.frameMax > 0 && w.frameMax < frameSize && w.pub.check(ncopies, frameSize).what == "" {
-			// Fits the frame size lsmtp asks for, not the smaller one
-			// this connection negotiated: another connection may take it.
+	ncopies := p.prepare(m)
+	if pr := p.check(ncopies); pr.what != "" && sp != nil {
+		if pr.elsewhere {
 			w.spoolPutBack(m, sp, now)
 			return nil
 		}
@@ -427,7 +378,7 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 		// engine's log.
 		b.stats.failed.Add(1)
 		if b.limits.publish.allow(now) {
-			b.log.Warn("message exceeds what AMQP can carry, answering 451",
+			b.log.Warn("message exceeds what "+b.tr.kind()+" can carry, answering 451",
 				"worker", w.id, "queue_id", m.QueueID, "too_large", pr.what, "size", pr.size, "limit", pr.limit,
 				"suppressed", b.limits.publish.suppressedSince())
 		}
@@ -440,7 +391,7 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 	if b.retry {
 		expiry = min(expiry, due)
 	}
-	// A spooled record is republished without the copies RabbitMQ
+	// A spooled record is republished without the copies the broker
 	// already confirmed at an earlier attempt.
 	last := ncopies - 1
 	if sp != nil {
@@ -460,10 +411,8 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 		if sp != nil && sp.acked[i] {
 			continue
 		}
-		key, pub := w.pub.copyOf(m, i)
 		w.publishingSince.Store(b.now())
-		err := ch.Publish(b.cfg.Exchange, key, true, false, pub)
-		w.pub.releaseCopy()
+		id, key, err := p.send(m, i, w.nextTag)
 		w.publishingSince.Store(0)
 		if err != nil {
 			b.stats.publishErrors.Add(1)
@@ -484,7 +433,7 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 			}
 			return err
 		}
-		w.fifo.push(inflight{tag: w.nextTag, msg: m, id: pub.MessageId, published: now, expiry: expiry, due: due,
+		w.fifo.push(inflight{tag: w.nextTag, msg: m, id: id, published: now, expiry: expiry, due: due,
 			dup: dup, last: i == last, sp: sp, copy: i, key: key})
 		w.nextTag++
 		pushed++
@@ -492,45 +441,45 @@ func (w *worker) publish(ch *amqp.Channel, m *sink.Message, due int64, dup bool,
 	return nil
 }
 
-// confirm settles the head of the FIFO with conf.
-func (w *worker) confirm(conf amqp.Confirmation) {
-	for w.fifo.len() > 0 {
-		e := w.fifo.front()
-		if e.tag > conf.DeliveryTag {
-			return // the confirm of a publish that already timed out
-		}
-		head := w.fifo.pop()
-		if head.tag < conf.DeliveryTag {
-			// Its confirm never reached us (amqp091-go drops one after
-			// waiting 5 s): the outcome is unknown.
-			w.b.stats.lost.Add(1)
-			w.settle(head, outUnknown)
-			continue
-		}
-		w.b.confirmLatency.Observe(float64(w.b.now()-head.published) / 1e9)
-		o := outAcked
-		switch {
-		case !conf.Ack:
-			w.b.stats.nacked.Add(1)
-			if w.b.limits.nack.allow(w.b.now()) {
-				w.b.log.Warn("RabbitMQ refused a message (basic.nack: queue full with reject-publish, no quorum leader, or an internal error)",
-					"worker", w.id, "suppressed", w.b.limits.nack.suppressedSince())
-			}
-			o = outNacked
-		case head.returned:
-			o = outUnroutable
-		case head.failed:
-			o = outUnknown
-		}
-		w.settle(head, o)
+// settleTag records the outcome of the publish tagged tag, for a
+// publisher whose confirms may come in any order, and settles the head
+// of the FIFO while its outcome is known, so that messages complete in
+// the order they were published. A tag no longer in the FIFO (its
+// attempt timed out) is ignored.
+func (w *worker) settleTag(tag uint64, o outcome) {
+	if w.fifo.len() == 0 {
 		return
+	}
+	first := w.fifo.front().tag
+	if tag < first || tag-first >= uint64(w.fifo.len()) {
+		return
+	}
+	e := w.fifo.at(int(tag - first))
+	if e.settled {
+		return
+	}
+	e.settled, e.out = true, o
+	w.b.confirmLatency.Observe(float64(w.b.now()-e.published) / 1e9)
+	w.settleKnownHead()
+}
+
+// settleKnownHead settles the publishes at the head of the FIFO whose
+// outcome came already (out of order, through settleTag).
+func (w *worker) settleKnownHead() {
+	for w.fifo.len() > 0 && w.fifo.front().settled {
+		head := w.fifo.pop()
+		if head.failed && head.out == outAcked {
+			head.out = outUnknown
+		}
+		w.settle(head, head.out)
 	}
 }
 
 // settle records e's outcome; with the last copy of its message it
 // completes the message: nil when every copy was acked, ErrUnroutable
 // when one was returned, otherwise it is deferred for another attempt
-// (or answered ErrUnavailable when it cannot be).
+// (or answered ErrUnavailable, or ErrStorageFull when the broker said it
+// is full, when it cannot be).
 func (w *worker) settle(e inflight, o outcome) {
 	h := &w.head
 	switch o {
@@ -541,6 +490,8 @@ func (w *worker) settle(e inflight, o outcome) {
 		}
 	case outNacked:
 		h.retry = true
+	case outFull:
+		h.retry, h.full = true, true
 	case outUnknown:
 		h.retry, h.unknown = true, true
 	case outUnroutable:
@@ -562,7 +513,11 @@ func (w *worker) settle(e inflight, o outcome) {
 	case done.retry:
 		// A copy that was acked (or may have been stored) is stored again
 		// when the message is republished whole.
-		w.retryOrFail(e.msg, e.due, e.dup || done.unknown || done.acked, w.b.now(), sink.ErrUnavailable)
+		err := error(sink.ErrUnavailable)
+		if done.full {
+			err = ErrStorageFull
+		}
+		w.retryOrFail(e.msg, e.due, e.dup || done.unknown || done.acked, w.b.now(), err)
 	default:
 		// Only a message taken whole ends the backoff: one copy acked
 		// while another is refused says nothing of the next round.
@@ -596,58 +551,9 @@ func (w *worker) retryOrFail(m *sink.Message, due int64, dup bool, now int64, er
 		return
 	}
 	b.stats.deferred.Add(1)
-	b.deferred.add(deferredMsg{msg: m, due: due, tried: true, dup: dup})
+	b.deferred.add(deferredMsg{msg: m, due: due, tried: true, dup: dup, full: err == ErrStorageFull})
 	b.deferred.failed(now)
 	b.kick()
-}
-
-// drainConfirms settles the confirms already received, without waiting.
-func (w *worker) drainConfirms(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return) {
-	for {
-		select {
-		case conf, ok := <-confirms:
-			if !ok {
-				return
-			}
-			w.drainReturns(returns)
-			w.confirm(conf)
-		default:
-			return
-		}
-	}
-}
-
-func (w *worker) drainReturns(returns <-chan amqp.Return) {
-	for {
-		select {
-		case ret, ok := <-returns:
-			if !ok {
-				return // closed with the channel; the session ends
-			}
-			w.returned(ret)
-		default:
-			return
-		}
-	}
-}
-
-// returned marks the publish that ret brings back; its ack follows.
-func (w *worker) returned(ret amqp.Return) {
-	w.b.stats.returned.Add(1)
-	if w.b.limits.returned.allow(w.b.now()) {
-		w.b.log.Warn("RabbitMQ returned a message as unroutable (no queue bound for its routing key), answering 451",
-			"exchange", ret.Exchange, "routing_key", ret.RoutingKey, "reply", ret.ReplyText,
-			"suppressed", w.b.limits.returned.suppressedSince())
-	}
-	for i := 0; i < w.fifo.len(); i++ {
-		// The copies of a message share its message_id: the routing key
-		// tells which copy came back, which a spooled record's per-copy
-		// state needs.
-		if e := w.fifo.at(i); !e.returned && e.id == ret.MessageId && e.key == ret.RoutingKey {
-			e.returned = true
-			return
-		}
-	}
 }
 
 // expire settles the publishes at the head whose confirm is overdue. A
@@ -661,9 +567,10 @@ func (w *worker) expire() {
 		w.b.stats.timedOut.Add(1)
 		w.settle(w.fifo.pop(), outUnknown)
 		n++
+		w.settleKnownHead()
 	}
 	if n > 0 && w.b.limits.timeout.allow(now) {
-		w.b.log.Warn("RabbitMQ did not confirm in time", "worker", w.id, "publishes", n,
+		w.b.log.Warn(w.b.tr.kind()+" did not confirm in time", "worker", w.id, "publishes", n,
 			"timeout", w.b.cfg.ConfirmTimeout, "suppressed", w.b.limits.timeout.suppressedSince())
 	}
 }
@@ -671,8 +578,13 @@ func (w *worker) expire() {
 // failInFlight settles every unconfirmed publish as lost: its channel or
 // connection closed, or the workers stop.
 func (w *worker) failInFlight() {
-	n := w.fifo.len()
+	n := 0
 	for w.fifo.len() > 0 {
+		if w.fifo.front().settled { // its confirm came, out of order
+			w.settleKnownHead()
+			continue
+		}
+		n++
 		w.b.stats.lost.Add(1)
 		w.settle(w.fifo.pop(), outUnknown)
 	}
@@ -695,6 +607,8 @@ type inflight struct {
 	last      bool   // the message's last copy: settling it completes the message
 	returned  bool   // basic.return received for it
 	failed    bool   // a later copy of its message could not be published
+	settled   bool   // its outcome is known (settleTag), out
+	out       outcome
 	copy      int    // which copy of its message (publishBuilder.copyOf)
 	key       string // its routing key
 	// sp is the spool record msg was read from; nil for a message whose

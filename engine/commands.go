@@ -147,7 +147,7 @@ func (s *session) mail(now time.Time) {
 			return
 		}
 	}
-	if p.HasSize && p.Size > s.cfg.MaxMessageSize {
+	if p.HasSize && p.Size > s.cfg.maxSize() {
 		// RFC 1870 §6.1: refuse at MAIL what cannot be accepted at DATA.
 		s.fail(replyTooBig)
 		return
@@ -252,7 +252,7 @@ func (s *session) dataCmd(now time.Time) {
 		return
 	}
 	s.beginMessage(now)
-	s.data.Reset(s.cfg.MaxMessageSize, s.cfg.NormalizeBareEOL)
+	s.data.Reset(s.cfg.maxSize(), s.cfg.NormalizeBareEOL)
 	s.state = stData
 	s.reply(replyStartData)
 }
@@ -262,7 +262,7 @@ func (s *session) dataCmd(now time.Time) {
 // body read as commands (SMTP smuggling).
 func (s *session) endData(now time.Time) {
 	switch {
-	case s.data.TooBig():
+	case s.data.TooBig() || s.data.Size() > s.cfg.maxSize(): // the bound may have fallen since DATA
 		s.rejectMessage(replyTooBig, OutcomeTooBig, now)
 	case s.data.BareEOL() && !s.cfg.NormalizeBareEOL:
 		s.rejectMessage(replyBareEOL, OutcomeBareEOL, now)
@@ -296,8 +296,9 @@ func (s *session) bdatCmd(now time.Time) {
 		s.chunkErr = replyNoRecipients
 	case s.txFailed != nil:
 		s.chunkErr = s.txFailed
-	case cmd.ChunkSize > s.cfg.MaxMessageSize-s.bodySize:
-		// (Written so that it cannot overflow: 0 <= bodySize <= max.)
+	case cmd.ChunkSize > s.cfg.maxSize()-s.bodySize:
+		// (Written so that it cannot overflow: 0 <= bodySize, and
+		// bodySize was at most the bound, which may have fallen since.)
 		// The excess is read and dropped, never buffered; the transaction
 		// stays failed until BDAT LAST or RSET.
 		s.txFailed, s.txOutcome = replyTooBig, OutcomeTooBig

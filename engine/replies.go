@@ -64,18 +64,9 @@ func makeReplies(cfg Config) serverReplies {
 		return codec.AppendReply(nil, code, enhanced, h+" "+text)
 	}
 	return serverReplies{
-		greeting: reply(220, "", "ESMTP"),
-		helo:     codec.AppendReply(nil, 250, "", h),
-		ehlo: codec.AppendReplyLines(nil, 250,
-			h,
-			"PIPELINING",
-			"SIZE "+strconv.FormatInt(cfg.MaxMessageSize, 10),
-			"8BITMIME",
-			"BINARYMIME",
-			"CHUNKING",
-			"ENHANCEDSTATUSCODES",
-			"SMTPUTF8",
-		),
+		greeting:    reply(220, "", "ESMTP"),
+		helo:        codec.AppendReply(nil, 250, "", h),
+		ehlo:        makeEHLO(h, cfg.MaxMessageSize),
 		quit:        reply(221, "2.0.0", "Bye"),
 		shutdown:    reply(421, "4.3.2", "Service shutting down, try again later"),
 		timeout:     reply(421, "4.4.2", "Timeout, closing"),
@@ -92,6 +83,59 @@ func makeReplies(cfg Config) serverReplies {
 		// first is not a mailer waiting its turn.
 		talkedFirst: reply(554, "5.5.0", "Protocol violation: talked before the greeting"),
 	}
+}
+
+// makeEHLO renders the EHLO reply advertising SIZE size (RFC 1870).
+func makeEHLO(hostname string, size int64) []byte {
+	return codec.AppendReplyLines(nil, 250,
+		hostname,
+		"PIPELINING",
+		"SIZE "+strconv.FormatInt(size, 10),
+		"8BITMIME",
+		"BINARYMIME",
+		"CHUNKING",
+		"ENHANCEDSTATUSCODES",
+		"SMTPUTF8",
+	)
+}
+
+// ehloSet is the EHLO replies for one SIZE value, in the three forms
+// ehloReply chooses from.
+type ehloSet struct {
+	size                  int64
+	plain, startTLS, auth []byte
+}
+
+func newEHLOSet(hostname string, size int64) *ehloSet {
+	plain := makeEHLO(hostname, size)
+	return &ehloSet{size: size, plain: plain,
+		startTLS: addEHLOLine(plain, "STARTTLS"), auth: addEHLOLine(plain, "AUTH PLAIN LOGIN")}
+}
+
+// maxSize is the largest message taken now: MaxMessageSize, or the
+// sink's bound when that is smaller (sink.SizeLimiter, learned at each
+// connect to the broker). EHLO advertises it, MAIL SIZE= and the body are
+// held to it. An atomic load in the sink: safe on every command.
+func (c *settings) maxSize() int64 {
+	n := c.MaxMessageSize
+	if c.sizer != nil {
+		if b := c.sizer.MaxMessageSize(); b > 0 && b < n {
+			n = b
+		}
+	}
+	return n
+}
+
+// ehloFor is the EHLO replies advertising size: rendered once per value
+// the bound takes (a broker connect that changes it), not per EHLO. Two
+// loops that render the same value at once store equal sets.
+func (c *settings) ehloFor(size int64) *ehloSet {
+	if e := c.ehlo.Load(); e != nil && e.size == size {
+		return e
+	}
+	e := newEHLOSet(c.Hostname, size)
+	c.ehlo.Store(e)
+	return e
 }
 
 // asReply is the reply to a codec error: the codec's own, or a syntax

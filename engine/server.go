@@ -96,11 +96,19 @@ type settings struct {
 	replies    serverReplies
 	tlsReplies tlsReplies
 	limits     sink.Limits // what the sink can carry (sink.Limiter), asked once per configuration
+	// sizer is the sink's size bound (sink.SizeLimiter), nil for none;
+	// ehlo the EHLO replies for the SIZE last advertised (ehloFor).
+	sizer sink.SizeLimiter
+	ehlo  atomic.Pointer[ehloSet]
 }
 
 func newSettings(cfg Config) *settings {
 	r := makeReplies(cfg)
-	return &settings{Config: cfg, replies: r, tlsReplies: makeTLSReplies(r), limits: sinkLimits(cfg.Sink)}
+	s := &settings{Config: cfg, replies: r, tlsReplies: makeTLSReplies(r), limits: sinkLimits(cfg.Sink)}
+	s.sizer, _ = cfg.Sink.(sink.SizeLimiter)
+	s.ehlo.Store(&ehloSet{size: cfg.MaxMessageSize, plain: r.ehlo,
+		startTLS: s.tlsReplies.ehloStartTLS, auth: s.tlsReplies.ehloAuth})
+	return s
 }
 
 func (s *Server) settings() *settings { return s.cur.Load() }

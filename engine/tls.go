@@ -433,16 +433,18 @@ func addEHLOLine(ehlo []byte, kw string) []byte {
 // ehloReply is the EHLO reply for the session's state: STARTTLS is
 // offered in the clear, AUTH only over TLS (RFC 4954 §4: no plaintext
 // passwords on the wire), neither once TLS is up and no auth file is set.
+// SIZE is the bound in force now (settings.maxSize).
 func (s *session) ehloReply() []byte {
+	e := s.cfg.ehloFor(s.cfg.maxSize())
 	switch {
 	case s.tls.Load() != nil:
 		if s.srv.tls.auth.loaded() {
-			return s.cfg.tlsReplies.ehloAuth
+			return e.auth
 		}
 	case s.srv.tls.certs.loaded():
-		return s.cfg.tlsReplies.ehloStartTLS
+		return e.startTLS
 	}
-	return s.cfg.replies.ehlo
+	return e.plain
 }
 
 // startTLSCmd answers STARTTLS (RFC 3207 §4). The 220 goes out with the

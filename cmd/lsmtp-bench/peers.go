@@ -29,11 +29,17 @@ func runPeers(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Admin, "admin", "127.0.0.1:9041", "lsmtp's admin address")
 	fs.StringVar(&cfg.PeerListen, "peer-listen", "127.0.0.1:2542", "the bridge's listen address")
 	fs.StringVar(&cfg.LogDir, "logs", "", "directory for server logs (default: a new temporary directory)")
+	loads := fs.String("loads", "", "comma-separated loads to run (pipe, source-d, source; default all)")
+	lsmtpArgs := fs.String("lsmtp-args", "", "extra lsmtp flags, space-separated, after the run's own (to measure a setting)")
 	out := fs.String("out", "bench/factors.md", "file the section is written into (its earlier version replaced, the rest kept); - for standard output")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	cfg.QueueTypes = strings.Split(*qtypes, ",")
+	if *loads != "" {
+		cfg.OnlyLoads = strings.Split(*loads, ",")
+	}
+	cfg.LsmtpArgs = strings.Fields(*lsmtpArgs)
 	cfg.Progress = os.Stderr
 	rep, err := bench.RunPeers(ctx, cfg)
 	if rep != nil {

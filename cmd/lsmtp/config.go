@@ -311,8 +311,8 @@ func (c *config) validate() problems {
 	warn := func(key, format string, args ...any) {
 		c.warnings = append(c.warnings, warning{text: c.where(key) + ": " + fmt.Sprintf(format, args...)})
 	}
-	if o.sink != "amqp" && o.sink != "null" {
-		bad("sink", "%q: want amqp or null", o.sink)
+	if o.sink != broker.SinkAMQP && o.sink != broker.SinkNATS && o.sink != "null" {
+		bad("sink", "%q: want amqp, nats or null", o.sink)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -343,7 +343,11 @@ func (c *config) validate() problems {
 	}
 	_, err = policy.New(o.pol)
 	errs = append(errs, c.explain(&o.pol, err)...)
-	errs = append(errs, c.explain(&o.brk, o.brk.Validate())...)
+	bc := o.brk
+	if o.sink == broker.SinkNATS {
+		bc.Sink = broker.SinkNATS
+	}
+	errs = append(errs, c.explain(&o.brk, bc.Validate())...)
 	c.checkSecretFile()
 	return errs
 }

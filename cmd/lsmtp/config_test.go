@@ -167,7 +167,7 @@ func TestProblemsNameKeyAndPlace(t *testing.T) {
 		{"zero recipients", "max-recipients: 0\n", []string{"f.yaml:1: max-recipients: must be more than 0"}},
 		{"negative timeout", "data-timeout: -1s\n", []string{"f.yaml:1: data-timeout: must be more than 0"}},
 		{"listen not host:port", "listen: [127.0.0.1]\n", []string{`f.yaml:1: listen: "127.0.0.1": want host:port`}},
-		{"bad sink", "sink: kafka\n", []string{`f.yaml:1: sink: "kafka": want amqp or null`}},
+		{"bad sink", "sink: kafka\n", []string{`f.yaml:1: sink: "kafka": want amqp, nats or null`}},
 		{"bad level", "log-level: loud\n", []string{`f.yaml:1: log-level: "loud"`}},
 		{"bad cidr", "trusted-proxy: [10.0.0.1/8]\n", []string{`f.yaml:1: trusted-proxy: "10.0.0.1/8" has bits set past its prefix length (did you mean 10.0.0.0/8?)`}},
 		{"not a cidr", "trusted-proxy: [lb.example]\n", []string{`f.yaml:1: trusted-proxy: "lb.example" is not a CIDR prefix`}},
@@ -180,7 +180,7 @@ func TestProblemsNameKeyAndPlace(t *testing.T) {
 		{"all at once", "max-conns: -1\nsink: x\nbogus: 1\nmax-errors: lots\n", []string{
 			"f.yaml:3: bogus: unknown key",
 			`f.yaml:4: max-errors: "lots" is not a whole number`,
-			`f.yaml:2: sink: "x": want amqp or null`,
+			`f.yaml:2: sink: "x": want amqp, nats or null`,
 			"f.yaml:1: max-conns: must not be negative",
 		}},
 	}

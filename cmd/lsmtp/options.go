@@ -56,12 +56,13 @@ type option struct {
 func (o *options) table() []option {
 	e, b, p := &o.eng, &o.brk, &o.pol
 	const smtp, limits, clients, ops, rabbit = "SMTP", "Limits", "Client controls", "Operations", "RabbitMQ"
+	const natsJS = "NATS JetStream"
 	const secure = "TLS and AUTH"
 	t := []option{
 		{name: "config", ptr: &o.configFile, restart: true, help: "YAML file of options, keyed by flag name (flags and LSMTP_* variables win over it)"},
 		{name: "listen", section: smtp, ptr: &e.Listen, restart: true, help: "address to listen on, host:port (repeatable)"},
 		{name: "hostname", section: smtp, ptr: &e.Hostname, machine: true, help: "name in the greeting and Received: headers"},
-		{name: "sink", section: smtp, ptr: &o.sink, restart: true, help: "where messages go: amqp (RabbitMQ) or null (accept and discard)"},
+		{name: "sink", section: smtp, ptr: &o.sink, restart: true, help: "where messages go: amqp (RabbitMQ), nats (NATS JetStream) or null (accept and discard)"},
 		{name: "trusted-proxy", section: smtp, ptr: &e.TrustedProxies, help: "CIDR of load balancers that send a PROXY protocol header (repeatable)"},
 		{name: "xclient-from", section: smtp, ptr: &e.XclientFrom, help: "CIDR of relays that connect without a PROXY header and may name their client with XCLIENT (repeatable)"},
 		{name: "event-loops", section: smtp, ptr: &e.EventLoops, restart: true, help: "event loops, 0 for one per CPU"},
@@ -138,10 +139,23 @@ func (o *options) table() []option {
 		{name: "amqp-reconnect-max", section: rabbit, ptr: &b.ReconnectMax, help: "longest wait between reconnect attempts"},
 		{name: "envelope", section: rabbit, ptr: &b.Envelope, help: "how the envelope travels: trace (Return-Path, X-Original-To, X-Lsmtp-Envelope fields above Received: in the body), headers (the smtp-* AMQP headers) or both"},
 		{name: "node", section: rabbit, ptr: &b.Node, machine: true, help: "node name in the smtp-node header"},
+
+		{name: "nats-url", section: natsJS, ptr: &b.NATSURLs, secret: true, help: "URL of a NATS server (nats://, tls://); repeat for the servers of a cluster, tried in turn. With --sink nats, the amqp-* options do not apply; publish-retry-window, confirm-timeout, spool-*, envelope, max-domains and node do"},
+		{name: "nats-user", section: natsJS, ptr: &b.NATSUser, help: "NATS user (with nats-password); one kind of credentials: user, token or creds"},
+		{name: "nats-password", section: natsJS, ptr: &b.NATSPassword, secret: true, help: "password of nats-user (better in the file or $LSMTP_NATS_PASSWORD than on the command line)"},
+		{name: "nats-token", section: natsJS, ptr: &b.NATSToken, secret: true, help: "NATS authentication token"},
+		{name: "nats-creds", section: natsJS, ptr: &b.NATSCreds, help: "NATS .creds file (user JWT and NKey seed)"},
+		{name: "nats-stream", section: natsJS, ptr: &b.NATSStream, help: "JetStream stream that stores the messages"},
+		{name: "nats-subject", section: natsJS, ptr: &b.NATSSubject, help: "subject messages are published to; ending in .{domain}, one copy is published per recipient domain"},
+		{name: "nats-declare", section: natsJS, ptr: &b.NATSDeclare, help: "create the stream, or update it to these settings, on connect: file storage, nats-replicas, nats-max-bytes with discard new, a duplicate window of at least 2m; false when it is managed elsewhere"},
+		{name: "nats-replicas", section: natsJS, ptr: &b.NATSReplicas, help: "replicas of the declared stream (1..5)"},
+		{name: "nats-max-bytes", section: natsJS, ptr: &b.NATSMaxBytes, size: true, help: "octets the declared stream may hold, 0 for no limit; past it new messages are refused, 451 4.3.1"},
+		{name: "nats-workers", section: natsJS, ptr: &b.NATSWorkers, help: "publisher workers, each with its own JetStream context on the connection"},
+		{name: "nats-max-pending", section: natsJS, ptr: &b.NATSMaxPending, help: "asynchronous publishes per worker waiting for their PubAck"},
 	}
 	for i := range t {
-		// The broker is opened once: nothing about RabbitMQ changes on SIGHUP.
-		t[i].restart = t[i].restart || t[i].section == rabbit
+		// The broker is opened once: nothing about it changes on SIGHUP.
+		t[i].restart = t[i].restart || t[i].section == rabbit || t[i].section == natsJS
 	}
 	return t
 }

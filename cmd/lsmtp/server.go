@@ -71,10 +71,11 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 	n := &node{args: args, env: env, boot: c, log: log, level: level, served: make(chan error, 1)}
 	n.cur.Store(c)
 	n.sk = &sink.Null{}
-	if c.o.sink == "amqp" {
-		// broker.New does not wait for RabbitMQ: with the broker down the
+	if c.o.sink == broker.SinkAMQP || c.o.sink == broker.SinkNATS {
+		// broker.New does not wait for the broker: with it down the
 		// server still starts and answers DATA with 451 until it is up.
 		bc := c.o.brk
+		bc.Sink = c.o.sink
 		if bc.Node == "" {
 			bc.Node = c.o.eng.Hostname
 		}
@@ -82,6 +83,7 @@ func start(args []string, env lookupEnv, stderr io.Writer) (*node, error) {
 		// Every connection may have one message in the sink: room for
 		// all of them means a full hand-off ring never refuses mail.
 		bc.MaxWaiting = engine.ConnLimit(c.o.eng.MaxConns)
+		bc.MaxMessageSize = c.o.eng.MaxMessageSize
 		if n.brk, err = broker.New(bc); err != nil {
 			return nil, err
 		}

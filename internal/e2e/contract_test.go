@@ -374,8 +374,15 @@ func checkDelivery(t *testing.T, tx *transaction, d amqp.Delivery, bc broker.Con
 	if d.AppId != "lsmtp" {
 		t.Errorf("app_id %q", d.AppId)
 	}
-	if d.MessageId != tx.queueID {
-		t.Errorf("message_id %q, want the queue ID %q", d.MessageId, tx.queueID)
+	// A per-domain copy's ID is <queue ID>.<domain>, so that consumers
+	// that drop duplicates by message_id keep every copy.
+	wantID := tx.queueID
+	if strings.Contains(bc.RoutingKey, broker.DomainPlaceholder) {
+		prefix, _, _ := strings.Cut(bc.RoutingKey, broker.DomainPlaceholder)
+		wantID += "." + strings.TrimPrefix(routingKey, prefix)
+	}
+	if d.MessageId != wantID {
+		t.Errorf("message_id %q, want %q", d.MessageId, wantID)
 	}
 	// AMQP timestamps are whole seconds.
 	if lo, hi := tx.before.Truncate(time.Second), tx.after; d.Timestamp.Before(lo) || d.Timestamp.After(hi) {

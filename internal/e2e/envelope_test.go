@@ -8,6 +8,7 @@ import (
 
 	"github.com/lsmtp/lsmtp/broker"
 	"github.com/lsmtp/lsmtp/engine"
+	"github.com/lsmtp/lsmtp/internal/queueid"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
@@ -15,8 +16,8 @@ import (
 // TestEnvelopeLimitsAtRCPT: with routing key inbound.{domain}, what the
 // broker could not encode is refused at RCPT, where the client can still
 // be told, and never costs the broker connection. A domain that cannot
-// stand in a routing key (a short string, 255 octets, AMQP 0-9-1
-// §4.2.5.3) gets 501 5.1.3, whether it is too long as sent or only once
+// stand in a routing key and a copy's message_id (short strings, 255
+// octets, AMQP 0-9-1 §4.2.5.3) gets 501 5.1.3, whether it is too long as sent or only once
 // lower-cased; recipients that would make the header table larger than
 // the frame get 452 4.5.3 (RFC 5321 §4.5.3.1.10), and the client sends
 // them in a second transaction. Every message is stored, on the one
@@ -27,7 +28,9 @@ func TestEnvelopeLimitsAtRCPT(t *testing.T) {
 	bc.RoutingKey = "inbound.{domain}"
 	s := startStack(t, bc, true, func(c *engine.Config) { c.MaxRecipients = 1000 })
 	lim := s.brk.Limits()
-	if lim.MaxDomain != 255-len("inbound.") || lim.MaxEnvelope < 64<<10 {
+	// The copy's message_id, <queue ID>.<domain>, is a short string too,
+	// and binds before the routing key.
+	if lim.MaxDomain != 255-queueid.Len-1 || lim.MaxEnvelope < 64<<10 {
 		t.Fatalf("broker limits %+v", lim)
 	}
 

@@ -13,8 +13,8 @@ import (
 )
 
 // TestDomainRouting: with routing key inbound.{domain}, one SMTP message
-// to two domains is one 250 and two AMQP messages with the same
-// message_id, each routed by its (lower-cased) domain and carrying only
+// to two domains is one 250 and two AMQP messages with the message_ids
+// <queue ID>.alpha.example and <queue ID>.beta.example, each routed by its (lower-cased) domain and carrying only
 // that domain's recipients. A queue bound to one domain's key gets only
 // that domain's copy.
 func TestDomainRouting(t *testing.T) {
@@ -78,7 +78,7 @@ func testDomainRouting(t *testing.T, env string) {
 		t.Errorf("no copy for %v", want)
 	}
 	beta := consume(t, betaQueue, 1, 300*time.Millisecond, 5*time.Second)
-	if len(beta) != 1 || beta[0].RoutingKey != "inbound.beta.example" || beta[0].MessageId != tx.queueID {
+	if len(beta) != 1 || beta[0].RoutingKey != "inbound.beta.example" || beta[0].MessageId != tx.queueID+".beta.example" {
 		t.Errorf("queue bound to inbound.beta.example got %d messages: %v", len(beta), keys(beta))
 	}
 }
@@ -141,13 +141,13 @@ func TestDomainRoutingOneCopyFails(t *testing.T) {
 	if !ok {
 		t.Fatalf("retry: final reply %q, want 250", r.String())
 	}
-	if a := consume(t, alpha, 1, 300*time.Millisecond, 5*time.Second); len(a) != 1 || a[0].MessageId != id {
-		t.Errorf("alpha queue after the retry: %v, want %s", keys(a), id)
+	if a := consume(t, alpha, 1, 300*time.Millisecond, 5*time.Second); len(a) != 1 || a[0].MessageId != id+".alpha.example" {
+		t.Errorf("alpha queue after the retry: %v, want %s.alpha.example", keys(a), id)
 	}
-	if b := consume(t, beta, 1, 300*time.Millisecond, 5*time.Second); len(b) != 1 || b[0].MessageId != id {
-		t.Errorf("beta queue after the retry: %v, want %s", keys(b), id)
+	if b := consume(t, beta, 1, 300*time.Millisecond, 5*time.Second); len(b) != 1 || b[0].MessageId != id+".beta.example" {
+		t.Errorf("beta queue after the retry: %v, want %s.beta.example", keys(b), id)
 	}
-	if first[0].MessageId == id {
+	if first[0].MessageId == id+".alpha.example" {
 		t.Errorf("the retry reused queue ID %s", id)
 	}
 }

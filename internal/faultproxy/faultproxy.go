@@ -1,7 +1,8 @@
 // Package faultproxy is a TCP proxy for tests that puts faults between a
 // client and a server on the loopback: refuse connections (Down), cut the
 // open ones (Cut), or stop forwarding bytes while keeping the connections
-// open (Stall). The chaos tests use it between lsmtp and RabbitMQ.
+// open (Stall; HoldReplies for the server's direction alone). The chaos
+// tests use it between lsmtp and RabbitMQ.
 package faultproxy
 
 import (
@@ -18,11 +19,14 @@ type Proxy struct {
 	target string
 	addr   string
 
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  map[*link]struct{}
-	gate   chan struct{} // non-nil while stalled; closed by Resume
-	closed bool
+	mu    sync.Mutex
+	ln    net.Listener
+	conns map[*link]struct{}
+	gate  chan struct{} // non-nil while stalled; closed by Resume
+	// replies is gate for the server-to-client direction alone
+	// (HoldReplies); closed by Resume.
+	replies chan struct{}
+	closed  bool
 
 	accepted atomic.Int64
 	wg       sync.WaitGroup
@@ -107,8 +111,8 @@ func (p *Proxy) handle(client net.Conn) {
 
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(l, server, client) }()
-	go func() { defer wg.Done(); p.pipe(l, client, server) }()
+	go func() { defer wg.Done(); p.pipe(l, server, client, false) }()
+	go func() { defer wg.Done(); p.pipe(l, client, server, true) }()
 	wg.Wait()
 	l.close()
 	p.mu.Lock()
@@ -117,13 +121,14 @@ func (p *Proxy) handle(client net.Conn) {
 }
 
 // pipe copies src to dst, holding each chunk while the proxy is stalled.
-func (p *Proxy) pipe(l *link, dst, src net.Conn) {
+// toClient says src is the server.
+func (p *Proxy) pipe(l *link, dst, src net.Conn, toClient bool) {
 	defer l.close()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			if !p.waitGate(l) {
+			if !p.waitGate(l, toClient) {
 				return
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
@@ -138,18 +143,22 @@ func (p *Proxy) pipe(l *link, dst, src net.Conn) {
 	}
 }
 
-func (p *Proxy) waitGate(l *link) bool {
-	p.mu.Lock()
-	g := p.gate
-	p.mu.Unlock()
-	if g == nil {
-		return true
-	}
-	select {
-	case <-g:
-		return true
-	case <-l.done:
-		return false
+func (p *Proxy) waitGate(l *link, toClient bool) bool {
+	for {
+		p.mu.Lock()
+		g := p.gate
+		if g == nil && toClient {
+			g = p.replies
+		}
+		p.mu.Unlock()
+		if g == nil {
+			return true
+		}
+		select {
+		case <-g:
+		case <-l.done:
+			return false
+		}
 	}
 }
 
@@ -214,12 +223,27 @@ func (p *Proxy) Stall() {
 	p.mu.Unlock()
 }
 
-// Resume forwards again what Stall held.
+// HoldReplies stops forwarding what the server sends, and only that:
+// the client's requests still reach the server, which acts on them, but
+// no answer comes back until Resume (or a Cut, which loses them).
+func (p *Proxy) HoldReplies() {
+	p.mu.Lock()
+	if p.replies == nil {
+		p.replies = make(chan struct{})
+	}
+	p.mu.Unlock()
+}
+
+// Resume forwards again what Stall or HoldReplies held.
 func (p *Proxy) Resume() {
 	p.mu.Lock()
 	if p.gate != nil {
 		close(p.gate)
 		p.gate = nil
+	}
+	if p.replies != nil {
+		close(p.replies)
+		p.replies = nil
 	}
 	p.mu.Unlock()
 }

@@ -93,3 +93,58 @@ func TestProxyFaults(t *testing.T) {
 		t.Fatalf("Accepted = %d, want 2", got)
 	}
 }
+
+// TestHoldReplies: the client's bytes still reach the server, which acts
+// on them; only its answers wait for Resume.
+func TestHoldReplies(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	seen := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			seen <- line
+			c.Write([]byte(line))
+		}
+	}()
+	p, err := New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	p.HoldReplies()
+	if got, err := roundTrip(c, r, "request"); err == nil {
+		t.Fatalf("held reply came through: %q", got)
+	}
+	select {
+	case line := <-seen:
+		if line != "request\n" {
+			t.Fatalf("server got %q", line)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the request did not reach the server")
+	}
+	p.Resume()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if got, err := r.ReadString('\n'); err != nil || got != "request\n" {
+		t.Fatalf("after Resume: %q, %v", got, err)
+	}
+}

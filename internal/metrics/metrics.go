@@ -48,7 +48,8 @@ type Sources struct {
 	// Config, when set, returns the configuration in force, for the limit
 	// gauges (engine.Server.Config; it changes on reload).
 	Config func() engine.Config
-	// Broker, when set, is the RabbitMQ sink. nil with the null sink.
+	// Broker, when set, is the broker sink (RabbitMQ or NATS JetStream).
+	// nil with the null sink.
 	Broker BrokerStats
 }
 
@@ -73,6 +74,7 @@ type Collector struct {
 	brkPublishFailures, brkRejected                     *prometheus.Desc
 	brkRing, brkPending, brkAwaitingConfirm, brkLatency *prometheus.Desc
 	brkDeferred, brkRetried, brkRepublished, brkWaiting *prometheus.Desc
+	brkDuplicates                                       *prometheus.Desc
 
 	spoolMessages, spoolBytes, spoolDiskBytes, spoolOldest, spoolOverAge, spoolTaking *prometheus.Desc
 	spooled, spoolReplayed, spoolFailed, spoolCorrupt, spoolRejected, spoolFsyncs     *prometheus.Desc
@@ -117,15 +119,15 @@ func NewCollector(src Sources) *Collector {
 	c.trackedClients = desc("policy_tracked_clients", "Client IPs with rate-limit state (at most max-tracked-clients); absent without client controls.")
 
 	if src.Broker != nil {
-		c.brkConnected = desc("broker_connected", "1 while connected to RabbitMQ.")
+		c.brkConnected = desc("broker_connected", "1 while connected to the broker (RabbitMQ or NATS).")
 		c.brkBlocked = desc("broker_blocked", "1 while RabbitMQ blocks publishing (connection.blocked, a resource alarm).")
-		c.brkConnects = desc("broker_connects_total", "Connections to RabbitMQ established.")
-		c.brkReconnects = desc("broker_reconnects_total", "Connections to RabbitMQ established after the first.")
+		c.brkConnects = desc("broker_connects_total", "Connections to the broker established.")
+		c.brkReconnects = desc("broker_reconnects_total", "Connections to the broker established after the first.")
 		c.brkConnectFailures = desc("broker_connect_failures_total", "Connection attempts (dial, handshake, declare) that failed.")
-		c.brkDisconnects = desc("broker_disconnects_total", "Established connections to RabbitMQ lost.")
+		c.brkDisconnects = desc("broker_disconnects_total", "Established connections to the broker lost.")
 		c.brkChannelFailures = desc("broker_channel_failures_total", "Publisher channels that closed or could not be opened.")
 		c.brkSubmitted = desc("broker_submitted_total", "Messages taken into the publish ring.")
-		c.brkConfirmed = desc("broker_confirmed_total", "Messages confirmed by RabbitMQ (every copy).")
+		c.brkConfirmed = desc("broker_confirmed_total", "Messages confirmed by the broker (every copy: RabbitMQ confirm or JetStream PubAck).")
 		c.brkFailed = desc("broker_failed_total", "Messages taken, then failed (the client got 4xx).")
 		c.brkPublishFailures = desc("broker_publish_failures_total", "Publishes (copies of messages) that failed, by reason.", "reason")
 		c.brkRejected = desc("broker_rejected_total", "Messages refused at once without being taken, by reason.", "reason")
@@ -134,22 +136,23 @@ func NewCollector(src Sources) *Collector {
 		c.brkAwaitingConfirm = desc("broker_awaiting_confirm_messages", "Messages taken by a worker and not yet completed: published and waiting for the confirm.")
 		c.brkDeferred = desc("broker_deferred_total", "Times a message was put aside to be published again (not publishable now, or its attempt failed).")
 		c.brkRetried = desc("broker_retried_total", "Publishes of a message after a failed attempt.")
-		c.brkRepublished = desc("broker_republished_total", "Of the retried publishes, those after an attempt RabbitMQ may have stored: possible duplicates.")
+		c.brkRepublished = desc("broker_republished_total", "Of the retried publishes, those after an attempt the broker may have stored: possible duplicates (JetStream stores them once).")
+		c.brkDuplicates = desc("broker_duplicates_total", "Publishes JetStream acknowledged as duplicates (Nats-Msg-Id within the duplicate window): republishes stored once. 0 for RabbitMQ.")
 		c.brkWaiting = desc("broker_deferred_messages", "Messages waiting now to be published again, their clients still waiting for the reply.")
-		c.spoolMessages = desc("spool_messages", "Messages in the durable spool, answered 250 and not yet confirmed by RabbitMQ; absent without a spool.")
+		c.spoolMessages = desc("spool_messages", "Messages in the durable spool, answered 250 and not yet confirmed by the broker; absent without a spool.")
 		c.spoolBytes = desc("spool_bytes", "Octets of the messages in the spool.")
 		c.spoolDiskBytes = desc("spool_disk_bytes", "Octets of the spool's files, against spool-max-bytes.")
 		c.spoolOldest = desc("spool_oldest_age_seconds", "Age of the oldest message waiting in the spool; 0 for none.")
 		c.spoolOverAge = desc("spool_over_max_age", "1 while the oldest spooled message is older than spool-max-age (kept, never dropped).")
 		c.spoolTaking = desc("spool_taking", "1 while the spool takes messages (not full, its last write succeeded).")
 		c.spooled = desc("spooled_total", "Messages written to the spool and answered 250 from there.")
-		c.spoolReplayed = desc("spool_replayed_total", "Spooled messages confirmed by RabbitMQ and removed from the spool: the replay rate.")
+		c.spoolReplayed = desc("spool_replayed_total", "Spooled messages confirmed by the broker and removed from the spool: the replay rate.")
 		c.spoolFailed = desc("spool_failed_total", "Messages the spool could not take (full, disk full, I/O error); they wait in memory, then 451 4.3.1.")
 		c.spoolCorrupt = desc("spool_corrupt_records_total", "Damaged spool records found (torn by a crash, changed on disk) and moved to the quarantine.")
 		c.spoolRejected = desc("spool_rejected_total", "Spooled messages moved to the quarantine because AMQP cannot carry them or a copy stayed unroutable (30 attempts over at least a minute).")
 		c.spoolFsyncs = desc("spool_fsyncs_total", "fsyncs of the spool, one per group of messages.")
 		if c.latency != nil {
-			c.brkLatency = desc("broker_confirm_latency_seconds", "Time from publish to RabbitMQ's confirm.")
+			c.brkLatency = desc("broker_confirm_latency_seconds", "Time from publish to the broker's confirm (RabbitMQ confirm, JetStream PubAck).")
 		}
 	}
 	return c
@@ -164,7 +167,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.brkConnected, c.brkBlocked, c.brkConnects, c.brkReconnects, c.brkConnectFailures,
 		c.brkDisconnects, c.brkChannelFailures, c.brkSubmitted, c.brkConfirmed, c.brkFailed,
 		c.brkPublishFailures, c.brkRejected, c.brkRing, c.brkPending, c.brkAwaitingConfirm, c.brkLatency,
-		c.brkDeferred, c.brkRetried, c.brkRepublished, c.brkWaiting,
+		c.brkDeferred, c.brkRetried, c.brkRepublished, c.brkWaiting, c.brkDuplicates,
 		c.spoolMessages, c.spoolBytes, c.spoolDiskBytes, c.spoolOldest, c.spoolOverAge, c.spoolTaking,
 		c.spooled, c.spoolReplayed, c.spoolFailed, c.spoolCorrupt, c.spoolRejected, c.spoolFsyncs,
 	} {
@@ -257,6 +260,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.brkDeferred, float64(b.Deferred))
 	counter(c.brkRetried, float64(b.Retried))
 	counter(c.brkRepublished, float64(b.Republished))
+	counter(c.brkDuplicates, float64(b.Duplicates))
 	gauge(c.brkWaiting, float64(b.DeferredLen))
 	gauge(c.brkPending, float64(b.InFlight))
 	// Ring and pending are read one after the other, not together; the

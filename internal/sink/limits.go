@@ -42,3 +42,28 @@ type Limits struct {
 type Limiter interface {
 	Limits() Limits
 }
+
+// SizeLimiter is implemented by sinks whose broker bounds the size of
+// one message, a bound it may learn only at run time (NATS's
+// max_payload, at every connect). The engine advertises the smaller of
+// its own MaxMessageSize and this bound as SIZE (RFC 1870), refuses a
+// larger SIZE= at MAIL and a larger body after its end with 552 5.3.4,
+// instead of accepting a message the broker can never take and
+// answering 451 for days.
+type SizeLimiter interface {
+	// MaxMessageSize is the most octets of a client's message, counted
+	// as the engine's MaxMessageSize counts them (after dot-unstuffing),
+	// that the sink can take now, with room for everything added to them
+	// at its largest: the engine's Received: field (at most MaxReceived
+	// octets), the trace fields of an envelope within Limits.MaxEnvelope,
+	// and the sink's own headers. 0 means no bound, or none known yet.
+	// It is called on event loops at EHLO, MAIL and the end of every
+	// message: an atomic load, no allocation.
+	MaxMessageSize() int64
+}
+
+// MaxReceived bounds the engine's Received: field, CRLF included: a HELO
+// domain of at most 255 octets, an IPv6 literal, a host name of at most
+// 255, the protocol with its TLS comment, the queue ID, one recipient of
+// at most 256 and the date come to under 1100.
+const MaxReceived = 2048

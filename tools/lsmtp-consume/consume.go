@@ -3,81 +3,112 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
-
-	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/lsmtp/lsmtp/broker"
 )
+
+// A message is one delivery from either source, as the writers need it.
+type message struct {
+	id      string   // lsmtp's queue ID: AMQP message_id, JetStream Nats-Msg-Id; may be empty
+	seq     uint64   // the source's number for it (delivery tag, stream sequence), names a message without an ID
+	body    []byte   // as published
+	summary string   // where it came from, after "message <id>: <size> bytes, " in print mode
+	headers []header // the broker's headers (smtp-* and others), sorted by name
+
+	ack     func() error // after the write: the source forgets the message
+	requeue func()       // the write failed: the source delivers it again
+}
+
+// header is one header of a message with its value as print shows it.
+type header struct{ name, value string }
+
+// A source hands out messages one at a time.
+type source interface {
+	// next waits for the next message until ctx ends. left is how many
+	// more the run takes (0: no limit), so that no more are fetched
+	// ahead than will be handled.
+	next(ctx context.Context, left int) (*message, error)
+	// close gives back what was fetched but not handed out and
+	// disconnects.
+	close()
+}
 
 // run consumes until ctx ends, o.count messages were handled, or a
 // message cannot be written (it is then requeued). It returns how many
 // messages were handled and acknowledged.
 func run(ctx context.Context, o options, out io.Writer) (int, error) {
-	cfg := amqp.Config{Heartbeat: 10 * time.Second, Locale: "en_US", Dial: amqp.DefaultDial(10 * time.Second)}
-	if o.username != "" {
-		cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: o.username, Password: o.password}}
-	}
-	conn, err := amqp.DialConfig(o.url, cfg)
-	if err != nil {
-		return 0, fmt.Errorf("connect to %s: %w", broker.RedactURL(o.url), err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
+	write, err := newWriter(o, out)
 	if err != nil {
 		return 0, err
 	}
-	if err := ch.Qos(o.prefetch, 0, false); err != nil {
+	var src source
+	switch o.source {
+	case sourceNATS:
+		src, err = openNATS(ctx, o)
+	default:
+		src, err = openAMQP(o)
+	}
+	if err != nil {
 		return 0, err
 	}
-	deliveries, err := ch.Consume(o.queue, "lsmtp-consume", false, false, false, false, nil)
-	if err != nil {
-		return 0, fmt.Errorf("consume %q: %w", o.queue, err)
-	}
-	var write func(amqp.Delivery) error
+	defer src.close()
+	return consume(ctx, src, write, o.count)
+}
+
+// newWriter is what o.mode does with each message.
+func newWriter(o options, out io.Writer) (func(*message) error, error) {
 	switch o.mode {
-	case "print":
-		write = func(d amqp.Delivery) error { return printEnvelope(out, d) }
 	case "eml":
 		if err := os.MkdirAll(o.dir, 0o700); err != nil {
-			return 0, err
+			return nil, err
 		}
-		write = func(d amqp.Delivery) error { return writeEML(o.dir, d) }
+		return func(m *message) error { return writeEML(o.dir, m) }, nil
 	case "maildir":
 		md, err := openMaildir(o.dir)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		write = md.deliver
+		return md.deliver, nil
+	default:
+		return func(m *message) error { return printEnvelope(out, m) }, nil
 	}
+}
+
+// beforeWrite, when set (by tests), runs between a message's arrival and
+// its write.
+var beforeWrite func(*message)
+
+// consume writes messages from src until ctx ends, count were handled (0:
+// no limit), or one cannot be written. A message is acknowledged only
+// after its write returned (for eml and maildir: after the fsyncs), so a
+// crash at any point leaves it with the broker, to be delivered again.
+func consume(ctx context.Context, src source, write func(*message) error, count int) (int, error) {
 	n := 0
-	for o.count == 0 || n < o.count {
-		var d amqp.Delivery
-		var ok bool
-		select {
-		case d, ok = <-deliveries:
-			if !ok {
-				return n, errors.New("RabbitMQ closed the consumer")
-			}
-		case <-ctx.Done():
-			return n, ctx.Err()
+	for count == 0 || n < count {
+		left := 0
+		if count > 0 {
+			left = count - n
 		}
-		if err := write(d); err != nil {
-			// Back to the queue, for this run or the next: losing a
+		m, err := src.next(ctx, left)
+		if err != nil {
+			return n, err
+		}
+		if beforeWrite != nil {
+			beforeWrite(m)
+		}
+		if err := write(m); err != nil {
+			// Back to the broker, for this run or the next: losing a
 			// message is worse than stopping.
-			d.Nack(false, true)
-			return n, fmt.Errorf("message %q: %w", d.MessageId, err)
+			m.requeue()
+			return n, fmt.Errorf("message %q: %w", m.id, err)
 		}
-		if err := d.Ack(false); err != nil {
-			return n, fmt.Errorf("ack %q: %w", d.MessageId, err)
+		if err := m.ack(); err != nil {
+			return n, fmt.Errorf("ack %q: %w", m.id, err)
 		}
 		n++
 	}
@@ -137,22 +168,16 @@ func fieldLen(b []byte) int {
 	}
 }
 
-// printEnvelope writes the properties, the smtp-* headers and lsmtp's
-// trace fields of d, one per line (folded fields unfolded), and a blank
-// line.
-func printEnvelope(w io.Writer, d amqp.Delivery) error {
+// printEnvelope writes what the source says of m, its headers and
+// lsmtp's trace fields, one per line (folded fields unfolded), and a
+// blank line.
+func printEnvelope(w io.Writer, m *message) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "message %s: %d bytes, routing key %q, published %s by %s\n",
-		d.MessageId, len(d.Body), d.RoutingKey, d.Timestamp.UTC().Format(time.RFC3339), d.AppId)
-	names := make([]string, 0, len(d.Headers))
-	for k := range d.Headers {
-		names = append(names, k)
+	fmt.Fprintf(&b, "message %s: %d bytes, %s\n", m.id, len(m.body), m.summary)
+	for _, h := range m.headers {
+		fmt.Fprintf(&b, "  %s: %s\n", h.name, h.value)
 	}
-	sort.Strings(names)
-	for _, k := range names {
-		fmt.Fprintf(&b, "  %s: %s\n", k, headerValue(d.Headers[k]))
-	}
-	trace, _ := splitTrace(d.Body)
+	trace, _ := splitTrace(m.body)
 	for len(trace) > 0 {
 		n := fieldLen(trace)
 		field := strings.NewReplacer("\r\n\t", " ", "\r\n ", " ").Replace(string(trace[:n-2]))
@@ -164,25 +189,10 @@ func printEnvelope(w io.Writer, d amqp.Delivery) error {
 	return err
 }
 
-func headerValue(v any) string {
-	switch v := v.(type) {
-	case []any:
-		parts := make([]string, len(v))
-		for i, e := range v {
-			parts[i] = headerValue(e)
-		}
-		return strings.Join(parts, ", ")
-	case string:
-		return fmt.Sprintf("%q", v)
-	default:
-		return fmt.Sprint(v)
-	}
-}
-
 // fileName makes a message ID safe as a file name.
-func fileName(id string, tag uint64) string {
+func fileName(id string, seq uint64) string {
 	if id == "" {
-		return fmt.Sprintf("delivery-%d", tag)
+		return fmt.Sprintf("delivery-%d", seq)
 	}
 	return strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
@@ -192,14 +202,14 @@ func fileName(id string, tag uint64) string {
 	}, strings.TrimLeft(id, "."))
 }
 
-// writeEML writes d's body to dir/<message id>.eml: into a temporary file,
+// writeEML writes m's body to dir/<message id>.eml: into a temporary file,
 // fsynced, renamed into place, and the directory fsynced, so that the
 // file is either complete or absent. A redelivered message overwrites its
 // file with the same content.
-func writeEML(dir string, d amqp.Delivery) error {
-	final := filepath.Join(dir, fileName(d.MessageId, d.DeliveryTag)+".eml")
-	tmp := filepath.Join(dir, "."+fileName(d.MessageId, d.DeliveryTag)+".eml.tmp")
-	_, msg := splitTrace(d.Body)
+func writeEML(dir string, m *message) error {
+	final := filepath.Join(dir, fileName(m.id, m.seq)+".eml")
+	tmp := filepath.Join(dir, "."+fileName(m.id, m.seq)+".eml.tmp")
+	_, msg := splitTrace(m.body)
 	if err := writeSynced(tmp, msg); err != nil {
 		return err
 	}
@@ -240,11 +250,11 @@ func (m *maildir) uniqueName() string {
 	return fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), m.seq.Add(1), m.host)
 }
 
-func (m *maildir) deliver(d amqp.Delivery) error {
+func (m *maildir) deliver(msg *message) error {
 	name := m.uniqueName()
 	tmp := filepath.Join(m.dir, "tmp", name)
-	_, msg := splitTrace(d.Body)
-	if err := writeSynced(tmp, msg); err != nil {
+	_, body := splitTrace(msg.body)
+	if err := writeSynced(tmp, body); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, filepath.Join(m.dir, "new", name)); err != nil {

@@ -36,6 +36,19 @@ func storedBody(id string, body []byte) []byte {
 	return body
 }
 
+// testBodies are the bodies of testIDs: without trace fields, with bytes
+// that are no text, with lsmtp's trace fields, and with a field that
+// looks like one but is not lsmtp's.
+func testBodies() map[string][]byte {
+	return map[string][]byte{
+		"Q0001": []byte("Received: from x\r\nSubject: one\r\n\r\nbody\r\n"),
+		"Q0002": append([]byte("Subject: two\r\n\r\n"), 0xff, 0x00, '\r', '\n'),
+		"Q0003": []byte(traced + "Received: from x\r\nSubject: three\r\n\r\nbody\r\n"),
+		// Not lsmtp's trace (no Received: under it): kept as it is.
+		"Q0004": []byte("Return-Path: <a@example.org>\r\nSubject: four\r\n\r\nbody\r\n"),
+	}
+}
+
 // testQueue declares a queue holding messages shaped like lsmtp's (with
 // and without trace fields), deleted when the test ends.
 func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
@@ -54,13 +67,7 @@ func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ch.QueueDelete(queue, false, false, false) })
-	bodies = map[string][]byte{
-		"Q0001": []byte("Received: from x\r\nSubject: one\r\n\r\nbody\r\n"),
-		"Q0002": append([]byte("Subject: two\r\n\r\n"), 0xff, 0x00, '\r', '\n'),
-		"Q0003": []byte(traced + "Received: from x\r\nSubject: three\r\n\r\nbody\r\n"),
-		// Not lsmtp's trace (no Received: under it): kept as it is.
-		"Q0004": []byte("Return-Path: <a@example.org>\r\nSubject: four\r\n\r\nbody\r\n"),
-	}
+	bodies = testBodies()
 	for _, id := range testIDs {
 		err := ch.Publish("", queue, true, false, amqp.Publishing{
 			MessageId:    id,
@@ -84,7 +91,14 @@ func testQueue(t *testing.T) (queue string, bodies map[string][]byte) {
 
 func consumeAll(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	o, err := parseFlags(append([]string{"--amqp-url", rabbittest.URL, "--count", fmt.Sprint(len(testIDs))}, args...), func(string) string { return "" })
+	return runConsume(t, append([]string{"--amqp-url", rabbittest.URL, "--count", fmt.Sprint(len(testIDs))}, args...)...)
+}
+
+// runConsume runs lsmtp-consume with args and no environment, and
+// returns how many messages it handled and what it printed.
+func runConsume(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	o, err := parseFlags(args, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}

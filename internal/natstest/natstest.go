@@ -1,0 +1,146 @@
+// Package natstest holds what tests that talk to the real NATS JetStream
+// server share: its address, a unique stream and subject per test
+// (deleted when the test ends), a JetStream context for setting up and
+// inspecting them, a reader of what a stream holds, and a fault proxy in
+// front of the server.
+package natstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/lsmtp/lsmtp/internal/faultproxy"
+)
+
+const (
+	// Addr is the NATS server with JetStream the tests use.
+	Addr = "127.0.0.1:4222"
+	// URL is Addr as a NATS URL.
+	URL = "nats://" + Addr
+)
+
+// Names are a test's stream and subject prefix.
+type Names struct {
+	Stream  string // letters, digits, '_' and '-'
+	Subject string // "lsmtptest.<random>", a prefix of the test's subjects
+}
+
+// Unique returns a stream name and a subject prefix no other test uses,
+// and deletes the stream when the test ends (whoever created it).
+func Unique(t testing.TB) Names {
+	t.Helper()
+	n := strings.NewReplacer("/", "_", " ", "_", ".", "_", "*", "_", ">", "_").Replace(t.Name())
+	if len(n) > 40 {
+		n = n[:40]
+	}
+	r := rand.Uint32()
+	names := Names{Stream: fmt.Sprintf("lsmtptest_%s_%08x", n, r), Subject: fmt.Sprintf("lsmtptest.%08x", r)}
+	t.Cleanup(func() {
+		js := JetStream(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := js.DeleteStream(ctx, names.Stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Logf("delete stream %s: %v", names.Stream, err)
+		}
+	})
+	return names
+}
+
+// JetStream is a JetStream context on a connection of its own, closed
+// when the test ends.
+func JetStream(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(URL, nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatalf("NATS at %s is needed for this test: %v", Addr, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// CreateStream creates a file stream taking subjects, with a duplicate
+// window of two minutes and maxBytes (0: no limit, else discard new).
+func CreateStream(t testing.TB, name string, maxBytes int64, subjects ...string) {
+	t.Helper()
+	cfg := jetstream.StreamConfig{Name: name, Subjects: subjects, Storage: jetstream.FileStorage,
+		Duplicates: 2 * time.Minute, Discard: jetstream.DiscardNew, MaxBytes: -1}
+	if maxBytes > 0 {
+		cfg.MaxBytes = maxBytes
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := JetStream(t).CreateStream(ctx, cfg); err != nil {
+		t.Fatalf("create stream %s: %v", name, err)
+	}
+}
+
+// Messages returns every message stream holds, in sequence order.
+func Messages(t testing.TB, stream string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	js := JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("get message %d of %s: %v", seq, stream, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Count is how many messages stream holds.
+func Count(t testing.TB, stream string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := JetStream(t).Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// Proxy is a fault-injecting proxy in front of the test NATS server,
+// closed when the test ends.
+func Proxy(t testing.TB) *faultproxy.Proxy {
+	t.Helper()
+	p, err := faultproxy.New(Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// ProxyURL is the NATS URL of the server through p.
+func ProxyURL(p *faultproxy.Proxy) string { return "nats://" + p.Addr() }
