@@ -126,6 +126,7 @@ type SuiteConfig struct {
 	Factors *FactorConfig
 	Peers   *PeersConfig
 	NATS    *NATSConfig // lsmtp → JetStream beside its ceiling and lsmtp → RabbitMQ
+	TLS     *TLSConfig  // the TLS section, lsmtp beside go-smtp's TLS
 }
 
 func (sc *SuiteConfig) setDefaults() {
@@ -416,6 +417,22 @@ func (s *Suite) runSections(ctx context.Context) error {
 		}
 		if err != nil {
 			return fmt.Errorf("JetStream: %w", err)
+		}
+	}
+	if c := s.cfg.TLS; c != nil {
+		c.Progress = s.cfg.Progress
+		if c.Lsmtp == "" {
+			c.Lsmtp = s.cfg.Lsmtp
+		}
+		if c.LogDir == "" {
+			c.LogDir = s.cfg.LogDir
+		}
+		rep, err := RunTLS(ctx, *c)
+		if rep != nil {
+			s.sections = append(s.sections, rep)
+		}
+		if err != nil {
+			return fmt.Errorf("TLS section: %w", err)
 		}
 	}
 	return nil

@@ -131,6 +131,12 @@ type Config struct {
 	// MaxHandshakes bounds the TLS handshakes running at once; 0 is 16
 	// per CPU. A connection that finds no slot within a second is closed.
 	MaxHandshakes int
+	// MaxHandshakesPerIP bounds those of one client address (IPv6 by
+	// IPv6Prefix, as MaxConnsPerIP), so that one address cannot hold
+	// every slot of MaxHandshakes; 0 is no bound of its own. A
+	// connection that finds none of its client's free within a second is
+	// closed, holding none of the server's meanwhile.
+	MaxHandshakesPerIP int
 	// AuthFailDelay is the wait before the first 535 to a client IP; it
 	// doubles with each failure, up to 32 times.
 	AuthFailDelay time.Duration
@@ -157,7 +163,7 @@ type ClientPolicy interface {
 // Defaults are the settings lsmtp starts with, and what New puts in a
 // zero field, except where zero has a meaning of its own: MaxConns and
 // MaxConnsPerIP 0 are no limit, GreetDelay 0 greets at once, EventLoops 0
-// is one per CPU.
+// is one per CPU, MaxHandshakesPerIP 0 is no bound of its own.
 var Defaults = Config{
 	Listen:             []string{"127.0.0.1:2525"},
 	Hostname:           "localhost",
@@ -180,6 +186,9 @@ var Defaults = Config{
 	TLSMinVersion:     "1.2",
 	HandshakeTimeout:  10 * time.Second,
 	AuthFailDelay:     250 * time.Millisecond,
+	// A client needs one handshake at a time per connection it opens
+	// at once; a quarter of the server's slots on two CPUs.
+	MaxHandshakesPerIP: 8,
 }
 
 // defaultTick is the TickInterval when none is set and the greeting is

@@ -327,21 +327,23 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	cfg := s.settings()
 	ap := addrPort(c.RemoteAddr())
 	ip := ap.Addr()
+	kind := kindPlain
+	if s.tls.special {
+		kind = s.tls.kindOf(c.Fd())
+	}
 	if s.draining.Load() {
 		s.stats.Refused[RefusedDraining].Add(1)
-		return cfg.replies.shutdown, gnet.Close
+		return refusal(kind, cfg.replies.shutdown), gnet.Close
 	}
 	viaProxy := trusted(cfg.TrustedProxies, ip)
 	if reason, ok := s.admit(ip, !viaProxy); !ok {
 		s.stats.Refused[reason].Add(1)
-		return cfg.replies.tooMany, gnet.Close
+		return refusal(kind, cfg.replies.tooMany), gnet.Close
 	}
 	s.stats.Accepted.Add(1)
 	sess := newSession(s, c, ap)
 	sess.countedIP = !viaProxy
-	if s.tls.special {
-		sess.openKind(c.Fd())
-	}
+	sess.setKind(kind)
 	c.SetContext(sess) // from here on, OnClose releases what admit counted
 	s.sessions.add(sess)
 	now := time.Now()
@@ -353,7 +355,7 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.None
 	}
 	if reply, ok := sess.admitClient(now); !ok {
-		return reply, gnet.Close
+		return refusal(kind, reply), gnet.Close
 	}
 	greeting := sess.open(now)
 	if sess.sec.startTLS {

@@ -455,14 +455,14 @@ func (s *session) readProxyHeader(in []byte, now time.Time) (int, bool) {
 	}
 	if !s.srv.bindIP(client.Addr()) {
 		s.srv.stats.Refused[RefusedPerIP].Add(1)
-		s.closeWith(s.cfg.replies.tooMany)
+		s.closeWith(refusal(s.sec.kind, s.cfg.replies.tooMany))
 		return n, false
 	}
 	s.countedIP = true
 	s.remote = client
 	s.ipText = client.Addr().Unmap().String()
 	if reply, ok := s.admitClient(now); !ok {
-		s.closeWith(reply)
+		s.closeWith(refusal(s.sec.kind, reply))
 		return n, false
 	}
 	s.out = append(s.out, s.open(now)...)

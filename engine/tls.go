@@ -95,6 +95,9 @@ func (c *Config) validateTLS(bad func(field, format string, args ...any)) {
 	if c.HandshakeTimeout < 0 || c.MaxHandshakes < 0 || c.AuthFailDelay < 0 {
 		bad("HandshakeTimeout", "HandshakeTimeout, MaxHandshakes and AuthFailDelay must not be negative")
 	}
+	if c.MaxHandshakesPerIP < 0 {
+		bad("MaxHandshakesPerIP", "must not be negative")
+	}
 }
 
 // CheckFiles loads the certificate pair and the auth file as New would,
@@ -133,8 +136,10 @@ type tlsServer struct {
 	// reload); certificates come from certs at each handshake.
 	conf atomic.Pointer[tls.Config]
 	// handshakes bounds the handshakes running at once: each costs CPU
-	// the client chooses to make us spend.
+	// the client chooses to make us spend; perIP bounds those of one
+	// client, so that one address cannot hold every slot of handshakes.
 	handshakes chan struct{}
+	perIP      clientHandshakes
 	// verifying bounds password hashes being checked at once.
 	verifying chan struct{}
 	// kinds of the listeners, with their bound addresses; set in OnBoot.
@@ -153,6 +158,7 @@ func (s *Server) setupTLS(cfg *Config) error {
 		n = 16 * runtime.GOMAXPROCS(0)
 	}
 	t.handshakes = make(chan struct{}, n)
+	t.perIP = clientHandshakes{limit: cfg.MaxHandshakesPerIP, m: make(map[netip.Addr]*clientSlots)}
 	t.verifying = make(chan struct{}, runtime.GOMAXPROCS(0))
 	t.fails.init()
 	if err := t.certs.load(cfg.TLSCert, cfg.TLSKey); err != nil {
@@ -201,6 +207,71 @@ func (t *tlsServer) kindOf(fd int) listenerKind {
 		}
 	}
 	return kindPlain
+}
+
+// clientHandshakes bounds the handshakes one client runs at once
+// (Config.MaxHandshakesPerIP), a client named by Server.clientKey like
+// the per-IP connection limit. A client has an entry only while one of
+// its handshakes runs or waits, so the map holds at most one entry per
+// open connection. Any TLS goroutine may call its methods.
+type clientHandshakes struct {
+	limit int // 0: no bound of its own; never changes (Reload keeps it)
+
+	mu sync.Mutex
+	m  map[netip.Addr]*clientSlots // guarded by mu
+}
+
+// clientSlots are one client's: a slot is a value in sem; users counts
+// the handshakes holding or waiting for one (guarded by
+// clientHandshakes.mu), and the entry goes when it is back to 0.
+type clientSlots struct {
+	sem   chan struct{}
+	users int
+}
+
+// take waits for one of key's slots, until wait fires; false when none
+// came free. Its result goes back to give.
+func (h *clientHandshakes) take(key netip.Addr, wait func() <-chan time.Time) (*clientSlots, bool) {
+	if h.limit == 0 {
+		return nil, true
+	}
+	h.mu.Lock()
+	c := h.m[key]
+	if c == nil {
+		c = &clientSlots{sem: make(chan struct{}, h.limit)}
+		h.m[key] = c
+	}
+	c.users++
+	h.mu.Unlock()
+	select {
+	case c.sem <- struct{}{}:
+		return c, true
+	default:
+	}
+	select {
+	case c.sem <- struct{}{}:
+		return c, true
+	case <-wait():
+	}
+	h.leave(key, c)
+	return nil, false
+}
+
+// give returns a slot take gave (nil: none).
+func (h *clientHandshakes) give(key netip.Addr, c *clientSlots) {
+	if c == nil {
+		return
+	}
+	<-c.sem
+	h.leave(key, c)
+}
+
+func (h *clientHandshakes) leave(key netip.Addr, c *clientSlots) {
+	h.mu.Lock()
+	if c.users--; c.users == 0 {
+		delete(h.m, key)
+	}
+	h.mu.Unlock()
 }
 
 // certStore holds the certificate in force. It is read at every
@@ -397,12 +468,26 @@ func (s *session) startTLSCmd() {
 	}
 }
 
-// openKind notes the listener a connection came in on (OnOpen), by the
-// socket's local address: gnet's Conn.LocalAddr is the listener's address
-// as configured (port 0 stays 0).
-func (s *session) openKind(fd int) {
-	s.sec.kind = s.srv.tls.kindOf(fd)
-	s.sec.requireAuth = s.sec.kind == kindSubmission
+// setKind notes the listener a connection came in on (OnOpen; kindOf
+// names it by the socket's local address: gnet's Conn.LocalAddr is the
+// listener's address as configured, port 0 stays 0).
+func (s *session) setKind(k listenerKind) {
+	s.sec.kind = k
+	s.sec.requireAuth = k == kindSubmission
+}
+
+// refusal is what a connection refused before its greeting is told: the
+// reply, except on a TLS listener, where the client's first bytes are a
+// ClientHello and it reads nothing but TLS records (RFC 8314 §3.3). A
+// 421 there would need a handshake first, and a handshake is CPU the
+// client makes us spend, the very thing a limit is there to stop; so the
+// connection is closed without a word, and the client retries later as
+// after any connection that fails (RFC 5321 §4.5.4.1).
+func refusal(k listenerKind, reply []byte) []byte {
+	if k == kindTLS {
+		return nil
+	}
+	return reply
 }
 
 // implicitTLS makes open hand the connection off instead of greeting.
@@ -426,6 +511,10 @@ func (c *Config) keepTLSListeners(cur *Config) (restartNeeded []string) {
 	if c.MaxHandshakes != cur.MaxHandshakes {
 		restartNeeded = append(restartNeeded, "max-tls-handshakes")
 		c.MaxHandshakes = cur.MaxHandshakes
+	}
+	if c.MaxHandshakesPerIP != cur.MaxHandshakesPerIP {
+		restartNeeded = append(restartNeeded, "max-tls-handshakes-per-ip")
+		c.MaxHandshakesPerIP = cur.MaxHandshakesPerIP
 	}
 	return restartNeeded
 }

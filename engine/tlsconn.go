@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,20 @@ type tlsConn struct {
 	// run's.
 	in   []byte
 	r, w int
+	// small is the initial buffer, kept for the life of the session;
+	// body is in while it is one of bodyBufs; full: the last read
+	// filled in. run's.
+	small []byte
+	body  *[tlsBodyBuffer]byte
+	full  bool
+
+	// readArmed and writeArmed are the deadlines last given to the
+	// connection (Unix ns; 0: unknown, set again), run's. The
+	// session's deadline moves with every command, and moving the
+	// poller's timer at every read and write costs as much as a small
+	// command's pass (setDeadlineImpl, a timer modification each), so
+	// they move only when they must (rearm).
+	readArmed, writeArmed int64
 
 	// woken asks run for a pass without new input (the sink's verdict,
 	// the ticker, Shutdown). ready is set once the handshake is done:
@@ -37,8 +52,19 @@ type tlsConn struct {
 }
 
 // tlsInitialBuffer is the input buffer a TLS session starts with; it
-// grows only for a line or a pipelined burst that does not fit.
+// grows only for a line or a pipelined burst that does not fit, and for
+// a message body that comes faster than it holds (tlsBodyBuffer).
 const tlsInitialBuffer = 4 << 10
+
+// tlsBodyBuffer is the input buffer of a session reading a message body
+// that filled the initial one: room for a whole TLS record (RFC 8446
+// §5.1: at most 2^14 octets of plaintext), so that one Read takes a
+// record and one pass handles it, not four of 4 KiB, each with its
+// read, its deadline and its pass. It comes from bodyBufs and goes back
+// once the body is read.
+const tlsBodyBuffer = 16 << 10
+
+var bodyBufs = sync.Pool{New: func() any { return new([tlsBodyBuffer]byte) }}
 
 // HandshakeFailure says why a TLS handshake did not complete.
 type HandshakeFailure uint8
@@ -49,10 +75,11 @@ const (
 	HandshakeVersion                         // the client offered no version we speak (below TLSMinVersion)
 	HandshakeEOF                             // the client went away
 	HandshakeBad                             // anything else: not TLS, a bad record, no common cipher
+	HandshakePerIP                           // Config.MaxHandshakesPerIP of the client's were running; none came free in time
 	numHandshakeFailures
 )
 
-var handshakeFailureNames = [numHandshakeFailures]string{"timeout", "busy", "version", "eof", "bad"}
+var handshakeFailureNames = [numHandshakeFailures]string{"timeout", "busy", "version", "eof", "bad", "per_ip"}
 
 func (f HandshakeFailure) String() string { return handshakeFailureNames[f] }
 
@@ -65,8 +92,9 @@ func HandshakeFailures() []HandshakeFailure {
 	return r
 }
 
-// handshakeWait is how long a handshake waits for a slot when
-// MaxHandshakes are running, before the connection is closed.
+// handshakeWait is how long a handshake waits for its slots (its
+// client's, then the server's) when MaxHandshakesPerIP or MaxHandshakes
+// are running, before the connection is closed.
 const handshakeWait = time.Second
 
 // handOff runs in OnClose, on the loop, for a session whose STARTTLS 220
@@ -123,6 +151,9 @@ func (t *tlsConn) run() {
 	defer func() {
 		_ = t.raw.Close()
 		srv.endSession(s)
+		if t.body != nil {
+			bodyBufs.Put(t.body)
+		}
 	}()
 	if !t.handshake() {
 		return
@@ -146,24 +177,41 @@ func (t *tlsConn) run() {
 	}
 }
 
-// handshake runs the TLS handshake under its own timeout and the
-// server-wide bound on handshakes at once.
+// handshake runs the TLS handshake under its own timeout, the client's
+// bound on handshakes at once and the server's. The client's slot is
+// taken first, so that a client waiting for one holds none of the
+// server's: one address cannot take them all.
 func (t *tlsConn) handshake() bool {
 	s := t.sess
 	srv := s.srv
 	cfg := srv.settings()
 	st := &srv.stats.TLS
+	var timer *time.Timer // one wait for both slots, made only if one is not free
+	wait := func() <-chan time.Time {
+		if timer == nil {
+			timer = time.NewTimer(handshakeWait)
+		}
+		return timer.C
+	}
+	key := srv.clientKey(s.remote.Addr())
+	slot, ok := srv.tls.perIP.take(key, wait)
+	if !ok {
+		st.HandshakeFailed[HandshakePerIP].Add(1)
+		return false
+	}
+	defer srv.tls.perIP.give(key, slot)
 	select {
 	case srv.tls.handshakes <- struct{}{}:
 	default:
-		timer := time.NewTimer(handshakeWait)
 		select {
 		case srv.tls.handshakes <- struct{}{}:
-			timer.Stop()
-		case <-timer.C:
+		case <-wait():
 			st.HandshakeFailed[HandshakeBusy].Add(1)
 			return false
 		}
+	}
+	if timer != nil {
+		timer.Stop()
 	}
 	start := time.Now()
 	_ = t.raw.SetDeadline(start.Add(cfg.HandshakeTimeout))
@@ -182,7 +230,8 @@ func (t *tlsConn) handshake() bool {
 	_ = t.raw.SetDeadline(time.Time{})
 	cs := t.tc.ConnectionState()
 	st.countHandshake(cs.Version)
-	t.in = make([]byte, tlsInitialBuffer)
+	t.small = make([]byte, tlsInitialBuffer)
+	t.in = t.small
 	s.established(&cs, time.Now())
 	t.ready.Store(true)
 	return true
@@ -208,32 +257,62 @@ func (t *tlsConn) read() bool {
 	s := t.sess
 	for {
 		if t.woken.Swap(false) {
+			t.readArmed = 0 // the wake moved the deadline to now
 			return true
+		}
+		if t.full && t.body == nil && s.inBody() && len(t.in) < tlsBodyBuffer {
+			t.useBody()
 		}
 		if t.w == len(t.in) && !t.grow() {
 			return false
 		}
-		var d time.Time
-		if ns := s.deadline.Load(); ns != 0 {
-			d = time.Unix(0, ns)
-		}
-		_ = t.tc.SetReadDeadline(d)
-		if t.woken.Load() {
-			continue // a wake between the Swap and the deadline above
+		if want := s.deadline.Load(); rearm(t.readArmed, want, time.Now().UnixNano()) {
+			var d time.Time
+			if want != 0 {
+				d = time.Unix(0, want)
+			}
+			_ = t.tc.SetReadDeadline(d)
+			t.readArmed = want
+			if t.woken.Load() {
+				continue // a wake between the Swap and the deadline above
+			}
 		}
 		n, err := t.tc.Read(t.in[t.w:])
 		t.w += n
+		t.full = t.w == len(t.in)
 		switch {
 		case n > 0:
 			return true
 		case err == nil:
 		case isTimeout(err):
-			// A wake, or the session's deadline: a pass decides which.
+			// A wake (which moved the deadline to now), the session's
+			// deadline, or an armed one a little early: a pass decides
+			// which, and the next read arms again.
+			t.readArmed = 0
 			return true
 		default:
 			return false // EOF, a reset, a bad record
 		}
 	}
+}
+
+// rearmSlack is how much earlier than the session's deadline an armed
+// read deadline may stay: it fires, a pass finds nothing due, and the
+// next read arms the right one.
+const rearmSlack = int64(time.Second)
+
+// rearm says whether the read deadline armed (Unix ns, 0 unknown) must
+// be moved for the session's deadline want (0: none): when nothing is
+// armed or it passed, when want is earlier, or later by rearmSlack or
+// more. For want 0 an armed deadline stays until it fires.
+func rearm(armed, want, now int64) bool {
+	switch {
+	case armed == 0 || armed <= now:
+		return true
+	case want == 0:
+		return false
+	}
+	return want < armed || want-armed >= rearmSlack
 }
 
 func isTimeout(err error) bool {
@@ -260,8 +339,24 @@ func (t *tlsConn) grow() bool {
 	in := make([]byte, n)
 	copy(in, t.in[:t.w])
 	t.in = in
+	if t.body != nil {
+		bodyBufs.Put(t.body)
+		t.body = nil
+	}
 	return true
 }
+
+// useBody moves the unread input into one of bodyBufs and reads into it
+// from here on.
+func (t *tlsConn) useBody() {
+	b := bodyBufs.Get().(*[tlsBodyBuffer]byte)
+	t.w = copy(b[:], t.in[t.r:t.w])
+	t.r = 0
+	t.in, t.body = b[:], b
+}
+
+// inBody: the session is reading a DATA or BDAT body.
+func (s *session) inBody() bool { return s.state == stData || s.state == stBDAT }
 
 // Peek, Discard, InboundBuffered, Write and OutboundBuffered make a
 // tlsConn the session's conn; run calls them, from the session's passes.
@@ -274,14 +369,20 @@ func (t *tlsConn) Peek(n int) ([]byte, error) {
 
 // Discard drops what a pass consumed. Once all is read, a buffer that
 // grew for a long line or a burst goes back to the initial size: it is
-// not kept for the life of the connection (flush does the same for out).
+// not kept for the life of the connection (flush does the same for
+// out); the body buffer goes back once the body is read.
 func (t *tlsConn) Discard(n int) (int, error) {
 	n = min(n, t.w-t.r)
 	t.r += n
 	if t.r == t.w {
 		t.r, t.w = 0, 0
-		if len(t.in) > tlsInitialBuffer {
-			t.in = make([]byte, tlsInitialBuffer)
+		switch {
+		case t.body != nil && !t.sess.inBody():
+			bodyBufs.Put(t.body)
+			t.body = nil
+			t.in = t.small
+		case t.body == nil && len(t.in) > tlsInitialBuffer:
+			t.in = t.small
 		}
 	}
 	return n, nil
@@ -296,9 +397,17 @@ func (t *tlsConn) InboundBuffered() int { return t.w - t.r }
 func (t *tlsConn) held() int { return max(t.w-t.r, len(t.in)-tlsInitialBuffer) }
 
 // Write sends at once; a client that stops reading makes it fail after
-// the idle timeout rather than hold the goroutine for ever.
+// the idle timeout (less at most rearmSlack, or half of it when it is
+// shorter: the deadline moves only when less is left) rather than hold
+// the goroutine for ever. A write that times out leaves crypto/tls's
+// state broken, so the deadline must never be near for a client that
+// reads.
 func (t *tlsConn) Write(b []byte) (int, error) {
-	_ = t.tc.SetWriteDeadline(time.Now().Add(t.sess.cfg.IdleTimeout))
+	idle := int64(t.sess.cfg.IdleTimeout)
+	if now := time.Now(); t.writeArmed-now.UnixNano() < idle-min(rearmSlack, idle/2) {
+		t.writeArmed = now.UnixNano() + idle
+		_ = t.tc.SetWriteDeadline(time.Unix(0, t.writeArmed))
+	}
 	return t.tc.Write(b)
 }
 

@@ -1,7 +1,7 @@
 // Command lsmtp-bench is lsmtp's load generator ("run") and benchmark
 // suite ("suite", what make bench runs), with the factor table
-// ("factors"), the side-by-side comparison ("peers") and the JetStream
-// section ("nats"). See BENCHMARKS.md.
+// ("factors"), the side-by-side comparison ("peers"), the JetStream
+// section ("nats") and the TLS section ("tls"). See BENCHMARKS.md.
 package main
 
 import (
@@ -25,6 +25,7 @@ func usage() {
   lsmtp-bench factors [flags] what each part of a publish costs RabbitMQ (the factor table)
   lsmtp-bench peers [flags]   lsmtp side by side with the go-smtp bridge
   lsmtp-bench nats [flags]    lsmtp → NATS JetStream beside a raw nats.go ceiling and lsmtp → RabbitMQ
+  lsmtp-bench tls [flags]     TLS handshakes, messages and idle memory, lsmtp beside go-smtp's TLS
   lsmtp-bench <command> -h    flags of a command
 `)
 }
@@ -48,6 +49,8 @@ func main() {
 		err = runPeers(ctx, os.Args[2:])
 	case "nats":
 		err = runNATS(ctx, os.Args[2:])
+	case "tls":
+		err = runTLS(ctx, os.Args[2:])
 	case "worker": // one generator process of a run split over several
 		err = bench.WorkerMain(ctx, os.Stdin, os.Stdout)
 	case "-h", "--help", "help":

@@ -30,7 +30,7 @@ func runSuite(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Rows, "rows", "", "run only rows whose ID matches this regexp (e.g. 'loop|pipe-300')")
 	fs.DurationVar(&cfg.Window, "window", 0, "measurement window per row (default 10s, 4s with -quick)")
 	fs.StringVar(&cfg.LogDir, "logs", "", "directory for server logs (default: a new temporary directory)")
-	sections := fs.String("sections", "factors,peers,nats", "sections measured after the rows: factors (lsmtp-bench factors), peers (lsmtp-bench peers), nats (lsmtp-bench nats); none with -quick unless given")
+	sections := fs.String("sections", "factors,peers,nats,tls", "sections measured after the rows: factors (lsmtp-bench factors), peers (lsmtp-bench peers), nats (lsmtp-bench nats), tls (lsmtp-bench tls); none with -quick unless given")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -47,9 +47,11 @@ func runSuite(ctx context.Context, args []string) error {
 			cfg.Peers = &bench.PeersConfig{}
 		case "nats":
 			cfg.NATS = &bench.NATSConfig{Quick: cfg.Quick}
+		case "tls":
+			cfg.TLS = &bench.TLSConfig{}
 		case "", "none":
 		default:
-			return fmt.Errorf("suite: unknown section %q (want factors, peers, nats)", name)
+			return fmt.Errorf("suite: unknown section %q (want factors, peers, nats, tls)", name)
 		}
 	}
 	cfg.Listen = strings.Split(*listen, ",")

@@ -80,6 +80,7 @@ func (o *options) table() []option {
 		{name: "auth-fail-delay", section: secure, ptr: &e.AuthFailDelay, help: "wait before the 535 to a failed AUTH; doubles with each failure from the same client IP, up to 32 times"},
 		{name: "tls-handshake-timeout", section: secure, ptr: &e.HandshakeTimeout, help: "longest TLS handshake"},
 		{name: "max-tls-handshakes", section: secure, ptr: &e.MaxHandshakes, restart: true, help: "TLS handshakes at once, 0 for 16 per CPU; a connection that finds none free within a second is closed"},
+		{name: "max-tls-handshakes-per-ip", section: secure, ptr: &e.MaxHandshakesPerIP, restart: true, help: "TLS handshakes at once from one client IP (IPv6 by ipv6-prefix), 0 for no bound of its own; a connection that finds none of its client's free within a second is closed, holding none of max-tls-handshakes meanwhile"},
 
 		{name: "max-message-size", section: limits, ptr: &e.MaxMessageSize, size: true, help: "largest message accepted, octets (K, M, G suffixes)"},
 		{name: "max-in-flight-bytes", section: limits, ptr: &e.MaxInFlightBytes, size: true, help: "message octets held at once over all sessions until the broker confirmed; 451 4.3.1 past it"},

@@ -12,7 +12,7 @@ type tlsDescs struct {
 }
 
 func (t *tlsDescs) init(desc func(n, help string, labels ...string) *prometheus.Desc) {
-	t.handshakes = desc("tls_handshakes_total", "TLS handshakes, by result (ok, or why it failed: timeout, busy, version, eof, bad) and negotiated version.", "result", "version")
+	t.handshakes = desc("tls_handshakes_total", "TLS handshakes, by result (ok, or why it failed: timeout, busy, version, eof, bad, per_ip) and negotiated version.", "result", "version")
 	t.discarded = desc("tls_discarded_bytes_total", "Octets a client pipelined behind STARTTLS in the clear, dropped unread (CVE-2011-0411).")
 	t.sessions = desc("sessions_open_by_security", "SMTP connections open now, by TLS and AUTH state.", "tls", "auth")
 	t.auth = desc("auth_total", "AUTH commands by result.", "result")
