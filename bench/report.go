@@ -32,7 +32,7 @@ func (s *Suite) writeReport(out string, failure error) error {
 	}
 	w("Written by `make bench` (`%s`) on %s, from commit `%s`; the whole suite took %s.\n",
 		s.cfg.Command, mi.Date.UTC().Format("2006-01-02 15:04 MST"), mi.Commit, time.Since(s.start).Round(time.Second))
-	w("Every figure below comes from that one run; nothing is edited by hand.\n\n")
+	w("Every figure below comes from that one run, up to the part headed \"Measured apart from this run\"; nothing is edited by hand.\n\n")
 
 	w("## Machine\n\n")
 	w("| | |\n|---|---|\n")
@@ -66,6 +66,17 @@ func (s *Suite) writeReport(out string, failure error) error {
 			w("- %s\n", n)
 		}
 		w("\n")
+	}
+	if s.cfg.Notes != "" {
+		notes, err := os.ReadFile(s.cfg.Notes)
+		if err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("bench notes: %w", err)
+		}
+		if len(notes) > 0 {
+			w("# Measured apart from this run\n\n")
+			w("The sections below come from `%s`, written by hand from runs of their own; each says when and how it was measured. `make bench` copies them here as they are.\n\n", s.cfg.Notes)
+			b.Write(notes)
+		}
 	}
 	return os.WriteFile(out, []byte(b.String()), 0o644)
 }

@@ -119,7 +119,10 @@ type SuiteConfig struct {
 	Window        time.Duration // measurement window per row; 0: 10 s (4 s with Quick)
 	LogDir        string        // server logs; "" makes a temporary directory
 	Command       string        // how the suite was started, for the report
-	Progress      io.Writer     // progress lines; nil for none
+	// Notes is a file of sections measured apart from the suite, by
+	// hand, appended to the report as written ("" or absent: none).
+	Notes    string
+	Progress io.Writer // progress lines; nil for none
 	// Factors and Peers, when set, add the factor table and the
 	// side-by-side comparison, run after the rows (their Progress is
 	// the suite's).

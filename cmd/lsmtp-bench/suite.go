@@ -30,6 +30,7 @@ func runSuite(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Rows, "rows", "", "run only rows whose ID matches this regexp (e.g. 'loop|pipe-300')")
 	fs.DurationVar(&cfg.Window, "window", 0, "measurement window per row (default 10s, 4s with -quick)")
 	fs.StringVar(&cfg.LogDir, "logs", "", "directory for server logs (default: a new temporary directory)")
+	fs.StringVar(&cfg.Notes, "notes", "bench/notes.md", "hand-written sections appended to the report as they are (none: empty)")
 	sections := fs.String("sections", "factors,peers,nats,tls", "sections measured after the rows: factors (lsmtp-bench factors), peers (lsmtp-bench peers), nats (lsmtp-bench nats), tls (lsmtp-bench tls); none with -quick unless given")
 	if err := fs.Parse(args); err != nil {
 		return err
