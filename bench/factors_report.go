@@ -85,13 +85,7 @@ func (r *FactorReport) Markdown() string {
 	}
 	w("Repeat with `lsmtp-bench factors -messages %d -runs %d -queue-types %s -size %d -window %d -rcpts %d%s`.\n\n",
 		c.Messages, c.Runs, strings.Join(c.QueueTypes, ","), c.Size, c.Window, c.Rcpts, rows)
-	if len(r.Notes) > 0 {
-		w("Notes from the run:\n\n")
-		for _, n := range r.Notes {
-			w("- %s\n", n)
-		}
-		w("\n")
-	}
+	b.WriteString(notesMarkdown(r.Notes))
 	return b.String()
 }
 
@@ -99,6 +93,25 @@ func (r *FactorReport) Markdown() string {
 // it, when, against which RabbitMQ, for how long and on how loaded a
 // machine.
 func measuredBy(command string, started time.Time, rabbitMQ string, took time.Duration, load [2]float64) string {
-	return fmt.Sprintf("Measured by `lsmtp-bench %s` on %s with RabbitMQ %s on the same machine (%s in all; load average %.1f at the start, %.1f at the end, on %d cores). ",
-		command, started.UTC().Format("2006-01-02 15:04 MST"), orUnknown(rabbitMQ), took.Round(time.Second), load[0], load[1], runtime.NumCPU())
+	return measuredWith(command, started, "RabbitMQ "+orUnknown(rabbitMQ), took, load)
+}
+
+// measuredWith is measuredBy with the brokers named by the caller (with,
+// as in "nats-server 2.9.10 and RabbitMQ 3.12.1").
+func measuredWith(command string, started time.Time, with string, took time.Duration, load [2]float64) string {
+	return fmt.Sprintf("Measured by `lsmtp-bench %s` on %s with %s on the same machine (%s in all; load average %.1f at the start, %.1f at the end, on %d cores). ",
+		command, started.UTC().Format("2006-01-02 15:04 MST"), with, took.Round(time.Second), load[0], load[1], runtime.NumCPU())
+}
+
+// notesMarkdown closes a report section with the notes from its run, if
+// any.
+func notesMarkdown(notes []string) string {
+	if len(notes) == 0 {
+		return ""
+	}
+	s := "Notes from the run:\n\n"
+	for _, n := range notes {
+		s += "- " + n + "\n"
+	}
+	return s + "\n"
 }

@@ -2,10 +2,8 @@ package bench
 
 import (
 	"fmt"
-	"runtime"
 	"slices"
 	"strings"
-	"time"
 )
 
 // Markdown is the JetStream section.
@@ -14,8 +12,7 @@ func (r *NATSReport) Markdown() string {
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	c := r.Config
 	w("## lsmtp → NATS JetStream\n\n")
-	w("Measured by `lsmtp-bench nats` on %s with nats-server %s and RabbitMQ %s on the same machine (%s in all; load average %.1f at the start, %.1f at the end, on %d cores). ",
-		r.Started.UTC().Format("2006-01-02 15:04 MST"), orUnknown(r.NATSServer), orUnknown(r.RabbitMQ), r.Took.Round(time.Second), r.Load[0], r.Load[1], runtime.NumCPU())
+	b.WriteString(measuredWith("nats", r.Started, "nats-server "+orUnknown(r.NATSServer)+" and RabbitMQ "+orUnknown(r.RabbitMQ), r.Took, r.Load))
 	w("Each pair runs, one after the other: the *ceiling*, a plain nats.go publisher (`bench.NATSCeilingPublish`: `PublishMsgAsync` on one connection, "+
 		"at most %d unacknowledged, no SMTP) sending lsmtp's own message again (the last one lsmtp published in its warm-up: %d octets of body, headers %s, "+
 		"a Nats-Msg-Id of its own per publish) for %v; lsmtp `--sink nats`, and lsmtp `--sink amqp` (its defaults: a quorum queue), each under the same "+
@@ -82,13 +79,7 @@ func (r *NATSReport) Markdown() string {
 	}
 	w("lsmtp → JetStream: `%s`; lsmtp → RabbitMQ: `%s`.\n\n", r.LsmtpNATS, r.LsmtpAMQP)
 	w("Repeat with `lsmtp-bench nats -pairs %d -sessions %d -per-conn %d -window %v -pending %d`.\n\n", c.Pairs, c.Sessions, c.PerConn, c.Window, c.Pending)
-	if len(r.Notes) > 0 {
-		w("Notes from the run:\n\n")
-		for _, n := range r.Notes {
-			w("- %s\n", n)
-		}
-		w("\n")
-	}
+	b.WriteString(notesMarkdown(r.Notes))
 	return b.String()
 }
 

@@ -97,13 +97,7 @@ func (r *PeersReport) Markdown() string {
 	}
 	w("Repeat with `lsmtp-bench peers -pairs %d -sessions %d -per-conn %d -window %v -queue-types %s%s`.\n\n",
 		c.Pairs, c.Sessions, c.PerConn, c.Window, strings.Join(c.QueueTypes, ","), only)
-	if len(r.Notes) > 0 {
-		w("Notes from the run:\n\n")
-		for _, n := range r.Notes {
-			w("- %s\n", n)
-		}
-		w("\n")
-	}
+	b.WriteString(notesMarkdown(r.Notes))
 	return b.String()
 }
 

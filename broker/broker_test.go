@@ -82,18 +82,9 @@ func TestContractRoundTrip(t *testing.T) {
 	b := startBroker(t, cfg)
 	waitReady(t, b, 5*time.Second)
 
-	allBytes := make([]byte, 256)
-	for i := range allBytes {
-		allBytes[i] = byte(i)
-	}
+	allBytes := allOctets()
 	large := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz\r\n"), 40000) // ~1.5 MB: many frames
-	cases := []struct {
-		name   string
-		sender string
-		rcpts  []string
-		body   []byte
-		edit   func(*sink.Message)
-	}{
+	cases := []contractCase{
 		{"empty", "a@example.org", []string{"b@example.com"}, nil, nil},
 		{"null-sender", "", []string{"postmaster@example.com"}, []byte("Subject: bounce\r\n\r\nx\r\n"), nil},
 		{"8bit", "a@example.org", []string{"b@example.com"}, allBytes, func(m *sink.Message) { m.Body = sink.Body8BitMIME }},
@@ -119,12 +110,7 @@ func TestContractRoundTrip(t *testing.T) {
 		msgs[id], bodies[id], rcpts[id] = m, c.body, c.rcpts
 		b.Submit(m)
 	}
-	rec.wait(t, len(cases), 10*time.Second)
-	for id := range msgs {
-		if err := rec.result(t, id); err != nil {
-			t.Errorf("%s: completed with %v, want nil", id, err)
-		}
-	}
+	waitCompleted(t, rec, msgs)
 	if rec.dataLeft != 0 {
 		t.Errorf("%d messages completed before their data was released", rec.dataLeft)
 	}
@@ -143,10 +129,7 @@ func TestContractRoundTrip(t *testing.T) {
 	if len(msgs) != 0 {
 		t.Errorf("%d messages not in the queue", len(msgs))
 	}
-	st := b.Stats()
-	if st.Submitted != uint64(len(cases)) || st.Confirmed != uint64(len(cases)) || st.Failed != 0 {
-		t.Errorf("stats: %+v", st)
-	}
+	checkAllConfirmed(t, b, len(cases))
 }
 
 // TestDomainRouting publishes one copy per recipient domain, each with

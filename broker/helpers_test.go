@@ -232,3 +232,43 @@ var (
 	newProxy = rabbittest.Proxy
 	proxyURL = rabbittest.ProxyURL
 )
+
+// contractCase is one message shape a contract test publishes.
+type contractCase struct {
+	name   string
+	sender string
+	rcpts  []string
+	body   []byte
+	edit   func(*sink.Message)
+}
+
+// allOctets is each octet value once, in order.
+func allOctets() []byte {
+	b := make([]byte, 256)
+	for i := range b {
+		b[i] = byte(i)
+	}
+	return b
+}
+
+// waitCompleted waits for rec to complete every message of msgs (by
+// queue ID), each with nil.
+func waitCompleted(t *testing.T, rec *recorder, msgs map[string]*sink.Message) {
+	t.Helper()
+	rec.wait(t, len(msgs), 10*time.Second)
+	for id := range msgs {
+		if err := rec.result(t, id); err != nil {
+			t.Errorf("%s: completed with %v, want nil", id, err)
+		}
+	}
+}
+
+// checkAllConfirmed fails t unless b counts n messages submitted, n
+// confirmed and none failed.
+func checkAllConfirmed(t *testing.T, b *Broker, n int) {
+	t.Helper()
+	st := b.Stats()
+	if st.Submitted != uint64(n) || st.Confirmed != uint64(n) || st.Failed != 0 {
+		t.Errorf("stats: %+v", st)
+	}
+}

@@ -81,7 +81,24 @@ func (b *Broker) amqpLimits() sink.Limits {
 	// every other field at its largest. What is left of the frame is the
 	// envelope's: the sender's octets plus, per recipient, its octets
 	// and RecipientOverhead (the sender's field overhead is in the base).
-	m := sink.Message{
+	m := largestFields()
+	var p publishBuilder
+	p.init(b)
+	p.prepare(&m)
+	base, bad := p.baseSize()
+	if bad != "" {
+		return l // cannot happen: every field is a short string we bound
+	}
+	l.MaxEnvelope = frameSize - frameOverhead - base - recipientsFieldSize // > 128 KiB: Validate bounds Node
+	l.RecipientOverhead = RecipientOverhead
+	return l
+}
+
+// largestFields is a message with an empty envelope and every other
+// field at its largest, for what a transport reserves around the
+// client's octets.
+func largestFields() sink.Message {
+	return sink.Message{
 		QueueID:    strings.Repeat("Q", reserveShort),
 		ClientIP:   strings.Repeat("f", reserveShort),
 		ClientPort: 65535,
@@ -96,16 +113,6 @@ func (b *Broker) amqpLimits() sink.Limits {
 		TLSCipher:  strings.Repeat("c", reserveShort),
 		AuthUser:   make([]byte, reserveShort),
 	}
-	var p publishBuilder
-	p.init(b)
-	p.prepare(&m)
-	base, bad := p.baseSize()
-	if bad != "" {
-		return l // cannot happen: every field is a short string we bound
-	}
-	l.MaxEnvelope = frameSize - frameOverhead - base - recipientsFieldSize // > 128 KiB: Validate bounds Node
-	l.RecipientOverhead = RecipientOverhead
-	return l
 }
 
 // routingKeyParts returns the octets of a routing key template outside

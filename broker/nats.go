@@ -241,22 +241,10 @@ const (
 // reserveFor is what a payload holds besides the client's octets at its
 // largest: the engine's Received: field (sink.MaxReceived); the trace
 // fields and the smtp-* headers (as configured) of the largest envelope
-// Limits lets through, every other field at its largest (as amqpLimits
-// reserves them); Nats-Msg-Id and the subject, as size counts them.
+// Limits lets through, every other field at its largest (largestFields,
+// as amqpLimits reserves them); Nats-Msg-Id and the subject, as size counts them.
 func (t *natsTransport) reserveFor() int64 {
-	m := sink.Message{
-		QueueID:    strings.Repeat("Q", reserveShort),
-		ClientIP:   strings.Repeat("f", reserveShort),
-		ClientPort: 65535,
-		Helo:       make([]byte, reserveHelo),
-		Size:       1 << 62,
-		Body:       sink.BodyBinaryMIME,
-		SMTPUTF8:   true,
-		Received:   time.Date(2999, 12, 31, 23, 59, 59, 999e6, time.UTC),
-		TLSVersion: strings.Repeat("v", reserveShort),
-		TLSCipher:  strings.Repeat("c", reserveShort),
-		AuthUser:   make([]byte, reserveShort),
-	}
+	m := largestFields()
 	p := &natsPublisher{t: t}
 	if t.headers {
 		p.common = make(nats.Header, 13)

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/valyala/bytebufferpool"
 
+	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/internal/natstest"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/sink"
@@ -91,17 +92,8 @@ func TestNATSContract(t *testing.T) {
 			if n := b.MaxMessageSize(); n != 1<<20-b.tr.(*natsTransport).reserve || n < 1<<20-96<<10 {
 				t.Errorf("MaxMessageSize = %d", n)
 			}
-			allBytes := make([]byte, 256)
-			for i := range allBytes {
-				allBytes[i] = byte(i)
-			}
-			cases := []struct {
-				name   string
-				sender string
-				rcpts  []string
-				body   []byte
-				edit   func(*sink.Message)
-			}{
+			allBytes := allOctets()
+			cases := []contractCase{
 				{"empty", "a@example.org", []string{"b@example.com"}, nil, nil},
 				{"null-sender", "", []string{"postmaster"}, []byte("Subject: bounce\r\n\r\nx\r\n"), nil},
 				{"binary", "a@example.org", []string{"b@example.com"}, allBytes, func(m *sink.Message) { m.Body = sink.BodyBinaryMIME; m.Size = 256 }},
@@ -130,12 +122,7 @@ func TestNATSContract(t *testing.T) {
 				msgs[id], datas[id], rcpts[id] = m, bytes.Clone(m.Data.B), c.rcpts
 				b.Submit(m)
 			}
-			rec.wait(t, len(cases), 10*time.Second)
-			for id := range msgs {
-				if err := rec.result(t, id); err != nil {
-					t.Errorf("%s: completed with %v, want nil", id, err)
-				}
-			}
+			waitCompleted(t, rec, msgs)
 			got := natstest.Messages(t, names.Stream)
 			if len(got) != len(cases) {
 				t.Fatalf("%d messages in the stream, want %d", len(got), len(cases))
@@ -149,10 +136,7 @@ func TestNATSContract(t *testing.T) {
 				}
 				wantNATSMessage(t, g, m, id, cfg.NATSSubject, datas[id], rcpts[id], env != EnvelopeTrace)
 			}
-			st := b.Stats()
-			if st.Submitted != uint64(len(cases)) || st.Confirmed != uint64(len(cases)) || st.Failed != 0 {
-				t.Errorf("stats: %+v", st)
-			}
+			checkAllConfirmed(t, b, len(cases))
 		})
 	}
 }
@@ -702,10 +686,14 @@ func TestNATSReserveHoldsTheLargestEnvelope(t *testing.T) {
 // time to be confirmed (no retry window here, so a needless failure
 // would be a 451 for a stored message).
 func TestNATSRetireTakesNoNewPublishes(t *testing.T) {
-	t.Run("ring", func(t *testing.T) {
+	// heldQA starts a broker with one worker, room for pending publishes
+	// in flight, a 300 ms confirm timeout and no retry window, and
+	// submits QA with its PubAck held back by p.
+	heldQA := func(t *testing.T, pending int) (*faultproxy.Proxy, *Broker, *recorder, natstest.Names) {
+		t.Helper()
 		p := natstest.Proxy(t)
 		cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
-		cfg.NATSWorkers, cfg.NATSMaxPending = 1, 1
+		cfg.NATSWorkers, cfg.NATSMaxPending = 1, pending
 		cfg.ConfirmTimeout = 300 * time.Millisecond
 		cfg.PublishRetryWindow = 0
 		b := startBroker(t, cfg)
@@ -713,13 +701,22 @@ func TestNATSRetireTakesNoNewPublishes(t *testing.T) {
 		rec := newRecorder()
 		p.HoldReplies()
 		b.Submit(traceMessage(rec, "QA", "a@example.org", []string{"b@example.com"}, []byte("a\r\n")))
-		time.Sleep(50 * time.Millisecond)
-		b.Submit(traceMessage(rec, "QM", "a@example.org", []string{"b@example.com"}, []byte("m\r\n"))) // the window is full: it waits in the ring
+		return p, b, rec, names
+	}
+	// waitTimedOut waits for QA's publish to time out.
+	waitTimedOut := func(t *testing.T, b *Broker) {
+		t.Helper()
 		for deadline := time.Now().Add(5 * time.Second); b.Stats().TimedOut == 0; time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatal("QA did not time out")
 			}
 		}
+	}
+	t.Run("ring", func(t *testing.T) {
+		p, b, rec, names := heldQA(t, 1)
+		time.Sleep(50 * time.Millisecond)
+		b.Submit(traceMessage(rec, "QM", "a@example.org", []string{"b@example.com"}, []byte("m\r\n"))) // the window is full: it waits in the ring
+		waitTimedOut(t, b)
 		time.Sleep(20 * time.Millisecond)
 		p.Resume()
 		rec.wait(t, 2, 5*time.Second)
@@ -731,23 +728,10 @@ func TestNATSRetireTakesNoNewPublishes(t *testing.T) {
 		}
 	})
 	t.Run("in flight", func(t *testing.T) {
-		p := natstest.Proxy(t)
-		cfg, _ := testNATSConfig(t, natstest.ProxyURL(p))
-		cfg.NATSWorkers, cfg.NATSMaxPending = 1, 4
-		cfg.ConfirmTimeout = 300 * time.Millisecond
-		cfg.PublishRetryWindow = 0
-		b := startBroker(t, cfg)
-		waitReady(t, b, 5*time.Second)
-		rec := newRecorder()
-		p.HoldReplies()
-		b.Submit(traceMessage(rec, "QA", "a@example.org", []string{"b@example.com"}, []byte("a\r\n")))
+		p, b, rec, _ := heldQA(t, 4)
 		time.Sleep(150 * time.Millisecond)
 		b.Submit(traceMessage(rec, "QB", "a@example.org", []string{"b@example.com"}, []byte("b\r\n"))) // due 150 ms after QA
-		for deadline := time.Now().Add(5 * time.Second); b.Stats().TimedOut == 0; time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("QA did not time out")
-			}
-		}
+		waitTimedOut(t, b)
 		time.Sleep(20 * time.Millisecond) // QB has about 130 ms left
 		p.Resume()
 		rec.wait(t, 2, 5*time.Second)

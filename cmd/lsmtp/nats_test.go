@@ -1,9 +1,7 @@
 package main
 
 import (
-	"fmt"
 	"io"
-	"net/http"
 	"testing"
 	"time"
 
@@ -24,36 +22,10 @@ func TestMetricsAndReadinessAgainstNATS(t *testing.T) {
 		"--amqp-reconnect-min", "20ms", "--amqp-reconnect-max", "200ms",
 	})
 	admin := "http://" + n.adminAddr.String()
-	readyz := func() int {
-		resp, err := http.Get(admin + "/readyz")
-		if err != nil {
-			return -1
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	waitFor(t, "/readyz 200 once connected", 10*time.Second, func() bool { return readyz() == 200 })
+	waitFor(t, "/readyz 200 once connected", 10*time.Second, func() bool { return readyz(admin) == 200 })
 	before := metricstest.Scrape(t, admin+"/metrics")
 	const count = 3
-	c := dialSMTP(t, smtpAddr(n))
-	for i := range count {
-		if err := c.Mail("s@example.com"); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Rcpt("r@example.org"); err != nil {
-			t.Fatal(err)
-		}
-		w, err := c.Data()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(w, "Subject: %d\r\n\r\nbody\r\n", i)
-		if err := w.Close(); err != nil {
-			t.Fatalf("message %d: %v (want 250 after the PubAck)", i, err)
-		}
-	}
-	c.Quit()
+	sendNumbered(t, smtpAddr(n), count, "PubAck")
 	after := metricstest.Scrape(t, admin+"/metrics")
 	for _, ch := range []struct {
 		what      string
@@ -73,11 +45,11 @@ func TestMetricsAndReadinessAgainstNATS(t *testing.T) {
 		t.Errorf("%d messages in the stream, want %d", got, count)
 	}
 	proxy.Down()
-	waitFor(t, "/readyz 503 with NATS gone", 10*time.Second, func() bool { return readyz() == 503 })
+	waitFor(t, "/readyz 503 with NATS gone", 10*time.Second, func() bool { return readyz(admin) == 503 })
 	if err := proxy.Up(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "/readyz 200 with NATS back", 10*time.Second, func() bool { return readyz() == 200 })
+	waitFor(t, "/readyz 200 with NATS back", 10*time.Second, func() bool { return readyz(admin) == 200 })
 	if v := metricstest.Scrape(t, admin+"/metrics").Value("lsmtp_broker_reconnects_total"); v < 1 {
 		t.Errorf("lsmtp_broker_reconnects_total = %v, want >= 1", v)
 	}

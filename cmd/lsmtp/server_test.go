@@ -119,6 +119,42 @@ func rcpts(t *testing.T, c *smtp.Client, count int) []int {
 	return codes
 }
 
+// readyz returns the status of admin's /readyz, -1 when it does not answer.
+func readyz(admin string) int {
+	resp, err := http.Get(admin + "/readyz")
+	if err != nil {
+		return -1
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// sendNumbered sends count messages, "Subject: <i>", from s@example.com
+// to r@example.org in one session with addr; each must get 250, which
+// waits for the broker's ack (ack names it).
+func sendNumbered(t *testing.T, addr string, count int, ack string) {
+	t.Helper()
+	c := dialSMTP(t, addr)
+	for i := range count {
+		if err := c.Mail("s@example.com"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Rcpt("r@example.org"); err != nil {
+			t.Fatal(err)
+		}
+		w, err := c.Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(w, "Subject: %d\r\n\r\nbody\r\n", i)
+		if err := w.Close(); err != nil {
+			t.Fatalf("message %d: %v (want 250 after the %s)", i, err, ack)
+		}
+	}
+	c.Quit()
+}
+
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(timeout); !cond(); {
@@ -208,16 +244,7 @@ func TestMetricsAndReadinessAgainstRabbitMQ(t *testing.T) {
 		"--amqp-reconnect-min", "20ms", "--amqp-reconnect-max", "200ms",
 	})
 	admin := "http://" + n.adminAddr.String()
-	readyz := func() int {
-		resp, err := http.Get(admin + "/readyz")
-		if err != nil {
-			return -1
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	waitFor(t, "/readyz 200 once connected", 10*time.Second, func() bool { return readyz() == 200 })
+	waitFor(t, "/readyz 200 once connected", 10*time.Second, func() bool { return readyz(admin) == 200 })
 	if resp, err := http.Get(admin + "/healthz"); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("/healthz: %v %v", resp, err)
 	}
@@ -227,24 +254,7 @@ func TestMetricsAndReadinessAgainstRabbitMQ(t *testing.T) {
 
 	before := metricstest.Scrape(t, admin+"/metrics")
 	const count = 5
-	c := dialSMTP(t, smtpAddr(n))
-	for i := range count {
-		if err := c.Mail("s@example.com"); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Rcpt("r@example.org"); err != nil {
-			t.Fatal(err)
-		}
-		w, err := c.Data()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(w, "Subject: %d\r\n\r\nbody\r\n", i)
-		if err := w.Close(); err != nil {
-			t.Fatalf("message %d: %v (want 250 after the confirm)", i, err)
-		}
-	}
-	c.Quit()
+	sendNumbered(t, smtpAddr(n), count, "confirm")
 	after := metricstest.Scrape(t, admin+"/metrics")
 	delta := func(name string, labels ...string) float64 {
 		return after.Value(name, labels...) - before.Value(name, labels...)
@@ -268,14 +278,14 @@ func TestMetricsAndReadinessAgainstRabbitMQ(t *testing.T) {
 	}
 
 	proxy.Down()
-	waitFor(t, "/readyz 503 with the broker gone", 10*time.Second, func() bool { return readyz() == 503 })
+	waitFor(t, "/readyz 503 with the broker gone", 10*time.Second, func() bool { return readyz(admin) == 503 })
 	if v := metricstest.Scrape(t, admin+"/metrics").Value("lsmtp_broker_connected"); v != 0 {
 		t.Errorf("lsmtp_broker_connected = %v with the broker gone, want 0", v)
 	}
 	if err := proxy.Up(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "/readyz 200 with the broker back", 10*time.Second, func() bool { return readyz() == 200 })
+	waitFor(t, "/readyz 200 with the broker back", 10*time.Second, func() bool { return readyz(admin) == 200 })
 	back := metricstest.Scrape(t, admin+"/metrics")
 	if back.Value("lsmtp_broker_reconnects_total") < 1 || back.Value("lsmtp_broker_disconnects_total") < 1 {
 		t.Errorf("reconnects %v, disconnects %v; want both >= 1",

@@ -298,19 +298,7 @@ func testMessagesRoundTrip(t *testing.T, env string) {
 	if n := len(txs[len(txs)-1].expected()); n != maxMessageSize {
 		t.Fatalf("the BDAT message at the limit has %d octets", n)
 	}
-	for _, tx := range txs {
-		if tx.body == "" {
-			tx.body = "7BIT"
-		}
-		c := s.session(t, tx.helo, tx.ehlo)
-		if err := tx.send(c); err != nil {
-			t.Fatalf("%s: %v", tx.name, err)
-		}
-		if _, err := c.Expect("QUIT", 221); err != nil {
-			t.Errorf("%s: %v", tx.name, err)
-		}
-		c.Close()
-	}
+	sendAll(t, s, txs)
 
 	// Over the limit by one octet: refused after the whole body was read,
 	// stored nowhere, and the session goes on.
@@ -356,6 +344,25 @@ func testMessagesRoundTrip(t *testing.T, env string) {
 	}
 }
 
+// sendAll sends each of txs in a session of its own (7BIT where tx.body
+// is empty) and ends the session with QUIT.
+func sendAll(t *testing.T, s *stack, txs []*transaction) {
+	t.Helper()
+	for _, tx := range txs {
+		if tx.body == "" {
+			tx.body = "7BIT"
+		}
+		c := s.session(t, tx.helo, tx.ehlo)
+		if err := tx.send(c); err != nil {
+			t.Fatalf("%s: %v", tx.name, err)
+		}
+		if _, err := c.Expect("QUIT", 221); err != nil {
+			t.Errorf("%s: %v", tx.name, err)
+		}
+		c.Close()
+	}
+}
+
 // checkDelivery compares d with everything the contract promises for tx
 // under bc.Envelope: routed with routingKey, the trace fields and
 // smtp-recipients holding rcpts (all of tx's recipients when nil; one
@@ -392,25 +399,7 @@ func checkDelivery(t *testing.T, tx *transaction, d amqp.Delivery, bc broker.Con
 	if rcpts == nil {
 		rcpts = tx.rcpts
 	}
-	body := d.Body
-	if bc.Envelope != broker.EnvelopeHeaders {
-		// The trace fields, byte for byte, above our Received:.
-		want := "Return-Path: <" + tx.from + ">\r\n"
-		for _, r := range rcpts {
-			want += "X-Original-To: " + r + "\r\n"
-		}
-		utf8 := "no"
-		if tx.utf8 {
-			utf8 = "yes"
-		}
-		want += fmt.Sprintf("X-Lsmtp-Envelope: port=%d; size=%d; body=%s; smtputf8=%s\r\n", tx.clientPort, tx.declaredSize, tx.body, utf8)
-		if !bytes.HasPrefix(body, []byte(want)) {
-			t.Fatalf("trace fields\n%q\nwant\n%q", head(body), want)
-		}
-		body = body[len(want):]
-	} else if bytes.HasPrefix(body, []byte("Return-Path:")) {
-		t.Errorf("trace fields with --envelope headers: %q", head(body))
-	}
+	body := checkTrace(t, tx, d.Body, bc.Envelope, rcpts)
 	if bc.Envelope == broker.EnvelopeTrace {
 		if d.Headers != nil {
 			t.Errorf("header table %v with --envelope trace, want none", d.Headers)
@@ -456,6 +445,31 @@ func checkDelivery(t *testing.T, tx *transaction, d amqp.Delivery, bc broker.Con
 	}
 
 	checkBody(t, tx, body, at)
+}
+
+// checkTrace checks the trace fields above our Received: in body, byte
+// for byte, for tx and rcpts (none under --envelope headers), and
+// returns the rest of body.
+func checkTrace(t *testing.T, tx *transaction, body []byte, envelope string, rcpts []string) []byte {
+	t.Helper()
+	if envelope != broker.EnvelopeHeaders {
+		want := "Return-Path: <" + tx.from + ">\r\n"
+		for _, r := range rcpts {
+			want += "X-Original-To: " + r + "\r\n"
+		}
+		utf8 := "no"
+		if tx.utf8 {
+			utf8 = "yes"
+		}
+		want += fmt.Sprintf("X-Lsmtp-Envelope: port=%d; size=%d; body=%s; smtputf8=%s\r\n", tx.clientPort, tx.declaredSize, tx.body, utf8)
+		if !bytes.HasPrefix(body, []byte(want)) {
+			t.Fatalf("trace fields\n%q\nwant\n%q", head(body), want)
+		}
+		body = body[len(want):]
+	} else if bytes.HasPrefix(body, []byte("Return-Path:")) {
+		t.Errorf("trace fields with --envelope headers: %q", head(body))
+	}
+	return body
 }
 
 // checkBody checks what follows the trace fields: our Received: header,

@@ -12,6 +12,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/lsmtp/lsmtp/broker"
+	"github.com/lsmtp/lsmtp/internal/faultproxy"
 	"github.com/lsmtp/lsmtp/internal/rabbittest"
 	"github.com/lsmtp/lsmtp/internal/smtptest"
 )
@@ -243,12 +245,25 @@ func TestCutUnderLoad(t *testing.T) {
 	bc.Logger = rabbittest.Logger(t, 100) // hundreds of expected warnings
 	s := startStack(t, bc, true)
 
+	const loadTime = 10 * time.Second
+	tally, cuts, cutConns := cutLoad(t, s, p, loadTime)
+	st := s.brk.Stats()
+	t.Logf("%d cuts closed %d connections; broker: %d connects, %d confirmed, %d failed (unconfirmed when the channel went %d, rejected while down %d, publish errors %d, timed out %d)",
+		cuts, cutConns, st.Connects, st.Confirmed, st.Failed, st.Lost, st.RejectedDown, st.PublishErrors, st.TimedOut)
+	checkCutLoad(t, tally, st, cuts, loadTime)
+	checkStored(t, bc.Queue, tally)
+}
+
+// cutLoad runs 8 SMTP clients against s for loadTime while p cuts the
+// broker connection every 300 ms, then stops s. It returns what the
+// clients saw, the number of cuts and the connections they closed.
+func cutLoad(t *testing.T, s *stack, p *faultproxy.Proxy, loadTime time.Duration) (tally *loadTally, cuts, cutConns int) {
+	t.Helper()
 	const (
 		clients  = 8
-		loadTime = 10 * time.Second
 		cutEvery = 300 * time.Millisecond
 	)
-	tally := newTally()
+	tally = newTally()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	deadline := time.Now().Add(loadTime)
@@ -260,7 +275,6 @@ func TestCutUnderLoad(t *testing.T) {
 			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: deadline}.run(ctx)
 		}()
 	}
-	cuts, cutConns := 0, 0
 	for time.Now().Add(cutEvery).Before(deadline) {
 		time.Sleep(cutEvery)
 		cutConns += p.Cut()
@@ -270,9 +284,14 @@ func TestCutUnderLoad(t *testing.T) {
 	if err := s.stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	st := s.brk.Stats()
-	t.Logf("%d cuts closed %d connections; broker: %d connects, %d confirmed, %d failed (unconfirmed when the channel went %d, rejected while down %d, publish errors %d, timed out %d)",
-		cuts, cutConns, st.Connects, st.Confirmed, st.Failed, st.Lost, st.RejectedDown, st.PublishErrors, st.TimedOut)
+	return tally, cuts, cutConns
+}
+
+// checkCutLoad logs what the clients of a cutLoad saw and fails t on a
+// 5xx, on fewer than 100 messages acknowledged in loadTime, and on fewer
+// than 10 broker connects over the cuts.
+func checkCutLoad(t *testing.T, tally *loadTally, st broker.Stats, cuts int, loadTime time.Duration) {
+	t.Helper()
 	t.Logf("clients: %s", tally)
 	if len(tally.permfails) > 0 {
 		t.Errorf("5xx for our own trouble: %v", tally.permfails[:min(len(tally.permfails), 5)])
@@ -283,7 +302,6 @@ func TestCutUnderLoad(t *testing.T) {
 	if st.Connects < 10 {
 		t.Errorf("the broker connected %d times during %d cuts", st.Connects, cuts)
 	}
-	checkStored(t, bc.Queue, tally)
 }
 
 // TestShutdownDrains: clients keep sending while the server shuts down

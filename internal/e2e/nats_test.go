@@ -2,13 +2,11 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,18 +22,12 @@ import (
 // natsBrokerConfig is brokerConfig for the NATS sink: the test's own
 // stream (deleted at the end) and subject.
 func natsBrokerConfig(t testing.TB, url string) (broker.Config, natstest.Names) {
-	cfg := broker.DefaultConfig()
+	cfg := quickConfig(t)
 	names := natstest.Unique(t)
 	cfg.Sink = broker.SinkNATS
 	cfg.NATSURLs = []string{url}
 	cfg.NATSStream = names.Stream
 	cfg.NATSSubject = names.Subject + ".inbound"
-	cfg.ReconnectMin = 20 * time.Millisecond
-	cfg.ReconnectMax = 300 * time.Millisecond
-	cfg.ConfirmTimeout = 5 * time.Second
-	cfg.DialTimeout = 2 * time.Second
-	cfg.Node = nodeName
-	cfg.Logger = rabbittest.Logger(t, slog.LevelInfo)
 	return cfg, names
 }
 
@@ -75,19 +67,7 @@ func testNATSMessagesRoundTrip(t *testing.T, env string) {
 		{name: "bdat binarymime pipelined", helo: "bin.example", ehlo: true, from: "a@example.org", params: " BODY=BINARYMIME",
 			rcpts: []string{"b@example.com"}, chunks: [][]byte{binaryChunk}, pipeline: true, body: "BINARYMIME"},
 	}
-	for _, tx := range txs {
-		if tx.body == "" {
-			tx.body = "7BIT"
-		}
-		c := s.session(t, tx.helo, tx.ehlo)
-		if err := tx.send(c); err != nil {
-			t.Fatalf("%s: %v", tx.name, err)
-		}
-		if _, err := c.Expect("QUIT", 221); err != nil {
-			t.Errorf("%s: %v", tx.name, err)
-		}
-		c.Close()
-	}
+	sendAll(t, s, txs)
 	got := map[string][]*jetstream.RawStreamMsg{}
 	for _, m := range natstest.Messages(t, names.Stream) {
 		id := m.Header.Get(broker.HeaderMsgID)
@@ -114,24 +94,7 @@ func checkNATSMessage(t *testing.T, tx *transaction, m *jetstream.RawStreamMsg, 
 	if m.Subject != subject {
 		t.Errorf("subject %q, want %q", m.Subject, subject)
 	}
-	body := m.Data
-	if bc.Envelope != broker.EnvelopeHeaders {
-		want := "Return-Path: <" + tx.from + ">\r\n"
-		for _, r := range tx.rcpts {
-			want += "X-Original-To: " + r + "\r\n"
-		}
-		utf8 := "no"
-		if tx.utf8 {
-			utf8 = "yes"
-		}
-		want += fmt.Sprintf("X-Lsmtp-Envelope: port=%d; size=%d; body=%s; smtputf8=%s\r\n", tx.clientPort, tx.declaredSize, tx.body, utf8)
-		if !bytes.HasPrefix(body, []byte(want)) {
-			t.Fatalf("trace fields\n%q\nwant\n%q", head(body), want)
-		}
-		body = body[len(want):]
-	} else if bytes.HasPrefix(body, []byte("Return-Path:")) {
-		t.Errorf("trace fields with --envelope headers: %q", head(body))
-	}
+	body := checkTrace(t, tx, m.Data, bc.Envelope, tx.rcpts)
 	wantHdr := map[string][]string{broker.HeaderMsgID: {tx.queueID}}
 	if bc.Envelope == broker.EnvelopeTrace {
 		if !reflect.DeepEqual(map[string][]string(m.Header), wantHdr) {
@@ -322,46 +285,12 @@ func TestNATSCutUnderLoad(t *testing.T) {
 	bc.Logger = rabbittest.Logger(t, 100) // hundreds of expected warnings
 	s := startStack(t, bc, true)
 
-	const (
-		clients  = 8
-		loadTime = 6 * time.Second
-		cutEvery = 300 * time.Millisecond
-	)
-	tally := newTally()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	deadline := time.Now().Add(loadTime)
-	var wg sync.WaitGroup
-	for i := 0; i < clients; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			loadClient{dial: smtptest.Dial, addr: s.addr, id: i, tally: tally, deadline: deadline}.run(ctx)
-		}()
-	}
-	cuts, cutConns := 0, 0
-	for time.Now().Add(cutEvery).Before(deadline) {
-		time.Sleep(cutEvery)
-		cutConns += p.Cut()
-		cuts++
-	}
-	wg.Wait()
-	if err := s.stop(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
+	const loadTime = 6 * time.Second
+	tally, cuts, cutConns := cutLoad(t, s, p, loadTime)
 	st := s.brk.Stats()
 	t.Logf("%d cuts closed %d connections; broker: %d connects, %d confirmed, %d failed (lost %d, republished %d, duplicates %d)",
 		cuts, cutConns, st.Connects, st.Confirmed, st.Failed, st.Lost, st.Republished, st.Duplicates)
-	t.Logf("clients: %s", tally)
-	if len(tally.permfails) > 0 {
-		t.Errorf("5xx for our own trouble: %v", tally.permfails[:min(len(tally.permfails), 5)])
-	}
-	if len(tally.acked) < 100 {
-		t.Errorf("only %d messages acknowledged in %s", len(tally.acked), loadTime)
-	}
-	if st.Connects < 10 {
-		t.Errorf("the broker connected %d times during %d cuts", st.Connects, cuts)
-	}
+	checkCutLoad(t, tally, st, cuts, loadTime)
 	byID := map[string]int{}
 	for _, m := range natstest.Messages(t, names.Stream) {
 		byID[m.Header.Get(broker.HeaderMsgID)]++

@@ -59,19 +59,26 @@ func deleteAtEnd(t testing.TB, queues, exchanges []string) {
 // queue (deleted at the end), quick reconnects and a short confirm
 // timeout.
 func brokerConfig(t testing.TB, url string) broker.Config {
-	cfg := broker.DefaultConfig()
+	cfg := quickConfig(t)
 	name := rabbittest.UniqueName(t, "lsmtp-e2e")
 	cfg.URLs = []string{url}
 	cfg.Exchange = name
 	cfg.Queue = name
 	cfg.RoutingKey = "inbound"
+	deleteAtEnd(t, []string{name}, []string{name})
+	return cfg
+}
+
+// quickConfig is broker.DefaultConfig with quick reconnects, a short
+// confirm timeout, the test node's name and the test's logger.
+func quickConfig(t testing.TB) broker.Config {
+	cfg := broker.DefaultConfig()
 	cfg.ReconnectMin = 20 * time.Millisecond
 	cfg.ReconnectMax = 300 * time.Millisecond
 	cfg.ConfirmTimeout = 5 * time.Second
 	cfg.DialTimeout = 2 * time.Second
 	cfg.Node = nodeName
 	cfg.Logger = rabbittest.Logger(t, slog.LevelInfo)
-	deleteAtEnd(t, []string{name}, []string{name})
 	return cfg
 }
 

@@ -58,6 +58,25 @@ func New(target string) (*Proxy, error) {
 	return p, nil
 }
 
+// TB is the part of testing.TB that ForTest uses.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Cleanup(func())
+}
+
+// ForTest is New(target) for a test: it fails t when the proxy cannot
+// listen, and closes the proxy when t ends.
+func ForTest(t TB, target string) *Proxy {
+	t.Helper()
+	p, err := New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
 // Addr is the host:port clients connect to; it stays the same across Down and Up.
 func (p *Proxy) Addr() string { return p.addr }
 

@@ -134,12 +134,7 @@ func Count(t testing.TB, stream string) uint64 {
 // closed when the test ends.
 func Proxy(t testing.TB) *faultproxy.Proxy {
 	t.Helper()
-	p, err := faultproxy.New(Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
+	return faultproxy.ForTest(t, Addr)
 }
 
 // ProxyURL is the NATS URL of the server through p.

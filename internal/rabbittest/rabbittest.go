@@ -107,12 +107,7 @@ func Consume(t testing.TB, queue string, want int, idle, within time.Duration) [
 // when the test ends.
 func Proxy(t testing.TB) *faultproxy.Proxy {
 	t.Helper()
-	p, err := faultproxy.New(Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
+	return faultproxy.ForTest(t, Addr)
 }
 
 // ProxyURL is the AMQP URL of RabbitMQ through p.

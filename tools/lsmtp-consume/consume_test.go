@@ -152,32 +152,25 @@ func TestPrint(t *testing.T) {
 	}
 }
 
-func TestEML(t *testing.T) {
-	queue, bodies := testQueue(t)
-	dir := t.TempDir()
-	if n, _ := consumeAll(t, "--queue", queue, "--mode", "eml", "--dir", dir); n != len(testIDs) {
-		t.Fatalf("handled %d, want %d", n, len(testIDs))
-	}
-	for id, body := range bodies {
+// checkEML compares the .eml files in dir with what lsmtp-consume stores
+// of ids' bodies, byte for byte, and finds nothing else there.
+func checkEML(t *testing.T, dir string, bodies map[string][]byte, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
 		got, err := os.ReadFile(filepath.Join(dir, id+".eml"))
-		if want := storedBody(id, body); err != nil || !bytes.Equal(got, want) {
+		if want := storedBody(id, bodies[id]); err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s.eml: %q, %v; want %q", id, got, err, want)
 		}
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != len(testIDs) {
-		t.Errorf("%d files in %s, want %d (no temporary files left)", len(entries), dir, len(testIDs))
-	}
-	if l := queueLen(t, queue); l != 0 {
-		t.Errorf("%d messages left unacknowledged", l)
+	if entries, _ := os.ReadDir(dir); len(entries) != len(ids) {
+		t.Errorf("%d files in %s, want %d (no temporary files left)", len(entries), dir, len(ids))
 	}
 }
 
-func TestMaildir(t *testing.T) {
-	queue, bodies := testQueue(t)
-	dir := t.TempDir()
-	if n, _ := consumeAll(t, "--queue", queue, "--mode", "maildir", "--dir", dir); n != len(testIDs) {
-		t.Fatalf("handled %d, want %d", n, len(testIDs))
-	}
+// checkMaildir finds the stored form of every one of bodies in dir's
+// new/, one file each, and nothing in tmp/; it returns new/'s entries.
+func checkMaildir(t *testing.T, dir string, bodies map[string][]byte) []os.DirEntry {
+	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(dir, "new"))
 	if err != nil || len(entries) != len(testIDs) {
 		t.Fatalf("new/ holds %d entries (%v), want %d", len(entries), err, len(testIDs))
@@ -190,15 +183,38 @@ func TestMaildir(t *testing.T) {
 				found[id] = true
 			}
 		}
-		if strings.ContainsAny(e.Name(), "/:") {
-			t.Errorf("bad maildir name %q", e.Name())
-		}
 	}
 	if len(found) != len(testIDs) {
 		t.Errorf("bodies found: %v", found)
 	}
 	if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
 		t.Errorf("tmp/ not empty: %d", len(tmp))
+	}
+	return entries
+}
+
+func TestEML(t *testing.T) {
+	queue, bodies := testQueue(t)
+	dir := t.TempDir()
+	if n, _ := consumeAll(t, "--queue", queue, "--mode", "eml", "--dir", dir); n != len(testIDs) {
+		t.Fatalf("handled %d, want %d", n, len(testIDs))
+	}
+	checkEML(t, dir, bodies, testIDs...)
+	if l := queueLen(t, queue); l != 0 {
+		t.Errorf("%d messages left unacknowledged", l)
+	}
+}
+
+func TestMaildir(t *testing.T) {
+	queue, bodies := testQueue(t)
+	dir := t.TempDir()
+	if n, _ := consumeAll(t, "--queue", queue, "--mode", "maildir", "--dir", dir); n != len(testIDs) {
+		t.Fatalf("handled %d, want %d", n, len(testIDs))
+	}
+	for _, e := range checkMaildir(t, dir, bodies) {
+		if strings.ContainsAny(e.Name(), "/:") {
+			t.Errorf("bad maildir name %q", e.Name())
+		}
 	}
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -108,21 +107,6 @@ func TestNATSPrint(t *testing.T) {
 	assertAllAcked(t, stream)
 }
 
-// checkEML compares the .eml files in dir with what lsmtp-consume stores
-// of ids' bodies, byte for byte, and finds nothing else there.
-func checkEML(t *testing.T, dir string, bodies map[string][]byte, ids ...string) {
-	t.Helper()
-	for _, id := range ids {
-		got, err := os.ReadFile(filepath.Join(dir, id+".eml"))
-		if want := storedBody(id, bodies[id]); err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s.eml: %q, %v; want %q", id, got, err, want)
-		}
-	}
-	if entries, _ := os.ReadDir(dir); len(entries) != len(ids) {
-		t.Errorf("%d files in %s, want %d (no temporary files left)", len(entries), dir, len(ids))
-	}
-}
-
 func TestNATSEML(t *testing.T) {
 	stream, _, bodies := testStream(t)
 	dir := t.TempDir()
@@ -139,25 +123,7 @@ func TestNATSMaildir(t *testing.T) {
 	if n, _ := natsConsume(t, stream, len(testIDs), "--mode", "maildir", "--dir", dir); n != len(testIDs) {
 		t.Fatalf("handled %d, want %d", n, len(testIDs))
 	}
-	entries, err := os.ReadDir(filepath.Join(dir, "new"))
-	if err != nil || len(entries) != len(testIDs) {
-		t.Fatalf("new/ holds %d entries (%v), want %d", len(entries), err, len(testIDs))
-	}
-	found := map[string]bool{}
-	for _, e := range entries {
-		got, _ := os.ReadFile(filepath.Join(dir, "new", e.Name()))
-		for id, body := range bodies {
-			if bytes.Equal(got, storedBody(id, body)) {
-				found[id] = true
-			}
-		}
-	}
-	if len(found) != len(testIDs) {
-		t.Errorf("bodies found: %v", found)
-	}
-	if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
-		t.Errorf("tmp/ not empty: %d", len(tmp))
-	}
+	checkMaildir(t, dir, bodies)
 	assertAllAcked(t, stream)
 }
 
