@@ -100,9 +100,13 @@ func Messages(t testing.TB, stream string) []*jetstream.RawStreamMsg {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// One request per message: a deadline for each, not for all (a load
+	// test's ten thousand take longer than ten seconds under -race).
 	var out []*jetstream.RawStreamMsg
 	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
+		mctx, mcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m, err := s.GetMsg(mctx, seq)
+		mcancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}
