@@ -581,7 +581,7 @@ func (s *session) secIndex() int {
 	return i
 }
 
-// appendTLSComment appends " (TLS1.3 TLS_AES_128_GCM_SHA256)" after the
+// appendTLSComment appends " (TLS 1.3 TLS_AES_128_GCM_SHA256)" after the
 // protocol of a session over TLS.
 func (s *session) appendTLSComment(dst []byte) []byte {
 	if s.sec.version == "" {
