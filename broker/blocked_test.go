@@ -23,7 +23,7 @@ func TestConnectionBlocked(t *testing.T) {
 	cfg.ConfirmTimeout = time.Second
 	cfg.PublishRetryWindow = 0 // asserts the immediate 451s while blocked; with a window messages wait for the unblock
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	// RabbitMQ notifies only connections that have published.
 	rec := newRecorder()
 	b.Submit(newMessage(rec, "QBEFORE", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))

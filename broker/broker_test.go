@@ -80,7 +80,7 @@ func wantDelivery(t *testing.T, d amqp.Delivery, m *sink.Message, body []byte, r
 func TestContractRoundTrip(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 
 	allBytes := allOctets()
 	large := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz\r\n"), 40000) // ~1.5 MB: many frames
@@ -138,7 +138,7 @@ func TestDomainRouting(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
 	cfg.RoutingKey = "in.{domain}"
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	// A second queue bound to one domain only proves the key really is per domain.
 	admin := rabbittest.AdminChannel(t)
 	only := cfg.Queue + ".only-b"
@@ -182,7 +182,7 @@ func TestUnroutable(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	for i := 0; i < 3; i++ {
 		b.Submit(newMessage(rec, fmt.Sprintf("QUNR%d", i), "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
@@ -208,7 +208,7 @@ func TestMissingExchange(t *testing.T) {
 	cfg.Declare = false
 	cfg.PublishRetryWindow = 0 // asserts the immediate 451; with a window the message waits for the exchange
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	b.Submit(newMessage(rec, "QMISS", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 	rec.wait(t, 1, 10*time.Second)
@@ -242,7 +242,7 @@ func TestNack(t *testing.T) {
 	cfg.MaxLength = 1
 	cfg.Overflow = "reject-publish"
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	b.Submit(newMessage(rec, "QFIRST", "a@example.org", []string{"b@example.com"}, []byte("1\r\n")))
 	rec.wait(t, 1, 10*time.Second)
@@ -291,7 +291,7 @@ func TestBrokerDownAtStart(t *testing.T) {
 	if err := p.Up(); err != nil {
 		t.Fatal(err)
 	}
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	b.Submit(newMessage(rec, "QUP", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 	rec.wait(t, 2, 10*time.Second)
 	if err := rec.result(t, "QUP"); err != nil {
@@ -316,7 +316,7 @@ func TestConfirmTimeout(t *testing.T) {
 	cfg.ConfirmTimeout = 400 * time.Millisecond
 	cfg.PublishRetryWindow = 0 // one attempt: with a window the timed-out message is republished
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	p.Stall()
 	start := time.Now()
@@ -347,7 +347,7 @@ func TestRingFull(t *testing.T) {
 	cfg := testConfig(t, proxyURL(p))
 	cfg.Workers, cfg.Window, cfg.RingSize = 1, 1, 2
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	p.Stall()
 	// 1 in the window, 2 in the ring. The worker takes the first one
@@ -572,7 +572,7 @@ func TestIdleDoesNotSpin(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
 	cfg.Workers = 4
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	before := cpuTime(t)
 	time.Sleep(time.Second)
 	used := cpuTime(t) - before
@@ -693,7 +693,7 @@ func TestLightLoadOneChannel(t *testing.T) {
 	cfg := testConfig(t, proxyURL(p))
 	cfg.Workers, cfg.Window = 2, 2
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	// nextTag is the worker's own; the channel count is published after
 	// it is set, and a completion after the publish that raised it.
 	for deadline := time.Now().Add(5 * time.Second); b.liveChannels.Load() != 2; {

@@ -28,7 +28,7 @@ func checkChannelRetry(t *testing.T, workers int, gap time.Duration) {
 	cfg.Workers = workers
 	cfg.PublishRetryWindow = 0 // the outage's messages must fail fast, as the load below expects
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	// Fail every worker's channel (no exchange: 404 closes the channel).
 	n := 0

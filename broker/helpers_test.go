@@ -114,7 +114,7 @@ func newReadyBroker(t testing.TB, cfg Config) *Broker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	return b
 }
 
@@ -133,6 +133,11 @@ func declareTopology(t testing.TB, cfg Config) {
 		t.Fatal(err)
 	}
 }
+
+// readyWait bounds the wait for a broker's first connection: a
+// RabbitMQ busy with other work (a benchmark's publishes, another test
+// package) can take seconds to answer a connect and the declarations.
+const readyWait = 20 * time.Second
 
 func waitReady(t testing.TB, b *Broker, within time.Duration) {
 	t.Helper()

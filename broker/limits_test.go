@@ -96,7 +96,7 @@ func TestHostileDomainFailsOnlyItsMessage(t *testing.T) {
 	cfg.RoutingKey = "inbound.{domain}"
 	cfg.MaxDomains = 3
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	maxDomain := b.Limits().MaxDomain
 	// The copy's message_id, <queue ID>.<domain>, binds before the key.
 	if want := 255 - queueid.Len - 1; maxDomain != want {
@@ -170,7 +170,7 @@ func TestHostileEnvelopeFailsOnlyItsMessage(t *testing.T) {
 	needFrameSize(t)
 	cfg := testConfig(t, rabbittest.URL)
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	maxEnv := b.Limits().MaxEnvelope
 	wide := make([]string, 600)
 	for i := range wide {

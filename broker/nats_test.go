@@ -83,7 +83,7 @@ func TestNATSContract(t *testing.T) {
 			cfg, names := testNATSConfig(t, natstest.URL)
 			cfg.Envelope = env
 			b := startBroker(t, cfg)
-			waitReady(t, b, 5*time.Second)
+			waitReady(t, b, readyWait)
 			want := sink.Limits{TraceFields: env != EnvelopeHeaders, MaxEnvelope: 32 << 10, RecipientOverhead: len("smtp-recipients: \r\n")}
 			if lim := b.Limits(); lim != want {
 				t.Errorf("Limits = %+v, want %+v", lim, want)
@@ -148,7 +148,7 @@ func TestNATSDomainCopies(t *testing.T) {
 	cfg, names := testNATSConfig(t, natstest.URL)
 	cfg.NATSSubject = names.Subject + ".in.{domain}"
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	if lim := b.Limits(); !lim.CopyPerDomain || lim.MaxDomains != cfg.MaxDomains || lim.MaxDomain < 255 {
 		t.Errorf("Limits = %+v", lim)
 	}
@@ -200,7 +200,7 @@ func TestNATSUnreachable(t *testing.T) {
 	if err := p.Up(); err != nil {
 		t.Fatal(err)
 	}
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	b.Submit(traceMessage(rec, "QDOWN2", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 	rec.wait(t, 2, 5*time.Second)
 	if err := rec.result(t, "QDOWN2"); err != nil {
@@ -220,7 +220,7 @@ func TestNATSStreamFull(t *testing.T) {
 	cfg.PublishRetryWindow = 500 * time.Millisecond
 	cfg.ConfirmTimeout = 500 * time.Millisecond
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	b.Submit(traceMessage(rec, "QFULL1", "a@example.org", []string{"b@example.com"}, testBody(3000)))
 	rec.wait(t, 1, 5*time.Second)
@@ -255,7 +255,7 @@ func TestNATSDuplicateStoredOnce(t *testing.T) {
 	p := natstest.Proxy(t)
 	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 
 	// Direct double publish.
@@ -317,7 +317,7 @@ func TestNATSCutUnderLoad(t *testing.T) {
 	cfg, names := testNATSConfig(t, natstest.ProxyURL(p))
 	cfg.Logger = rabbittest.Logger(t, slog.LevelError) // every cut is a warning
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	const loadTime = 2 * time.Second
 	total := 0
@@ -472,7 +472,7 @@ func TestNATSNoResponders(t *testing.T) {
 	cfg.PublishRetryWindow = 300 * time.Millisecond
 	cfg.ConfirmTimeout = 300 * time.Millisecond
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	b.Submit(traceMessage(rec, "QNR1", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 	rec.wait(t, 1, 5*time.Second)
@@ -497,7 +497,7 @@ func TestNATSStreamFullNoRetry(t *testing.T) {
 	cfg.NATSMaxBytes = 1024
 	cfg.PublishRetryWindow = 0
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	b.Submit(traceMessage(rec, "QFNR", "a@example.org", []string{"b@example.com"}, testBody(2000)))
 	rec.wait(t, 1, 5*time.Second)
@@ -529,7 +529,7 @@ func TestNATSDeclareUpdatesStream(t *testing.T) {
 	}
 	cfg.NATSMaxBytes = 1 << 20
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -613,7 +613,7 @@ func TestNATSTimedOutPublishRecycles(t *testing.T) {
 	cfg.ConfirmTimeout = 300 * time.Millisecond
 	cfg.PublishRetryWindow = 5 * time.Second
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	p.HoldReplies()
 	b.Submit(traceMessage(rec, "QRECYCLE", "a@example.org", []string{"b@example.com"}, []byte("held\r\n")))
@@ -697,7 +697,7 @@ func TestNATSRetireTakesNoNewPublishes(t *testing.T) {
 		cfg.ConfirmTimeout = 300 * time.Millisecond
 		cfg.PublishRetryWindow = 0
 		b := startBroker(t, cfg)
-		waitReady(t, b, 5*time.Second)
+		waitReady(t, b, readyWait)
 		rec := newRecorder()
 		p.HoldReplies()
 		b.Submit(traceMessage(rec, "QA", "a@example.org", []string{"b@example.com"}, []byte("a\r\n")))

@@ -189,7 +189,7 @@ func TestDownLongerThanWindow(t *testing.T) {
 			cfg := testConfig(t, proxyURL(p))
 			cfg.PublishRetryWindow, cfg.ConfirmTimeout = tc.window, tc.confirm
 			b := startBroker(t, cfg)
-			waitReady(t, b, 5*time.Second)
+			waitReady(t, b, readyWait)
 			p.Down()
 			waitFor(t, 5*time.Second, "disconnect", func() bool { return !b.Ready() })
 			rec := newTimedRecorder(10)
@@ -215,7 +215,7 @@ func TestDownLongerThanWindow(t *testing.T) {
 			if err := p.Up(); err != nil {
 				t.Fatal(err)
 			}
-			waitReady(t, b, 5*time.Second)
+			waitReady(t, b, readyWait)
 			b.Submit(newMessage(rec, "QBACK", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 			rec.wait(t, n+1, 10*time.Second)
 			if err := rec.result(t, "QBACK"); err != nil {
@@ -236,7 +236,7 @@ func TestNackRetried(t *testing.T) {
 	cfg.Overflow = "reject-publish"
 	cfg.PublishRetryWindow = 10 * time.Second
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newTimedRecorder(0)
 	const n = 20
 	for i := 0; i < n; i++ {
@@ -283,7 +283,7 @@ func TestRingPressure(t *testing.T) {
 	cfg.Workers, cfg.Window, cfg.RingSize = 1, 1, 2
 	cfg.MaxWaiting = 64
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	p.Stall()
 	const n = 64
@@ -326,7 +326,7 @@ func TestConfirmTimeoutRetried(t *testing.T) {
 	cfg.ConfirmTimeout = 300 * time.Millisecond
 	cfg.PublishRetryWindow = 5 * time.Second
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	p.Stall()
 	b.Submit(newMessage(rec, "QSTALL", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))

@@ -13,7 +13,7 @@ import (
 // that it is answered from the spool, and brings RabbitMQ back.
 func spoolWhileDown(t *testing.T, b *Broker, p *faultproxy.Proxy, submit func(syncDone)) {
 	t.Helper()
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	takeDown(b, p)
 	done := make(syncDone, 1)
 	submit(done)

@@ -124,7 +124,7 @@ func smallDiskConfig(t *testing.T, p *faultproxy.Proxy) Config {
 func startThenDown(t testing.TB, cfg Config, p *faultproxy.Proxy) *Broker {
 	t.Helper()
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	takeDown(b, p)
 	return b
 }
@@ -357,7 +357,7 @@ func TestSpoolQueueFull(t *testing.T) {
 	cfg.MaxLength = 20
 	cfg.Overflow = "reject-publish"
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	senders := runSenders(t, b, "qfull", 10, 20, testBody(1024))
 	for _, s := range senders {
 		if len(s.errs) > 0 {

@@ -33,7 +33,7 @@ func TestTraceContract(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
 	cfg.Envelope = EnvelopeTrace
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	if lim := b.Limits(); lim != (sink.Limits{TraceFields: true}) {
 		t.Errorf("Limits = %+v, want TraceFields alone", lim)
 	}
@@ -93,7 +93,7 @@ func TestTraceDomainCopies(t *testing.T) {
 			cfg.Envelope = env
 			cfg.RoutingKey = "in.{domain}"
 			b := startBroker(t, cfg)
-			waitReady(t, b, 5*time.Second)
+			waitReady(t, b, readyWait)
 			rec := newRecorder()
 			m := traceMessage(rec, "QTDOM", "s@example.org", []string{"x@A.Example", "z@b.example", "y@a.example"}, []byte("body\r\n"))
 			one := traceMessage(rec, "QTONE", "s@example.org", []string{"p@c.example", "q@C.example"}, []byte("one\r\n"))
@@ -170,7 +170,7 @@ func TestDeclareOverOtherExchangeType(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	rec := newRecorder()
 	b.Submit(newMessage(rec, "QOLDTOPIC", "a@example.org", []string{"b@example.com"}, []byte("x\r\n")))
 	rec.wait(t, 1, 10*time.Second)
@@ -199,7 +199,7 @@ func TestDeclareOverOtherExchangeType(t *testing.T) {
 func TestDeclareDirect(t *testing.T) {
 	cfg := testConfig(t, rabbittest.URL)
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	if err := rabbittest.AdminChannel(t).ExchangeDeclare(cfg.Exchange, "direct", true, false, false, false, nil); err != nil {
 		t.Errorf("exchange is not direct: %v", err)
 	}

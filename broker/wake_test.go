@@ -39,7 +39,7 @@ func TestWakeOfEndingSessionPassesOn(t *testing.T) {
 	cfg.PublishRetryWindow = 0 // no deferral kick to rescue the message
 	cfg.ReconnectMin, cfg.ReconnectMax = 3*time.Second, 3*time.Second
 	b := startBroker(t, cfg)
-	waitReady(t, b, 5*time.Second)
+	waitReady(t, b, readyWait)
 	for deadline := time.Now().Add(5 * time.Second); !(b.workers[0].open.Load() && b.workers[1].open.Load()); {
 		if time.Now().After(deadline) {
 			t.Fatal("the workers did not open")
