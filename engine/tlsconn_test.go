@@ -16,11 +16,15 @@ func TestTLSIdleTimeout(t *testing.T) {
 	ts := startTLSServer(t, Config{IdleTimeout: idle, DataTimeout: idle})
 	c := dialTLS(t, ts.implicit, ts.clientTLS())
 	c.do("EHLO client.test", "250 ")
+	// The silence is timed from before the last send: the server reads
+	// it after that, so its deadline cannot come sooner than idle from
+	// then (from the reply's arrival it can, by the reply's trip).
+	var quiet time.Time
 	for range 8 { // 800 ms of commands 100 ms apart
 		time.Sleep(100 * time.Millisecond)
+		quiet = time.Now()
 		c.do("NOOP", "250 ")
 	}
-	quiet := time.Now()
 	c.expect("421 4.4.2")
 	if waited := time.Since(quiet); waited < idle || waited > idle+time.Second {
 		t.Errorf("421 after %v of silence, want %v (and never a second late)", waited, idle)
@@ -34,9 +38,9 @@ func TestTLSIdleTimeout(t *testing.T) {
 	c.do("DATA", "354 ")
 	for range 6 {
 		time.Sleep(100 * time.Millisecond)
+		quiet = time.Now()
 		c.send("a line of the body\r\n")
 	}
-	quiet = time.Now()
 	c.expect("421 4.4.2")
 	if waited := time.Since(quiet); waited < idle || waited > idle+time.Second {
 		t.Errorf("421 inside DATA after %v of silence, want %v", waited, idle)
