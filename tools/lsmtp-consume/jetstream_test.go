@@ -266,6 +266,8 @@ func TestParseFlagsNATS(t *testing.T) {
 		{"--source", "kafka"},                           // no such source
 		{"--source", "nats", "--nats-password", "p"},    // a password without a user
 		{"--source", "nats", "--nats-user", "u", "--nats-token", "t"},
+		{"--source", "nats", "--nats-user", "u", "--nats-creds", "/x.creds"},
+		{"--source", "nats", "--nats-token", "t", "--nats-creds", "/x.creds"},
 		{"--source", "nats", "--nats-ack-wait", "10ms"},
 		{"--source", "nats", "--nats-durable", ""},
 	} {

@@ -181,11 +181,18 @@ func natsCredentials(o *options, urls []string, getenv func(string) string) erro
 			*v.dst = getenv(v.env)
 		}
 	}
+	kinds := 0
+	for _, set := range []bool{o.natsUser != "", o.natsToken != "", o.natsCreds != ""} {
+		if set {
+			kinds++
+		}
+	}
 	switch {
 	case o.natsPassword != "" && o.natsUser == "":
 		return errors.New("--nats-password needs --nats-user")
-	case o.natsUser != "" && o.natsToken != "":
-		return errors.New("--nats-user and --nats-token: give one")
+	case kinds > 1:
+		// nats.go would use one and drop the others without a word.
+		return errors.New("--nats-user, --nats-token and --nats-creds: give one")
 	case o.natsStream == "" || o.natsDurable == "":
 		return errors.New("--nats-stream and --nats-durable must not be empty")
 	case o.natsAckWait < time.Second:
