@@ -366,77 +366,69 @@ func RunSuite(ctx context.Context, cfg SuiteConfig) error {
 	return failure
 }
 
-// runSections runs the factor table, the comparison with the bridge and
-// the JetStream section, when configured, for the report.
+// runSections runs the factor table, the comparison with the bridge, the
+// JetStream and the TLS sections, when configured, for the report. Each
+// takes the suite's binary, broker and log directory unless set.
 func (s *Suite) runSections(ctx context.Context) error {
+	inherit := func(dst *string, v string) {
+		if *dst == "" {
+			*dst = v
+		}
+	}
 	if f := s.cfg.Factors; f != nil {
 		f.Progress = s.cfg.Progress
-		if f.AMQPURL == "" {
-			f.AMQPURL = s.cfg.AMQPURL
-		}
+		inherit(&f.AMQPURL, s.cfg.AMQPURL)
 		rep, err := RunFactors(ctx, *f)
-		if rep != nil {
-			s.sections = append(s.sections, rep)
-		}
-		if err != nil {
-			return fmt.Errorf("factor table: %w", err)
+		if err := keepSection(s, "factor table", rep, err); err != nil {
+			return err
 		}
 	}
 	if p := s.cfg.Peers; p != nil {
 		p.Progress = s.cfg.Progress
-		if p.Lsmtp == "" {
-			p.Lsmtp = s.cfg.Lsmtp
-		}
-		if p.AMQPURL == "" {
-			p.AMQPURL = s.cfg.AMQPURL
-		}
-		if p.LogDir == "" {
-			p.LogDir = s.cfg.LogDir
-		}
+		inherit(&p.Lsmtp, s.cfg.Lsmtp)
+		inherit(&p.AMQPURL, s.cfg.AMQPURL)
+		inherit(&p.LogDir, s.cfg.LogDir)
 		rep, err := RunPeers(ctx, *p)
-		if rep != nil {
-			s.sections = append(s.sections, rep)
-		}
-		if err != nil {
-			return fmt.Errorf("side by side: %w", err)
+		if err := keepSection(s, "side by side", rep, err); err != nil {
+			return err
 		}
 	}
 	if n := s.cfg.NATS; n != nil && FindProcess("nats-server") == 0 {
 		s.notes = append(s.notes, "No nats-server runs on this machine: the JetStream section was skipped.")
 	} else if n != nil {
 		n.Progress = s.cfg.Progress
-		if n.Lsmtp == "" {
-			n.Lsmtp = s.cfg.Lsmtp
-		}
-		if n.AMQPURL == "" {
-			n.AMQPURL = s.cfg.AMQPURL
-		}
-		if n.LogDir == "" {
-			n.LogDir = s.cfg.LogDir
-		}
+		inherit(&n.Lsmtp, s.cfg.Lsmtp)
+		inherit(&n.AMQPURL, s.cfg.AMQPURL)
+		inherit(&n.LogDir, s.cfg.LogDir)
 		rep, err := RunNATS(ctx, *n)
-		if rep != nil {
-			s.sections = append(s.sections, rep)
-		}
-		if err != nil {
-			return fmt.Errorf("JetStream: %w", err)
+		if err := keepSection(s, "JetStream", rep, err); err != nil {
+			return err
 		}
 	}
 	if c := s.cfg.TLS; c != nil {
 		c.Progress = s.cfg.Progress
-		if c.Lsmtp == "" {
-			c.Lsmtp = s.cfg.Lsmtp
-		}
-		if c.LogDir == "" {
-			c.LogDir = s.cfg.LogDir
-		}
+		inherit(&c.Lsmtp, s.cfg.Lsmtp)
+		inherit(&c.LogDir, s.cfg.LogDir)
 		rep, err := RunTLS(ctx, *c)
-		if rep != nil {
-			s.sections = append(s.sections, rep)
+		if err := keepSection(s, "TLS section", rep, err); err != nil {
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("TLS section: %w", err)
-		}
+	}
+	return nil
+}
+
+// keepSection adds what a section measured to the report, a failed one's
+// rows too (rep is nil only when nothing ran), and names the section in
+// its error.
+func keepSection[T any, R interface {
+	*T
+	Section
+}](s *Suite, what string, rep R, err error) error {
+	if rep != nil {
+		s.sections = append(s.sections, rep)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
