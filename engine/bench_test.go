@@ -148,7 +148,7 @@ func runNullSinkClient(addr string, pipelining bool, take func() bool, msg, msgT
 			return err
 		}
 		if pipelining {
-			err = pipelinedConn(c, take, msgThenEnvelope, msgThenQuit)
+			err = pipelinedConn(c, benchPerConn, take, msgThenEnvelope, msgThenQuit)
 		} else {
 			err = lockstepConn(c, take, msg)
 		}
@@ -179,8 +179,8 @@ func lockstepConn(c *benchConn, take func() bool, msg []byte) error {
 
 // pipelinedConn (RFC 2920): MAIL+RCPT+DATA in one write; then each body
 // goes out with the next envelope (or QUIT) behind it: one round trip per
-// message.
-func pipelinedConn(c *benchConn, take func() bool, msgThenEnvelope, msgThenQuit []byte) error {
+// message, perConn messages per connection (the first already taken).
+func pipelinedConn(c *benchConn, perConn int, take func() bool, msgThenEnvelope, msgThenQuit []byte) error {
 	if err := c.write(benchEnvelope); err != nil {
 		return err
 	}
@@ -188,7 +188,7 @@ func pipelinedConn(c *benchConn, take func() bool, msgThenEnvelope, msgThenQuit 
 		return err
 	}
 	for sent := 1; ; sent++ {
-		if sent == benchPerConn || !take() {
+		if sent >= perConn || !take() {
 			if err := c.write(msgThenQuit); err != nil {
 				return err
 			}

@@ -264,17 +264,9 @@ func (s *Server) admit(ip netip.Addr, perIP bool) (RefuseReason, bool) {
 
 func (s *Server) release(ip netip.Addr, perIP bool) {
 	s.stats.Open.Add(-1)
-	if !perIP {
-		return
+	if perIP {
+		s.unbindIP(ip)
 	}
-	key := s.clientKey(ip)
-	s.perIPMu.Lock()
-	if n := s.perIP[key]; n <= 1 {
-		delete(s.perIP, key)
-	} else {
-		s.perIP[key] = n - 1
-	}
-	s.perIPMu.Unlock()
 }
 
 // handler adapts gnet's callbacks to sessions. Every method runs on an

@@ -143,7 +143,7 @@ func BenchmarkTLSMessages(b *testing.B) {
 						for take() {
 							c, err := dialBenchMaybeTLS(addr, conf)
 							if err == nil {
-								err = pipelinedN(c, perConn, take, msgThenEnvelope, msgThenQuit)
+								err = pipelinedConn(c, perConn, take, msgThenEnvelope, msgThenQuit)
 								c.conn.Close()
 							}
 							if err != nil {
@@ -161,31 +161,6 @@ func BenchmarkTLSMessages(b *testing.B) {
 				}
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 			})
-		}
-	}
-}
-
-// pipelinedN is pipelinedConn with perConn messages per connection (the
-// first already taken).
-func pipelinedN(c *benchConn, perConn int, take func() bool, msgThenEnvelope, msgThenQuit []byte) error {
-	if err := c.write(benchEnvelope); err != nil {
-		return err
-	}
-	if err := c.expectAll("250", "250", "354"); err != nil {
-		return err
-	}
-	for sent := 1; ; sent++ {
-		if sent >= perConn || !take() {
-			if err := c.write(msgThenQuit); err != nil {
-				return err
-			}
-			return c.expectAll("250", "221")
-		}
-		if err := c.write(msgThenEnvelope); err != nil {
-			return err
-		}
-		if err := c.expectAll("250", "250", "250", "354"); err != nil {
-			return err
 		}
 	}
 }
@@ -368,7 +343,7 @@ func TestLoadClientsHelper(t *testing.T) {
 			for take() {
 				c, err := dialBenchMaybeTLS(f[0], conf)
 				if err == nil {
-					err = pipelinedN(c, perConn, take, msgThenEnvelope, msgThenQuit)
+					err = pipelinedConn(c, perConn, take, msgThenEnvelope, msgThenQuit)
 					c.conn.Close()
 				}
 				if err != nil {
