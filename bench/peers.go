@@ -417,17 +417,6 @@ func deleteTopology(url string, queues, exchanges []string) error {
 		if err != nil {
 			return err
 		}
-		// The alternate exchange lsmtp declared for x, if any (an unknown
-		// exchange is no error for exchange.delete).
-		if err := ch.ExchangeDelete(x+".unroutable", false, false); err != nil {
-			errs = append(errs, fmt.Errorf("delete exchange %s.unroutable: %w", x, err))
-			continue
-		}
-		ch.Close()
-		ch, err = conn.Channel()
-		if err != nil {
-			return err
-		}
 		if err := ch.ExchangeDelete(x, false, false); err != nil {
 			errs = append(errs, fmt.Errorf("delete exchange %s: %w", x, err))
 		} else {

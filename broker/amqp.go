@@ -31,11 +31,6 @@ type amqpLink struct {
 	amqp *amqp.Connection
 	sock *corkConn // the TCP socket, closed directly when a write hangs
 	url  string    // redacted, for logs
-	// refuser is the connection's refusing queue where the exchange has
-	// lsmtp's alternate exchange (amqp_unroutable.go); otherwise nil, and
-	// mandatory is set: every publish is mandatory.
-	refuser   *refuser
-	mandatory bool
 }
 
 // kill closes the socket under the AMQP connection: it unblocks a publish
@@ -91,106 +86,65 @@ func (t *amqpTransport) dial(url string) (link, error) {
 	mu.Lock()
 	c := &amqpLink{amqp: conn, sock: sock, url: RedactURL(url)}
 	mu.Unlock()
-	c.mandatory = true
 	if b.cfg.Declare {
-		r, err := declare(conn, &b.cfg, b.log)
-		if err != nil {
+		if err := declare(conn, &b.cfg, b.log); err != nil {
 			c.kill()
 			conn.Close()
 			return nil, err
 		}
-		c.refuser, c.mandatory = r, r == nil
 	}
 	return c, nil
 }
 
 // declare declares the durable exchange, the durable queue and the
-// binding, and returns the refuser whose alternate exchange the exchange
-// now has (amqp_unroutable.go), nil where publishes must be mandatory.
-// Declaring what exists with the same settings is a no-op; with other
-// settings RabbitMQ refuses (PRECONDITION_FAILED), and we keep answering
-// 451 with the reason in the log rather than publish into a topology
-// that is not what was configured. Two exceptions, each used as it is
-// (declared passively), with one line in the log: an exchange whose
-// type lsmtp chose (Config.ExchangeType empty) and that exists with
+// binding. Declaring what exists with the same settings is a no-op; with
+// other settings RabbitMQ refuses (PRECONDITION_FAILED), and we keep
+// answering 451 with the reason in the log rather than publish into a
+// topology that is not what was configured. One exception: an exchange
+// whose type lsmtp chose (Config.ExchangeType empty) and that exists with
 // another type, as a "topic" exchange "lsmtp" declared before direct
-// became the default does (RabbitMQ cannot change an exchange's type,
-// and either type routes the configured binding key); and an exchange
-// that exists without lsmtp's alternate exchange (declared by an earlier
-// version, or by the operator with an alternate exchange of their own).
-// Either is published to with mandatory.
-func declare(conn *amqp.Connection, cfg *Config, log *slog.Logger) (*refuser, error) {
+// became the default does, is used as it is (declared passively), with
+// one line in the log: RabbitMQ cannot change an exchange's type, and
+// either type routes the configured binding key (mandatory still answers
+// 451 for a message it routes nowhere).
+func declare(conn *amqp.Connection, cfg *Config, log *slog.Logger) error {
 	ch, err := conn.Channel()
 	if err != nil {
-		return nil, fmt.Errorf("open channel to declare topology: %w", err)
+		return fmt.Errorf("open channel to declare topology: %w", err)
 	}
 	defer func() { ch.Close() }()
-	var r *refuser
-	done := false
-	defer func() {
-		if !done && r != nil {
-			r.close()
-		}
-	}()
 	if cfg.Exchange != "" {
-		var args amqp.Table
-		if r, err = openRefuser(conn, cfg); err != nil {
-			log.Warn("cannot set up the alternate exchange that refuses unroutable messages; publishing with mandatory instead",
-				"exchange", cfg.Exchange, "err", err)
-		} else {
-			args = amqp.Table{"alternate-exchange": cfg.alternateExchange()}
-		}
 		kind := cfg.exchangeType()
-		err := ch.ExchangeDeclare(cfg.Exchange, kind, true, false, false, false, args)
-		var passive string
-		switch {
-		case err != nil && cfg.ExchangeType == "" && otherExchangeType(err):
-			passive = "exchange exists with another type than the one lsmtp would declare; using it as it is, with mandatory publishes (set --exchange-type to silence this)"
-		case err != nil && r != nil && otherAlternateExchange(err):
-			passive = "exchange exists without lsmtp's alternate exchange; using it as it is, with mandatory publishes, which cost RabbitMQ more on classic queues (delete the exchange and let lsmtp declare it to change that)"
-		}
-		if passive != "" {
+		err := ch.ExchangeDeclare(cfg.Exchange, kind, true, false, false, false, nil)
+		if err != nil && cfg.ExchangeType == "" && otherExchangeType(err) {
 			// The channel is closed by the refusal (AMQP 0-9-1 §1.2.2.1 a
 			// channel exception); a passive declare on a new one asks only
 			// that the exchange exists.
-			if r != nil {
-				r.close()
-				r = nil
-			}
 			if ch, err = conn.Channel(); err != nil {
-				return nil, fmt.Errorf("open channel to declare topology: %w", err)
+				return fmt.Errorf("open channel to declare topology: %w", err)
 			}
 			err = ch.ExchangeDeclarePassive(cfg.Exchange, kind, true, false, false, false, nil)
 			if err == nil {
-				log.Warn(passive, "exchange", cfg.Exchange, "would_declare", kind)
+				log.Warn("exchange exists with another type than the one lsmtp would declare; using it as it is (set --exchange-type to silence this)",
+					"exchange", cfg.Exchange, "would_declare", kind)
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("declare exchange %q: %w", cfg.Exchange, err)
+			return fmt.Errorf("declare exchange %q: %w", cfg.Exchange, err)
 		}
 	}
-	if cfg.Queue != "" {
-		if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, amqp.Table(cfg.queueArgs())); err != nil {
-			return nil, fmt.Errorf("declare queue %q: %w", cfg.Queue, err)
-		}
-		if cfg.Exchange != "" {
-			if err := ch.QueueBind(cfg.Queue, cfg.bindingKey(), cfg.Exchange, false, nil); err != nil {
-				return nil, fmt.Errorf("bind queue %q to %q with %q: %w", cfg.Queue, cfg.Exchange, cfg.bindingKey(), err)
-			}
+	if cfg.Queue == "" {
+		return nil
+	}
+	if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, amqp.Table(cfg.queueArgs())); err != nil {
+		return fmt.Errorf("declare queue %q: %w", cfg.Queue, err)
+	}
+	if cfg.Exchange != "" {
+		if err := ch.QueueBind(cfg.Queue, cfg.bindingKey(), cfg.Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind queue %q to %q with %q: %w", cfg.Queue, cfg.Exchange, cfg.bindingKey(), err)
 		}
 	}
-	done = true
-	return r, nil
-}
-
-// refuserLost drops the connection whose refusing queue is gone: without
-// it the alternate exchange would route an unroutable message nowhere,
-// confirmed. The next connection declares it again.
-func (c *amqpLink) refuserLost(b *Broker, reason string) {
-	b.stats.disconnects.Add(1)
-	b.log.Error("the alternate exchange that refuses unroutable messages is gone, reconnecting to declare it again",
-		"url", c.url, "queue", c.refuser.queue, "reason", reason)
-	c.kill()
+	return nil
 }
 
 // otherExchangeType reports whether err is RabbitMQ refusing an exchange
@@ -205,18 +159,10 @@ func otherExchangeType(err error) bool {
 func (c *amqpLink) watch(b *Broker, stop <-chan struct{}) (stopped bool) {
 	closes := c.amqp.NotifyClose(make(chan *amqp.Error, 1))
 	blocks := c.amqp.NotifyBlocked(make(chan amqp.Blocking, 4))
-	var lost <-chan string
-	if c.refuser != nil {
-		lost = c.refuser.lost
-		defer close(c.refuser.stop)
-	}
 	tick := time.NewTicker(b.watchdogInterval())
 	defer tick.Stop()
 	for {
 		select {
-		case why := <-lost:
-			c.refuserLost(b, why)
-			return false
 		case err, ok := <-closes:
 			b.stats.disconnects.Add(1)
 			reason := "closed"

@@ -25,10 +25,7 @@ type amqpPublisher struct {
 	// frameMax is the frame_max negotiated on the connection (0:
 	// unlimited), against which check measures each content header.
 	frameMax int
-	// mandatory: RabbitMQ returns what it cannot route (amqp_unroutable.go);
-	// off where the exchange refuses it through lsmtp's alternate exchange.
-	mandatory bool
-	pub       publishBuilder
+	pub      publishBuilder
 }
 
 // publisher opens w's channel on c and puts it in confirm mode.
@@ -46,7 +43,7 @@ func (c *amqpLink) publisher(w *worker) (publisher, error) {
 	// notification after 5 s of waiting, and it must keep reading
 	// heartbeats).
 	room := w.b.cfg.Window + maxCopies
-	p := &amqpPublisher{l: c, ch: ch, frameMax: c.amqp.Config.FrameSize, mandatory: c.mandatory}
+	p := &amqpPublisher{l: c, ch: ch, frameMax: c.amqp.Config.FrameSize}
 	p.confirms = ch.NotifyPublish(make(chan amqp.Confirmation, room))
 	p.returns = ch.NotifyReturn(make(chan amqp.Return, room))
 	p.closes = ch.NotifyClose(make(chan *amqp.Error, 1))
@@ -68,7 +65,7 @@ func (p *amqpPublisher) check(copies int) problem {
 
 func (p *amqpPublisher) send(m *sink.Message, i int, _ uint64) (id, key string, err error) {
 	key, pub := p.pub.copyOf(m, i)
-	err = p.ch.Publish(p.pub.b.cfg.Exchange, key, p.mandatory, false, pub)
+	err = p.ch.Publish(p.pub.b.cfg.Exchange, key, true, false, pub)
 	p.pub.releaseCopy()
 	return pub.MessageId, key, err
 }
@@ -209,11 +206,8 @@ func (p *amqpPublisher) confirm(w *worker, conf amqp.Confirmation) {
 		case !conf.Ack:
 			w.b.stats.nacked.Add(1)
 			if w.b.limits.nack.allow(w.b.now()) {
-				why := "RabbitMQ refused a message (basic.nack: queue full with reject-publish, no quorum leader, or an internal error)"
-				if !p.mandatory {
-					why = "RabbitMQ refused a message (basic.nack: no queue bound for its routing key, refused by lsmtp's alternate exchange; or a queue full with reject-publish, no quorum leader, or an internal error)"
-				}
-				w.b.log.Warn(why, "worker", w.id, "routing_key", head.key, "suppressed", w.b.limits.nack.suppressedSince())
+				w.b.log.Warn("RabbitMQ refused a message (basic.nack: queue full with reject-publish, no quorum leader, or an internal error)",
+					"worker", w.id, "suppressed", w.b.limits.nack.suppressedSince())
 			}
 			o = outNacked
 		case head.returned:

@@ -49,7 +49,7 @@ func BenchmarkPublishCeiling(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := declare(conn, &cfg, slog.Default()); err != nil {
+	if err := declare(conn, &cfg, slog.Default()); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()

@@ -16,8 +16,7 @@
 // worker joins only when the ones before it are full (Broker.notify).
 // Each of Config.Workers workers owns a
 // channel in confirm mode with at most Config.Window unconfirmed publishes;
-// it publishes (mandatory only where the exchange lacks lsmtp's refusing
-// alternate exchange: amqp_unroutable.go), keeps the publish in a FIFO keyed by
+// it publishes with mandatory=true, keeps the publish in a FIFO keyed by
 // delivery tag, and completes the message when its confirm comes back.
 // The message keeps its body until then, since it may have to be
 // published again. A supervisor keeps one connection up (nodes tried in
@@ -76,9 +75,8 @@
 //     checked for every copy before the first is published; amqp091-go
 //     or RabbitMQ would otherwise close the connection. Limits tells the
 //     engine the bounds, so that it refuses such envelopes at RCPT;
-//   - basic.return (no queue bound for the routing key, a mandatory
-//     publish): ErrUnroutable, 451 4.3.5; with the refusing alternate
-//     exchange the same message is a basic.nack, deferred like any;
+//   - basic.return (no queue bound for the routing key): ErrUnroutable,
+//     451 4.3.5;
 //   - more messages held than configured: sink.ErrBusy, 451 4.3.2;
 //   - after Close: sink.ErrShuttingDown (421 4.3.2); what Close's context
 //     does not leave time for is answered 451 4.3.0.
@@ -151,11 +149,9 @@
 // "direct" unless a word of the binding key is a topic wildcard ("*",
 // "#"), as the default binding of a {domain} key ("inbound.#") has;
 // "topic" then. An exchange of another type that exists already is used
-// as it is when the type was lsmtp's choice (declare, amqp.go). A message
-// no queue is bound for is never confirmed unrouted: the exchange lsmtp
-// declares has an alternate exchange whose queue refuses it (basic.nack),
-// and where it cannot have one every publish is mandatory and the
-// message comes back (basic.return, 451 4.3.5); amqp_unroutable.go.
+// as it is when the type was lsmtp's choice (declare, conn.go). Every
+// publish is mandatory: a message no queue is bound for comes back
+// (basic.return) and is answered 451 4.3.5, never confirmed unrouted.
 //
 // Routing: with a static Config.RoutingKey every message is published
 // once with that key. A key containing {domain}, e.g. "inbound.{domain}",

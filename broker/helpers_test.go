@@ -73,11 +73,8 @@ func testConfig(t testing.TB, url string) Config {
 			t.Logf("delete queue %s: %v", name, err)
 			ch = rabbittest.AdminChannel(t)
 		}
-		for _, x := range []string{name, name + unroutableSuffix} {
-			if err := ch.ExchangeDelete(x, false, false); err != nil {
-				t.Logf("delete exchange %s: %v", x, err)
-				ch = rabbittest.AdminChannel(t)
-			}
+		if err := ch.ExchangeDelete(name, false, false); err != nil {
+			t.Logf("delete exchange %s: %v", name, err)
 		}
 	})
 	return cfg

@@ -25,12 +25,11 @@ func spoolWhileDown(t *testing.T, b *Broker, p *faultproxy.Proxy, submit func(sy
 	}
 }
 
-// A spooled message with one {domain} copy routable and one not, on an
-// exchange that exists without lsmtp's alternate exchange (so publishes
-// are mandatory and the unroutable copy is returned): the routable copy
-// is stored once, not again at every round while the other is returned,
-// and the record, unroutable for good, ends in the quarantine after
-// spoolUnroutableMax attempts and spoolUnroutableFor instead of looping.
+// A spooled message with one {domain} copy routable and one not: the
+// routable copy is stored once, not again at every round while the
+// other is returned, and the record, unroutable for good, ends in the
+// quarantine after spoolUnroutableMax attempts and spoolUnroutableFor
+// instead of looping.
 func TestSpooledPartlyUnroutableStoredOnceThenQuarantined(t *testing.T) {
 	defer func(n int, d int64) { spoolUnroutableMax, spoolUnroutableFor = n, d }(spoolUnroutableMax, spoolUnroutableFor)
 	spoolUnroutableMax, spoolUnroutableFor = 4, int64(200*time.Millisecond)
@@ -38,9 +37,6 @@ func TestSpooledPartlyUnroutableStoredOnceThenQuarantined(t *testing.T) {
 	cfg := spoolConfig(t, proxyURL(p))
 	cfg.RoutingKey = "inbound.{domain}"
 	cfg.BindingKey = "inbound.a.example"
-	if err := rabbittest.AdminChannel(t).ExchangeDeclare(cfg.Exchange, ExchangeDirect, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
 	b := startBroker(t, cfg)
 	spoolWhileDown(t, b, p, func(done syncDone) {
 		b.Submit(newMessage(done, "partial-1", "x@example.org", []string{"u@a.example", "v@b.example"}, testBody(100)))

@@ -135,8 +135,6 @@ func deleteTopology(url, name string) error {
 	if ch, err := conn.Channel(); err == nil {
 		if err := ch.ExchangeDelete(name, false, false); err != nil {
 			errs = append(errs, fmt.Errorf("delete exchange %s: %w", name, err))
-		} else if err := ch.ExchangeDelete(name+".unroutable", false, false); err != nil {
-			errs = append(errs, fmt.Errorf("delete exchange %s.unroutable: %w", name, err))
 		}
 		ch.Close()
 	}

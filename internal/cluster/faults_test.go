@@ -339,7 +339,6 @@ func deleteTopology(t *testing.T, c *Cluster, name string) {
 		}
 		if ch, err := conn.Channel(); err == nil {
 			ch.ExchangeDelete(name, false, false)
-			ch.ExchangeDelete(name+".unroutable", false, false)
 			ch.Close()
 		}
 		return

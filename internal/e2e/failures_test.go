@@ -164,35 +164,6 @@ func TestUnroutable(t *testing.T) {
 	}
 }
 
-// TestUnroutableRefused: with the defaults lsmtp declares the exchange
-// with its refusing alternate exchange, and publishes are not mandatory.
-// Unbound, a message is refused (basic.nack): the client waits out the
-// retry window and gets 451 4.3.0, and nothing reaches a queue; bound
-// again, the same session gets 250 and the queue holds that message.
-func TestUnroutableRefused(t *testing.T) {
-	bc := brokerConfig(t, rabbittest.URL)
-	bc.PublishRetryWindow = 300 * time.Millisecond
-	bc.ConfirmTimeout = time.Second // the deadline is the longer of the two
-	s := startStack(t, bc, true)
-	ch := rabbittest.AdminChannel(t)
-	if err := ch.QueueUnbind(bc.Queue, bc.RoutingKey, bc.Exchange, nil); err != nil {
-		t.Fatal(err)
-	}
-	c := s.session(t, "client.example", true)
-	expectFinalAfter(t, c, replyUnavailable, bc.PublishRetryWindow)
-	if st := s.brk.Stats(); st.Nacked == 0 || st.Returned != 0 {
-		t.Errorf("broker stats %+v: want nacks, no returns", st)
-	}
-	if err := ch.QueueBind(bc.Queue, bc.RoutingKey, bc.Exchange, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	id := sendUntil250(t, c, replyUnavailable, 1, 0)
-	got := consume(t, bc.Queue, 1, 300*time.Millisecond, 5*time.Second)
-	if len(got) != 1 || got[0].MessageId != id {
-		t.Errorf("queue holds %v, want only %s", keys(got), id)
-	}
-}
-
 // TestMissingExchange: with Declare off and no exchange at all, RabbitMQ
 // closes the channel (404) and the client gets 451, never 5xx; once the
 // exchange and a binding exist, mail flows again.

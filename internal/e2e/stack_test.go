@@ -44,7 +44,7 @@ func deleteAtEnd(t testing.TB, queues, exchanges []string) {
 				ch.Close()
 			}
 		}
-		for _, x := range withAlternates(exchanges) {
+		for _, x := range exchanges {
 			if ch, err := conn.Channel(); err == nil {
 				if err := ch.ExchangeDelete(x, false, false); err != nil {
 					t.Logf("cleanup: delete exchange %s: %v", x, err)
@@ -235,13 +235,3 @@ var (
 	newProxy = rabbittest.Proxy
 	proxyURL = rabbittest.ProxyURL
 )
-
-// withAlternates is xs and the alternate exchange lsmtp declares for each
-// (broker: "<exchange>.unroutable").
-func withAlternates(xs []string) []string {
-	out := append([]string(nil), xs...)
-	for _, x := range xs {
-		out = append(out, x+".unroutable")
-	}
-	return out
-}

@@ -223,7 +223,6 @@ func TestEndToEndAMQPCopies(t *testing.T) {
 	t.Cleanup(func() { // after lsmtp stopped (cleanups run last first)
 		ch.QueueDelete(name, false, false, false)
 		ch.ExchangeDelete(name, false, false)
-		ch.ExchangeDelete(name+".unroutable", false, false)
 	})
 	addr := startLsmtp(t, "--sink", "amqp", "--amqp-url", rabbittest.URL, "--exchange", name, "--queue", name,
 		"--queue-type", "classic", "--routing-key", "inbound.{domain}")
