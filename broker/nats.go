@@ -380,7 +380,18 @@ func (t *natsTransport) learnMaxPayload(l *natsLink) {
 	if mp <= 0 {
 		return
 	}
-	size := max(mp-t.reserve, 1)
+	if mp <= t.reserve {
+		// No SIZE fits every envelope: advertising one would have clients
+		// told 552 (permanent) for a setting of ours. Advertise none of the
+		// server's; a message its max_payload cannot carry is answered 451
+		// by the publisher's check (publisher.check), one that fits is
+		// taken.
+		b.maxSize.Store(0)
+		b.log.Error("NATS server's max_payload leaves no room for what lsmtp adds to a message: SIZE follows max-message-size, and messages larger than max_payload allows are answered 451 until it is raised",
+			"url", l.url, "max_payload", mp, "reserved", t.reserve)
+		return
+	}
+	size := mp - t.reserve
 	b.maxSize.Store(size)
 	if b.cfg.MaxMessageSize == 0 || size < b.cfg.MaxMessageSize {
 		b.log.Warn("NATS server's max_payload is below max-message-size: advertising the smaller SIZE; larger messages get 552 5.3.4",

@@ -755,3 +755,34 @@ func TestNATSSizeBeforeFirstConnect(t *testing.T) {
 		t.Errorf("MaxMessageSize before the first connect = %d, want %d", got, want)
 	}
 }
+
+// TestNATSMaxPayloadBelowReserve: a server whose max_payload is smaller
+// than what lsmtp may add to a message gets no SIZE of its own (0: the
+// engine's max-message-size stands), rather than SIZE 1 and a 552 for
+// every message; a message that fits is stored, one that does not is
+// answered 451 by the publisher's check.
+func TestNATSMaxPayloadBelowReserve(t *testing.T) {
+	url := natstest.Server(t, "max_payload: 16384")
+	cfg, _ := testNATSConfig(t, url)
+	cfg.NATSDeclare = true
+	cfg.PublishRetryWindow = 0
+	b := startBroker(t, cfg)
+	waitReady(t, b, readyWait)
+	tr := b.tr.(*natsTransport)
+	if tr.reserve < 16384 {
+		t.Fatalf("reserve %d: the test needs a max_payload below it", tr.reserve)
+	}
+	if got := b.MaxMessageSize(); got != 0 {
+		t.Fatalf("MaxMessageSize = %d, want 0 (no bound of the server's)", got)
+	}
+	rec := newRecorder()
+	b.Submit(newMessage(rec, "QFITS", "a@example.org", []string{"b@example.com"}, testBody(1000)))
+	b.Submit(newMessage(rec, "QLARGE", "a@example.org", []string{"b@example.com"}, testBody(20000)))
+	rec.wait(t, 2, 10*time.Second)
+	if err := rec.result(t, "QFITS"); err != nil {
+		t.Errorf("QFITS: %v, want nil", err)
+	}
+	if err := rec.result(t, "QLARGE"); err != sink.ErrUnavailable {
+		t.Errorf("QLARGE: %v, want %v", err, sink.ErrUnavailable)
+	}
+}

@@ -109,6 +109,7 @@ func (s *session) hello(ehlo bool) {
 		}
 	}
 	s.ehlo = ehlo
+	s.sizeOffered = 0
 	if ehlo {
 		s.out = append(s.out, s.ehloReply()...)
 		if s.xclientOK {
@@ -149,7 +150,7 @@ func (s *session) mail(now time.Time) {
 	}
 	if p.HasSize && p.Size > s.cfg.maxSize() {
 		// RFC 1870 §6.1: refuse at MAIL what cannot be accepted at DATA.
-		s.fail(replyTooBig)
+		s.fail(s.sizeRefusal(p.Size))
 		return
 	}
 	if pol := s.cfg.Policy; pol != nil && !pol.TakeMessage(s.remote.Addr(), now) {
@@ -263,7 +264,8 @@ func (s *session) dataCmd(now time.Time) {
 func (s *session) endData(now time.Time) {
 	switch {
 	case s.data.TooBig() || s.data.Size() > s.cfg.maxSize(): // the bound may have fallen since DATA
-		s.rejectMessage(replyTooBig, OutcomeTooBig, now)
+		r := s.sizeRefusal(s.data.Size())
+		s.rejectMessage(r, sizeOutcome(r), now)
 	case s.data.BareEOL() && !s.cfg.NormalizeBareEOL:
 		s.rejectMessage(replyBareEOL, OutcomeBareEOL, now)
 	case s.noMemory:
@@ -301,8 +303,12 @@ func (s *session) bdatCmd(now time.Time) {
 		// bodySize was at most the bound, which may have fallen since.)
 		// The excess is read and dropped, never buffered; the transaction
 		// stays failed until BDAT LAST or RSET.
-		s.txFailed, s.txOutcome = replyTooBig, OutcomeTooBig
-		s.chunkErr = replyTooBig
+		r := replyTooBig
+		if s.sizeOffered > 0 && cmd.ChunkSize <= s.sizeOffered-s.bodySize {
+			r = replyTooBigNow // within what EHLO offered: the bound fell since
+		}
+		s.txFailed, s.txOutcome = r, sizeOutcome(r)
+		s.chunkErr = r
 	}
 	if s.chunkErr == nil && !s.bdat {
 		s.bdat = true
@@ -345,4 +351,25 @@ func (s *session) endChunk(now time.Time) {
 		return
 	}
 	s.submit(now)
+}
+
+// sizeRefusal is the reply to a message of n octets over the bound in
+// force (settings.maxSize): 552 5.3.4 when it is also over the SIZE this
+// session's EHLO offered (the client was told, RFC 1870 §6.1), 452 4.3.1
+// when the bound fell since, as a broker's can (sink.SizeLimiter): a
+// limit of ours the client could not know of is a temporary failure,
+// never a permanent one.
+func (s *session) sizeRefusal(n int64) *codec.Reply {
+	if s.sizeOffered > 0 && n <= s.sizeOffered {
+		return replyTooBigNow
+	}
+	return replyTooBig
+}
+
+// sizeOutcome is how a size refusal is counted.
+func sizeOutcome(r *codec.Reply) Outcome {
+	if r == replyTooBigNow {
+		return OutcomeSinkFailed
+	}
+	return OutcomeTooBig
 }

@@ -33,10 +33,15 @@ var (
 	replyNullRcpt      = &codec.Reply{Code: 501, Enhanced: "5.1.3", Text: "Null recipient not allowed"}
 	replyTooMany       = &codec.Reply{Code: 452, Enhanced: "4.5.3", Text: "Too many recipients"}
 	replyTooBig        = &codec.Reply{Code: 552, Enhanced: "5.3.4", Text: "Message size exceeds fixed maximum message size"}
-	replyBareEOL       = &codec.Reply{Code: 554, Enhanced: "5.6.0", Text: "Message contains bare CR or LF (RFC 5321 section 2.3.8)"}
-	replyMsgRate       = &codec.Reply{Code: 450, Enhanced: "4.7.1", Text: "Message rate limit exceeded, try again later"}
-	replyDomain        = &codec.Reply{Code: 550, Enhanced: "5.7.1", Text: "Recipient domain not accepted here"}
-	replyNoMemory      = &codec.Reply{Code: 451, Enhanced: "4.3.1", Text: "Insufficient system resources, try again later"}
+	// replyTooBigNow: a message within the SIZE this session's EHLO
+	// offered, over the broker's bound that fell since (RFC 1870 §6: 452
+	// when the server cannot take it now, 552 only past the fixed maximum
+	// the client was told).
+	replyTooBigNow = &codec.Reply{Code: 452, Enhanced: "4.3.1", Text: "Insufficient system storage for a message this size now, try again later"}
+	replyBareEOL   = &codec.Reply{Code: 554, Enhanced: "5.6.0", Text: "Message contains bare CR or LF (RFC 5321 section 2.3.8)"}
+	replyMsgRate   = &codec.Reply{Code: 450, Enhanced: "4.7.1", Text: "Message rate limit exceeded, try again later"}
+	replyDomain    = &codec.Reply{Code: 550, Enhanced: "5.7.1", Text: "Recipient domain not accepted here"}
+	replyNoMemory  = &codec.Reply{Code: 451, Enhanced: "4.3.1", Text: "Insufficient system resources, try again later"}
 )
 
 // serverReplies are the replies that carry our hostname, rendered once

@@ -148,6 +148,11 @@ type session struct {
 	xhelo     bool
 	xbuf      []byte
 
+	// sizeOffered is the SIZE this session's last EHLO advertised, 0
+	// before one (or after HELO): a message over the bound in force but
+	// within it is refused with a 4xx (sizeRefusal).
+	sizeOffered int64
+
 	// Transaction state, cleared by resetTransaction.
 	hasMail   bool
 	params    codec.MailParams

@@ -435,7 +435,8 @@ func addEHLOLine(ehlo []byte, kw string) []byte {
 // passwords on the wire), neither once TLS is up and no auth file is set.
 // SIZE is the bound in force now (settings.maxSize).
 func (s *session) ehloReply() []byte {
-	e := s.cfg.ehloFor(s.cfg.maxSize())
+	s.sizeOffered = s.cfg.maxSize()
+	e := s.cfg.ehloFor(s.sizeOffered)
 	switch {
 	case s.tls.Load() != nil:
 		if s.srv.tls.auth.loaded() {
@@ -540,6 +541,7 @@ func (s *session) established(st *tls.ConnectionState, now time.Time) {
 	s.heloOK = false
 	s.xhelo = false
 	s.ehlo = false
+	s.sizeOffered = 0
 	s.setAuthUser(nil) // not yet counted: the session is not ready
 	s.sec.startTLS = false
 	s.sec.version = tls.VersionName(st.Version)

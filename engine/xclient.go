@@ -101,6 +101,7 @@ func (s *session) xclient(now time.Time) {
 	}
 	s.resetTransaction()
 	s.ehlo = false
+	s.sizeOffered = 0
 	s.xhelo = u.hasHelo
 	s.helo = s.helo[:0]
 	s.heloOK = false

@@ -10,6 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -143,3 +147,51 @@ func Proxy(t testing.TB) *faultproxy.Proxy {
 
 // ProxyURL is the NATS URL of the server through p.
 func ProxyURL(p *faultproxy.Proxy) string { return "nats://" + p.Addr() }
+
+// Server starts a nats-server of the test's own with JetStream and the
+// configuration lines conf (for settings the shared server cannot have,
+// such as a small max_payload), and returns its URL; it is stopped when
+// the test ends. The test is skipped where nats-server is not installed
+// (tools/nats-up installs it for make test).
+func Server(t testing.TB, conf string) string {
+	t.Helper()
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/nats-server"); serr != nil {
+			t.Skip("nats-server not installed")
+		}
+		bin = "/usr/sbin/nats-server"
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(file, []byte(conf+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "-c", file, "-a", "127.0.0.1", "-p", port, "-js", "-sd", filepath.Join(dir, "js"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return "nats://" + addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server on %s did not start: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
