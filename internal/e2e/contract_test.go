@@ -240,6 +240,32 @@ func eightBit() []byte {
 // and a CRLF.CRLF that DATA would take for the end.
 var binaryChunk = []byte("Content-Type: application/octet-stream\r\n\r\n\x00\x01\n\r.\r\n.\r\nnot the end\r\n")
 
+// sharedShapes are the messages both round trips send, RabbitMQ's
+// (TestMessagesRoundTrip) and NATS's (TestNATSMessagesRoundTrip): a fresh
+// set for each call, since sendAll records what became of each.
+func sharedShapes() []*transaction {
+	dotWire := []byte("Subject: dots\r\n\r\n..\r\n...two\r\n.x\r\nmid.dle\r\n\r\n..\r\n.\r\n")
+	dotContent := []byte("Subject: dots\r\n\r\n.\r\n..two\r\nx\r\nmid.dle\r\n\r\n.\r\n")
+	return []*transaction{
+		{name: "empty", helo: "empty.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, content: nil},
+		{name: "plain", helo: "plain.example", ehlo: true, from: "alice@example.org", params: " SIZE=59", rcpts: []string{"bob@example.com"},
+			content: []byte("From: alice@example.org\r\nTo: bob@example.com\r\n\r\nHello Bob\r\n"), declaredSize: 59},
+		{name: "dot-stuffed", helo: "dots.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, wire: dotWire, content: dotContent},
+		{name: "8bit", helo: "8bit.example", ehlo: true, from: "a@example.org", params: " BODY=8BITMIME", rcpts: []string{"b@example.com"},
+			content: eightBit(), body: "8BITMIME"},
+		{name: "smtputf8", helo: "utf8.example", ehlo: true, from: "josé@exämple.org", params: " SMTPUTF8 BODY=8BITMIME",
+			rcpts: []string{"用户@例子.广告", "Ünïcode@straße.example"}, content: []byte("Subject: ☃\r\n\r\nsnow\r\n"), body: "8BITMIME", utf8: true},
+		{name: "several recipients", helo: "many.example", ehlo: true, from: "a@example.org",
+			rcpts: []string{"one@example.com", "two@example.net", "Three@Example.COM", "postmaster"}, content: []byte("Subject: many\r\n\r\nhi\r\n")},
+		{name: "null sender", helo: "bounce.example", ehlo: true, from: "", rcpts: []string{"b@example.com"},
+			content: []byte("Subject: Undelivered Mail\r\n\r\nbounce\r\n")},
+		{name: "pipelined", helo: "pipe.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com", "c@example.com"},
+			content: []byte("Subject: pipelined\r\n\r\n.leading dot\r\n"), pipeline: true},
+		{name: "bdat binarymime pipelined", helo: "bin.example", ehlo: true, from: "a@example.org", params: " BODY=BINARYMIME",
+			rcpts: []string{"b@example.com"}, chunks: [][]byte{binaryChunk}, pipeline: true, body: "BINARYMIME"},
+	}
+}
+
 // TestMessagesRoundTrip sends messages of every shape over SMTP and finds
 // each in the queue exactly as the message contract says, for each
 // --envelope: the trace fields (trace, both), our Received: header,
@@ -256,26 +282,10 @@ func testMessagesRoundTrip(t *testing.T, env string) {
 	bc.Envelope = env
 	s := startStack(t, bc, true)
 
-	dotWire := []byte("Subject: dots\r\n\r\n..\r\n...two\r\n.x\r\nmid.dle\r\n\r\n..\r\n.\r\n")
-	dotContent := []byte("Subject: dots\r\n\r\n.\r\n..two\r\nx\r\nmid.dle\r\n\r\n.\r\n")
 	half := lines(maxMessageSize / 2)
-	txs := []*transaction{
-		{name: "empty", helo: "empty.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, content: nil},
+	txs := append(sharedShapes(), []*transaction{
 		{name: "crlf only", helo: "crlf.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, content: []byte("\r\n")},
-		{name: "plain", helo: "plain.example", ehlo: true, from: "alice@example.org", params: " SIZE=59", rcpts: []string{"bob@example.com"},
-			content: []byte("From: alice@example.org\r\nTo: bob@example.com\r\n\r\nHello Bob\r\n"), declaredSize: 59},
 		{name: "helo", helo: "old.example", ehlo: false, from: "a@example.org", rcpts: []string{"b@example.com"}, content: []byte("Subject: HELO\r\n\r\nx\r\n")},
-		{name: "dot-stuffed", helo: "dots.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, wire: dotWire, content: dotContent},
-		{name: "8bit", helo: "8bit.example", ehlo: true, from: "a@example.org", params: " BODY=8BITMIME", rcpts: []string{"b@example.com"},
-			content: eightBit(), body: "8BITMIME"},
-		{name: "smtputf8", helo: "utf8.example", ehlo: true, from: "josé@exämple.org", params: " SMTPUTF8 BODY=8BITMIME",
-			rcpts: []string{"用户@例子.广告", "Ünïcode@straße.example"}, content: []byte("Subject: ☃\r\n\r\nsnow\r\n"), body: "8BITMIME", utf8: true},
-		{name: "several recipients", helo: "many.example", ehlo: true, from: "a@example.org",
-			rcpts: []string{"one@example.com", "two@example.net", "Three@Example.COM", "postmaster"}, content: []byte("Subject: many\r\n\r\nhi\r\n")},
-		{name: "null sender", helo: "bounce.example", ehlo: true, from: "", rcpts: []string{"b@example.com"},
-			content: []byte("Subject: Undelivered Mail\r\n\r\nbounce\r\n")},
-		{name: "pipelined", helo: "pipe.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com", "c@example.com"},
-			content: []byte("Subject: pipelined\r\n\r\n.leading dot\r\n"), pipeline: true},
 		{name: "64k", helo: "mid.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, content: lines(64 << 10)},
 		{name: "at the limit", helo: "limit.example", ehlo: true, from: "a@example.org", params: fmt.Sprintf(" SIZE=%d", maxMessageSize),
 			rcpts: []string{"b@example.com"}, content: lines(maxMessageSize), declaredSize: maxMessageSize},
@@ -285,11 +295,9 @@ func testMessagesRoundTrip(t *testing.T, env string) {
 			chunks: [][]byte{[]byte("Subject: zero last\r\n\r\nbody\r\n")}, zeroLast: true},
 		{name: "bdat only 0 LAST", helo: "bdat00.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"},
 			chunks: [][]byte{}, zeroLast: true},
-		{name: "bdat binarymime pipelined", helo: "bin.example", ehlo: true, from: "a@example.org", params: " BODY=BINARYMIME",
-			rcpts: []string{"b@example.com"}, chunks: [][]byte{binaryChunk}, pipeline: true, body: "BINARYMIME"},
 		{name: "bdat at the limit", helo: "bdatlimit.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"},
 			chunks: [][]byte{half, lines(maxMessageSize - len(half))}},
-	}
+	}...)
 	for _, n := range []int{0, 2, 3, 81, 82, 83, 64 << 10, maxMessageSize, maxMessageSize + 1} {
 		if got := len(lines(n)); got != n {
 			t.Fatalf("lines(%d) made %d octets", n, got)

@@ -46,27 +46,9 @@ func testNATSMessagesRoundTrip(t *testing.T, env string) {
 	bc.Envelope = env
 	s := startStack(t, bc, true)
 
-	dotWire := []byte("Subject: dots\r\n\r\n..\r\n...two\r\n.x\r\nmid.dle\r\n\r\n..\r\n.\r\n")
-	dotContent := []byte("Subject: dots\r\n\r\n.\r\n..two\r\nx\r\nmid.dle\r\n\r\n.\r\n")
-	txs := []*transaction{
-		{name: "empty", helo: "empty.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, content: nil},
-		{name: "plain", helo: "plain.example", ehlo: true, from: "alice@example.org", params: " SIZE=59", rcpts: []string{"bob@example.com"},
-			content: []byte("From: alice@example.org\r\nTo: bob@example.com\r\n\r\nHello Bob\r\n"), declaredSize: 59},
-		{name: "dot-stuffed", helo: "dots.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, wire: dotWire, content: dotContent},
-		{name: "8bit", helo: "8bit.example", ehlo: true, from: "a@example.org", params: " BODY=8BITMIME", rcpts: []string{"b@example.com"},
-			content: eightBit(), body: "8BITMIME"},
-		{name: "smtputf8", helo: "utf8.example", ehlo: true, from: "josé@exämple.org", params: " SMTPUTF8 BODY=8BITMIME",
-			rcpts: []string{"用户@例子.广告", "Ünïcode@straße.example"}, content: []byte("Subject: ☃\r\n\r\nsnow\r\n"), body: "8BITMIME", utf8: true},
-		{name: "several recipients", helo: "many.example", ehlo: true, from: "a@example.org",
-			rcpts: []string{"one@example.com", "two@example.net", "Three@Example.COM", "postmaster"}, content: []byte("Subject: many\r\n\r\nhi\r\n")},
-		{name: "null sender", helo: "bounce.example", ehlo: true, from: "", rcpts: []string{"b@example.com"},
-			content: []byte("Subject: Undelivered Mail\r\n\r\nbounce\r\n")},
-		{name: "pipelined", helo: "pipe.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com", "c@example.com"},
-			content: []byte("Subject: pipelined\r\n\r\n.leading dot\r\n"), pipeline: true},
+	txs := append(sharedShapes(), []*transaction{
 		{name: "512k", helo: "mid.example", ehlo: true, from: "a@example.org", rcpts: []string{"b@example.com"}, content: lines(512 << 10)},
-		{name: "bdat binarymime pipelined", helo: "bin.example", ehlo: true, from: "a@example.org", params: " BODY=BINARYMIME",
-			rcpts: []string{"b@example.com"}, chunks: [][]byte{binaryChunk}, pipeline: true, body: "BINARYMIME"},
-	}
+	}...)
 	sendAll(t, s, txs)
 	got := map[string][]*jetstream.RawStreamMsg{}
 	for _, m := range natstest.Messages(t, names.Stream) {
